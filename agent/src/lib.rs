@@ -1,0 +1,13 @@
+//! # tinyedge agent
+//!
+//! The agent side of tinyedge: it reads deployment manifests (what IoT Hub says should run),
+//! plans how to get from the running modules to the desired ones, and supervises the modules.
+//! The parts here are pure code; IO (IoT Hub, containerd) lives at the edges and calls in.
+//!
+//! # Layout
+//! - [`manifest`]: parse and validate IoT Edge deployment manifests (`$edgeAgent` modules,
+//!   `$edgeHub` routes, module twins) into typed values, with IoT Edge's status codes and the
+//!   JSON path of every error (pure code).
+#![forbid(unsafe_code)]
+
+pub mod manifest;

@@ -1,0 +1,35 @@
+//! Arbitrary bytes as a client's stream: framing, then what the hub does with each packet's
+//! outside-controlled fields (topics, property bags, credentials).
+#![no_main]
+
+use bytes::BytesMut;
+use tinyedge_hub::auth::{parse_username, Identity};
+use tinyedge_hub::broker::codec::decode;
+use tinyedge_hub::message::Properties;
+use tinyedge_hub::topic::{classify_publish, classify_subscription, Inbound};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let me = Identity::module("gw", "m1");
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(packet)) = decode(&mut buf, 64 * 1024) {
+        match packet {
+            tinyedge_hub::broker::codec::Packet::Publish(p) => {
+                if let Ok(Inbound::Telemetry { bag }) = classify_publish(&p.topic, &me) {
+                    let _ = Properties::parse(bag);
+                }
+            }
+            tinyedge_hub::broker::codec::Packet::Subscribe(s) => {
+                for f in &s.filters {
+                    let _ = classify_subscription(&f.path, &me);
+                }
+            }
+            tinyedge_hub::broker::codec::Packet::Connect(c) => {
+                if let Some(login) = &c.login {
+                    let _ = parse_username(&login.username);
+                    let _ = tinyedge_platform::sas::parse(&login.password);
+                }
+            }
+            _ => {}
+        }
+    }
+});

@@ -1,0 +1,389 @@
+//! One client connection: CONNECT and authentication, then the reading half (packets in,
+//! routing, acknowledgements out through the writer task).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
+use mqttbytes::{Protocol, QoS};
+use smol::channel::{self, Sender};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::auth::{Authenticated, Identity};
+use crate::message::{Message, Properties};
+use crate::metrics::Metrics;
+use crate::topic::{self, Inbound, SubscriptionKind};
+
+use super::codec;
+use super::session::{Owner, Slot};
+use super::writer::{Ctrl, Writer};
+use super::Broker;
+
+/// Bytes asked of the socket per read. Small, because the buffer stays allocated while a
+/// connection is idle; a bigger packet grows it only for as long as it takes to read.
+const READ_CHUNK_BYTES: usize = 2048;
+/// Acknowledgements the reader may queue ahead of the writer before it waits for it.
+const CTRL_QUEUE_MAX: usize = 64;
+/// How long a new connection for an identity waits for the old one to hand its session over.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Why the reading loop ended.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT received: no will.
+    Graceful,
+    /// Anything else: the will (if any) is published.
+    Abnormal(String),
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    KeepAliveExpired,
+    TokenExpired,
+    Kicked,
+}
+
+/// Reads until `buf` holds at least one more byte, or something else ends the wait. The
+/// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    keep_alive: Option<Duration>,
+    token_left: Duration,
+    kicked: &channel::Receiver<()>,
+) -> Wake {
+    let start = buf.len();
+    buf.resize(start + READ_CHUNK_BYTES, 0);
+    let read = async { Wake::Read(reader.read(&mut buf[start..]).await) };
+    let keep_alive = async {
+        match keep_alive {
+            Some(d) => {
+                smol::Timer::after(d).await;
+                Wake::KeepAliveExpired
+            }
+            None => smol::future::pending().await,
+        }
+    };
+    let token = async {
+        smol::Timer::after(token_left).await;
+        Wake::TokenExpired
+    };
+    let kick = async {
+        let _ = kicked.recv().await;
+        Wake::Kicked
+    };
+    let wake = smol::future::or(read, smol::future::or(kick, smol::future::or(keep_alive, token))).await;
+    let filled = match &wake {
+        Wake::Read(Ok(n)) => *n,
+        _ => 0,
+    };
+    buf.truncate(start + filled);
+    wake
+}
+
+/// Serves one client until it disconnects or misbehaves.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, mut writer) = smol::io::split(stream);
+    let mut buf = BytesMut::new();
+    let limits = broker.limits.clone();
+    let never_kicked = channel::bounded::<()>(1);
+    // The first packet must be a CONNECT, within the connect timeout.
+    let connect = loop {
+        match codec::decode(&mut buf, limits.max_packet_bytes) {
+            Ok(Some(Packet::Connect(c))) => break c,
+            Ok(Some(other)) => {
+                log::warn!("{peer}: first packet is not CONNECT ({other:?}); closing");
+                Metrics::inc(&broker.metrics.malformed_packets);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("{peer}: {e}; closing");
+                Metrics::inc(&broker.metrics.malformed_packets);
+                return;
+            }
+        }
+        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, &never_kicked.1).await {
+            Wake::Read(Ok(n)) if n > 0 => {}
+            Wake::Read(_) => return,
+            _ => {
+                log::info!("{peer}: no CONNECT within {:?}; closing", limits.connect_timeout);
+                return;
+            }
+        }
+    };
+    let Some(auth) = accept(&broker, &connect, &peer, &mut writer).await else {
+        return;
+    };
+    let session = Session::open(&broker, auth, &connect, peer).await;
+    session.run(broker, connect, reader, writer, buf).await;
+}
+
+/// Checks protocol and credentials; answers refusals itself.
+async fn accept<W: AsyncWrite + Unpin>(broker: &Broker, connect: &Connect, peer: &str, writer: &mut W) -> Option<Authenticated> {
+    let refuse = |code: u8| {
+        let mut out = BytesMut::new();
+        codec::put_connack(&mut out, false, code);
+        out
+    };
+    let verdict = if connect.protocol != Protocol::V4 {
+        Err((1, "MQTT 5 is not supported (IoT Hub speaks MQTT 3.1.1)".to_string()))
+    } else if connect.last_will.as_ref().is_some_and(|w| w.qos == QoS::ExactlyOnce) {
+        Err((5, "will with QoS 2 (IoT Hub supports QoS 0 and 1)".to_string()))
+    } else {
+        let login = connect.login.as_ref();
+        broker
+            .authenticator()
+            .authenticate(&connect.client_id, login.map(|l| l.username.as_str()), login.map(|l| l.password.as_str()), unix_now())
+            .map_err(|e| (5, e.to_string()))
+    };
+    match verdict {
+        Ok(auth) => Some(auth),
+        Err((code, why)) => {
+            log::warn!("{peer}: CONNECT of {:?} refused: {why}", connect.client_id);
+            Metrics::inc(&broker.metrics.connections_refused);
+            let _ = writer.write_all(&refuse(code)).await;
+            let _ = writer.flush().await;
+            None
+        }
+    }
+}
+
+/// An accepted connection and the slot it owns.
+struct Session {
+    identity: Identity,
+    token_expiry: u64,
+    slot: Arc<Slot>,
+    connection_id: u64,
+    kicked: channel::Receiver<()>,
+    done: Sender<()>,
+    session_present: bool,
+    clean: bool,
+    peer: String,
+}
+
+impl Session {
+    /// Takes the identity's slot over from any earlier connection (MQTT client-id takeover).
+    async fn open(broker: &Broker, auth: Authenticated, connect: &Connect, peer: String) -> Session {
+        let slot = broker.sessions.slot(&auth.identity.client_id());
+        let (kick_tx, kicked) = channel::bounded(1);
+        let (done, done_rx) = channel::bounded(1);
+        let connection_id = broker.next_connection_id();
+        let previous = slot.state().owner.replace(Owner { connection_id, kick: kick_tx, done: done_rx });
+        if let Some(previous) = previous {
+            log::info!("{peer}: {} connected again; closing its previous connection", auth.identity);
+            previous.kick.close();
+            let _ = smol::future::or(async { previous.done.recv().await.is_ok() }, async {
+                smol::Timer::after(TAKEOVER_WAIT).await;
+                false
+            })
+            .await;
+        }
+        let clean = connect.clean_session;
+        let session_present = {
+            let mut state = slot.state();
+            let present = !clean && state.persistent;
+            if !present {
+                state.inputs_qos = None;
+            }
+            state.persistent = !clean;
+            present
+        };
+        log::info!("{peer}: {} connected (clean session: {clean}, keep-alive {} s)", auth.identity, connect.keep_alive);
+        Session { identity: auth.identity, token_expiry: auth.token_expiry, slot, connection_id, kicked, done, session_present, clean, peer }
+    }
+
+    async fn run<R, W>(self, broker: Arc<Broker>, connect: Connect, mut reader: R, writer: W, mut buf: BytesMut)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (ctrl, ctrl_rx) = channel::bounded(CTRL_QUEUE_MAX);
+        let mut out = BytesMut::new();
+        codec::put_connack(&mut out, self.session_present, 0);
+        let inputs = self.slot.state().inputs_qos;
+        let writer_task = smol::spawn(
+            Writer { sink: writer, ctrl: ctrl_rx, slot: self.slot.clone(), inputs, max_inflight: broker.limits.max_inflight, metrics: broker.metrics.clone(), out }
+                .run(),
+        );
+        Metrics::inc(&broker.metrics.connections_open);
+        // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
+        let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
+        match &end {
+            End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
+            End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
+        }
+        if let (End::Abnormal(_), Some(will)) = (&end, &connect.last_will) {
+            let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic.clone(), pkid: 1, payload: will.message.clone() };
+            if let Err(why) = self.publish(&broker, publish, &ctrl).await {
+                log::warn!("{}: will of {} not published: {why}", self.peer, self.identity);
+            }
+        }
+        ctrl.close();
+        writer_task.await;
+        Metrics::dec(&broker.metrics.connections_open);
+        let mut state = self.slot.state();
+        if state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id) {
+            state.owner = None;
+            if self.clean {
+                state.inputs_qos = None;
+                state.persistent = false;
+            }
+        }
+        drop(state);
+        self.done.close();
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        broker: &Broker,
+        reader: &mut R,
+        buf: &mut BytesMut,
+        keep_alive: Option<Duration>,
+        ctrl: &Sender<Ctrl>,
+    ) -> End {
+        loop {
+            loop {
+                match codec::decode(buf, broker.limits.max_packet_bytes) {
+                    Ok(Some(packet)) => {
+                        if let Some(end) = self.handle(broker, packet, ctrl).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        Metrics::inc(&broker.metrics.malformed_packets);
+                        log::warn!("{}: {} sent a bad packet: {e}", self.peer, self.identity);
+                        return End::Abnormal(e.to_string());
+                    }
+                }
+            }
+            let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
+            match fill(reader, buf, keep_alive, token_left, &self.kicked).await {
+                Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
+                Wake::Read(Ok(_)) => {}
+                Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
+                Wake::KeepAliveExpired => return End::Abnormal("keep-alive expired".into()),
+                Wake::TokenExpired => return End::Abnormal("SAS token expired".into()),
+                Wake::Kicked => return End::Abnormal("taken over by a new connection".into()),
+            }
+        }
+    }
+
+    /// Handles one packet; `Some` ends the connection.
+    async fn handle(&self, broker: &Broker, packet: Packet, ctrl: &Sender<Ctrl>) -> Option<End> {
+        let sent = match packet {
+            Packet::Publish(p) => {
+                let qos = p.qos;
+                let pkid = p.pkid;
+                if let Err(why) = self.publish(broker, p, ctrl).await {
+                    return Some(End::Abnormal(why));
+                }
+                if qos == QoS::AtLeastOnce {
+                    ctrl.send(Ctrl::PubAck(pkid)).await
+                } else {
+                    Ok(())
+                }
+            }
+            Packet::PubAck(ack) => ctrl.send(Ctrl::Acked(ack.pkid)).await,
+            Packet::Subscribe(s) => self.subscribe(broker, s, ctrl).await,
+            Packet::Unsubscribe(u) => self.unsubscribe(u, ctrl).await,
+            Packet::PingReq => ctrl.send(Ctrl::PingResp).await,
+            Packet::Disconnect => return Some(End::Graceful),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                return Some(End::Abnormal("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into()))
+            }
+            other => return Some(End::Abnormal(format!("unexpected packet {other:?}"))),
+        };
+        // The writer is gone: the socket failed.
+        sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
+    }
+
+    /// Accepts one PUBLISH: authorization, properties, routing.
+    async fn publish(&self, broker: &Broker, p: Publish, _ctrl: &Sender<Ctrl>) -> Result<(), String> {
+        if p.qos == QoS::ExactlyOnce {
+            return Err("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into());
+        }
+        let bag = match topic::classify_publish(&p.topic, &self.identity) {
+            Ok(Inbound::Telemetry { bag }) => bag,
+            Ok(Inbound::IotHub { rest }) => {
+                // Twin and direct-method traffic arrives with the twin work; it is accepted and
+                // acknowledged so SDKs do not stall, and logged so its absence is visible.
+                log::debug!("{}: {} sent $iothub/{rest}: twins and methods are not served yet", self.peer, self.identity);
+                return Ok(());
+            }
+            Err(e) => {
+                Metrics::inc(&broker.metrics.unauthorized_topics);
+                log::warn!("{}: {} may not publish to {:?}: {e}", self.peer, self.identity, p.topic);
+                return Err(format!("unauthorized publish to {:?}", p.topic));
+            }
+        };
+        let mut properties = Properties::parse(bag).map_err(|e| e.to_string())?;
+        properties.set_system("$.cdid", &self.identity.device_id);
+        let source = match &self.identity.module_id {
+            Some(m) => {
+                properties.set_system("$.cmid", m);
+                match properties.system("$.on") {
+                    Some(output) => format!("/messages/modules/{m}/outputs/{output}"),
+                    None => format!("/messages/modules/{m}"),
+                }
+            }
+            None => {
+                properties.remove_system("$.cmid");
+                "/messages".to_string()
+            }
+        };
+        Metrics::inc(&broker.metrics.messages_received);
+        let msg = Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload: p.payload };
+        let mut endpoints = Vec::new();
+        broker.router.route(msg, &mut endpoints).await.map_err(|_| {
+            log::warn!("{}: {}: a subscriber took nothing for {:?}; closing without acknowledging", self.peer, self.identity, super::router::BACKPRESSURE_WAIT_MAX);
+            "back-pressure timeout".to_string()
+        })
+    }
+
+    async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Sender<Ctrl>) -> Result<(), channel::SendError<Ctrl>> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut inputs = None;
+        for filter in &s.filters {
+            // IoT Hub grants at most QoS 1.
+            let granted = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            match topic::classify_subscription(&filter.path, &self.identity) {
+                Ok(kind) => {
+                    if kind == SubscriptionKind::ModuleInputs {
+                        inputs = Some(granted);
+                    }
+                    codes.push(granted as u8);
+                }
+                Err(e) => {
+                    Metrics::inc(&broker.metrics.unauthorized_topics);
+                    log::warn!("{}: {} may not subscribe to {:?}: {e}", self.peer, self.identity, filter.path);
+                    codes.push(0x80);
+                }
+            }
+        }
+        ctrl.send(Ctrl::SubAck(s.pkid, codes)).await?;
+        if let Some(qos) = inputs {
+            self.slot.state().inputs_qos = Some(qos);
+            ctrl.send(Ctrl::Inputs(Some(qos))).await?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Sender<Ctrl>) -> Result<(), channel::SendError<Ctrl>> {
+        if u.topics.iter().any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs)) {
+            self.slot.state().inputs_qos = None;
+            ctrl.send(Ctrl::Inputs(None)).await?;
+        }
+        ctrl.send(Ctrl::UnsubAck(u.pkid)).await
+    }
+}

@@ -1,0 +1,139 @@
+//! The MQTT broker: listeners, connections, sessions, routing.
+//!
+//! # Layout
+//! - `codec`: packet framing (mqttbytes in, a few hand-encoded packets out);
+//! - `connection`: CONNECT, authentication, the reading half of a connection;
+//! - `writer`: the writing half: acknowledgements and deliveries;
+//! - `session`: per-identity slots with their bounded input queues;
+//! - `router`: from a message to its endpoints.
+
+pub mod codec;
+mod connection;
+pub mod router;
+pub mod session;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use smol::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+
+pub use router::Router;
+pub use session::Sessions;
+
+/// The numeric limits of a broker; the config's `[hub]` section sets them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest packet accepted (IoT Hub: 256 KiB); a larger one closes the connection.
+    pub max_packet_bytes: usize,
+    /// Deliveries queued per identity before publishers are held back (online) or deliveries
+    /// dropped (offline).
+    pub subscriber_queue_max: usize,
+    /// Unacknowledged QoS 1 deliveries per connection.
+    pub max_inflight: usize,
+    /// Open connections; more are closed right after accept.
+    pub max_connections: usize,
+    /// Time a new connection has to send CONNECT (IoT Edge: `ConnectArrivalTimeout`).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_packet_bytes: 256 * 1024,
+            subscriber_queue_max: 1000,
+            max_inflight: 16,
+            max_connections: 1000,
+            connect_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of the hub's broker.
+#[derive(Debug)]
+pub struct Broker {
+    authenticator: RwLock<Arc<Authenticator>>,
+    pub router: Router,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    next_connection_id: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(device_id: &str, authenticator: Authenticator, routes: RouteTable, limits: Limits) -> Arc<Broker> {
+        let metrics = Arc::new(Metrics::default());
+        let sessions = Arc::new(Sessions::new(limits.subscriber_queue_max));
+        Arc::new(Broker {
+            authenticator: RwLock::new(Arc::new(authenticator)),
+            router: Router::new(device_id, routes, sessions.clone(), metrics.clone()),
+            sessions,
+            metrics,
+            limits,
+            next_connection_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.authenticator.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the identities allowed to connect (a new deployment). Open connections stay.
+    pub fn set_authenticator(&self, authenticator: Authenticator) {
+        *self.authenticator.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Accepts connections on `listener` until the listener fails; TLS when `tls` is given.
+    pub async fn serve(self: Arc<Broker>, listener: TcpListener, tls: Option<futures_rustls::TlsAcceptor>) {
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    log::warn!("accept on {local}: {e}");
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if self.metrics.connections_open.load(Ordering::Relaxed) >= self.limits.max_connections as u64 {
+                Metrics::inc(&self.metrics.connections_refused);
+                log::warn!("{peer}: refused: {} connections open (limit)", self.limits.max_connections);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let broker = self.clone();
+            let tls = tls.clone();
+            smol::spawn(async move { broker.serve_stream(stream, peer, tls).await }).detach();
+        }
+    }
+
+    async fn serve_stream(self: Arc<Broker>, stream: smol::net::TcpStream, peer: SocketAddr, tls: Option<futures_rustls::TlsAcceptor>) {
+        let peer = peer.to_string();
+        match tls {
+            None => connection::serve(self, stream, peer).await,
+            Some(acceptor) => {
+                let handshake = async { Some(acceptor.accept(stream).await) };
+                let timeout = async {
+                    smol::Timer::after(self.limits.connect_timeout).await;
+                    None
+                };
+                match smol::future::or(handshake, timeout).await {
+                    Some(Ok(tls_stream)) => connection::serve(self, tls_stream, peer).await,
+                    Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
+                    None => log::warn!("{peer}: TLS handshake timed out"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! # tinyedge hub
+//!
+//! An MQTT endpoint that speaks Azure IoT Hub's dialect (topics, property bags, SAS
+//! authentication) and routes messages between modules, devices and the cloud with IoT Hub's
+//! route language.
+//!
+//! # Layout
+//! - [`route`]: the route language — lexer, parser, condition evaluator, sources, endpoints
+//!   (pure code);
+//! - [`message`]: messages and IoT Hub property bags;
+//! - [`topic`]: which topics an identity may use, and the topics the hub delivers on;
+//! - [`auth`]: usernames, client ids and SAS tokens checked against the identities' keys;
+//! - [`broker`]: listeners, connections, sessions and routing (smol tasks around the above);
+//! - [`tls`]: the TLS listener's rustls configuration;
+//! - [`metrics`]: counters of everything accepted, routed and dropped.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod message;
+pub mod metrics;
+pub mod route;
+pub mod tls;
+pub mod topic;

@@ -1,0 +1,252 @@
+//! The runtime config: a small TOML file, every key optional.
+//!
+//! ```toml
+//! hostname = "gateway.local"        # TLS server name and GatewayHostName (default "localhost")
+//! iothub_hostname = "myhub.azure-devices.net"  # SAS token audience (default: hostname)
+//! device_id = "gateway-1"           # default "tinyedge"
+//! device_key = "base64 key"         # default: generated, kept in {data_dir}/device.key
+//! data_dir = "./tinyedge-data"
+//! deployment = "deployment.json"    # IoT Edge deployment manifest (default: none)
+//! log_level = "info"                # error|warn|info|debug|trace|off
+//! [hub]
+//! mqtt = "127.0.0.1:1883"           # plain listener; "" turns it off
+//! mqtts = "127.0.0.1:8883"          # TLS listener; "" turns it off
+//! tls_cert = "server.pem"           # with tls_key; generated under data_dir if absent
+//! tls_key = "server.key.pem"
+//! max_packet_bytes = 262144
+//! subscriber_queue_max = 1000
+//! max_inflight = 16
+//! max_connections = 1000
+//! [[devices]]                       # downstream devices allowed to connect
+//! id = "sensor-7"
+//! key = "base64 key"
+//! ```
+//!
+//! The TOML is mapped by hand rather than with serde derive so that every error names the exact
+//! key (`hub.mqttt`, `devices[2].key`) and unknown keys are refused instead of silently ignored.
+//! Relative paths are resolved against the config file's directory, so a config works the same
+//! from any working directory.
+
+mod error;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub use error::ConfigError;
+pub use parse::{check_hostname, GATEWAY_HOSTNAME_MAX_BYTES, HOSTNAME_MAX_BYTES};
+
+use crate::fsutil;
+
+/// A config is a few hundred bytes; 1 MiB leaves room for thousands of `[[devices]]` while
+/// bounding what a wrong path (say, a log file) can make us parse.
+pub const CONFIG_MAX_BYTES: usize = 1 << 20;
+
+pub const DEFAULT_HOSTNAME: &str = "localhost";
+pub const DEFAULT_DEVICE_ID: &str = "tinyedge";
+/// Relative to the working directory for [`Config::default`], to the config file's directory
+/// when loading a file.
+pub const DEFAULT_DATA_DIR: &str = "tinyedge-data";
+/// The IANA MQTT port, bound to loopback so a fresh install exposes nothing unencrypted.
+pub const DEFAULT_MQTT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
+/// The IANA MQTT-over-TLS port edgeHub listens on; loopback until the operator opens it.
+pub const DEFAULT_MQTTS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8883);
+/// IoT Hub's maximum message size, 256 KiB; edgeHub uses the same.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 256 * 1024;
+/// Smallest packet limit: below 1 KiB even a CONNECT with a SAS token password may not fit.
+pub const MAX_PACKET_BYTES_MIN: usize = 1024;
+/// Largest packet limit: MQTT's variable-length remaining length tops out just under 256 MiB.
+pub const MAX_PACKET_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Messages queued per subscriber before publishers are back-pressured.
+pub const DEFAULT_SUBSCRIBER_QUEUE_MAX: usize = 1000;
+/// Upper bound for `subscriber_queue_max`: at the default packet limit a full queue of a million
+/// messages is already 256 GiB of worst case, far beyond any edge box.
+pub const SUBSCRIBER_QUEUE_MAX_LIMIT: usize = 1_000_000;
+/// edgeHub's `MaxPendingInboundAcknowledgements`.
+pub const DEFAULT_MAX_INFLIGHT: usize = 16;
+/// MQTT packet identifiers are 16-bit and non-zero, so at most 65 535 can be outstanding.
+pub const MAX_INFLIGHT_LIMIT: usize = 65_535;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Upper bound for `max_connections`: beyond this the per-process file descriptor limit, not
+/// this setting, is what binds on any system we target.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+const _: () = assert!(MAX_PACKET_BYTES_MIN <= DEFAULT_MAX_PACKET_BYTES);
+const _: () = assert!(DEFAULT_MAX_PACKET_BYTES <= MAX_PACKET_BYTES_MAX);
+const _: () = assert!(DEFAULT_SUBSCRIBER_QUEUE_MAX <= SUBSCRIBER_QUEUE_MAX_LIMIT);
+const _: () = assert!(DEFAULT_MAX_INFLIGHT <= MAX_INFLIGHT_LIMIT);
+const _: () = assert!(DEFAULT_MAX_CONNECTIONS <= MAX_CONNECTIONS_LIMIT);
+
+/// The whole runtime config. `Debug` redacts keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The gateway's name: TLS server name, SAN of the generated certificate, GatewayHostName.
+    pub hostname: String,
+    /// Audience of SAS tokens (`{iothub_hostname}/devices/..`).
+    pub iothub_hostname: String,
+    pub device_id: String,
+    /// Decoded edge device key; `None` means "load or create `{data_dir}/device.key`".
+    pub device_key: Option<Vec<u8>>,
+    pub data_dir: PathBuf,
+    /// Deployment manifest (IoT Edge JSON), if any.
+    pub deployment: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+    pub hub: HubConfig,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// The `[hub]` table: listeners and the broker's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Plain MQTT listener; `None` when turned off with `""`.
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listener; `None` when turned off with `""`.
+    pub mqtts: Option<SocketAddr>,
+    /// Server certificate chain (PEM); always set together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet_bytes: usize,
+    /// Messages queued per subscriber before publishers are back-pressured.
+    pub subscriber_queue_max: usize,
+    /// Unacknowledged QoS 1 deliveries per client.
+    pub max_inflight: usize,
+    pub max_connections: usize,
+}
+
+/// One `[[devices]]` entry: a downstream device allowed to connect. `Debug` redacts the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub id: String,
+    /// Decoded symmetric key.
+    pub key: Vec<u8>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: DEFAULT_HOSTNAME.to_owned(),
+            iothub_hostname: DEFAULT_HOSTNAME.to_owned(),
+            device_id: DEFAULT_DEVICE_ID.to_owned(),
+            device_key: None,
+            data_dir: Path::new(".").join(DEFAULT_DATA_DIR),
+            deployment: None,
+            log_level: log::LevelFilter::Info,
+            hub: HubConfig::default(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            mqtt: Some(DEFAULT_MQTT_ADDR),
+            mqtts: Some(DEFAULT_MQTTS_ADDR),
+            tls_cert: None,
+            tls_key: None,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            subscriber_queue_max: DEFAULT_SUBSCRIBER_QUEUE_MAX,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Keys stay out of logs: a config is often printed at debug level.
+const REDACTED: &str = "<redacted>";
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("hostname", &self.hostname)
+            .field("iothub_hostname", &self.iothub_hostname)
+            .field("device_id", &self.device_id)
+            .field("device_key", &self.device_key.as_ref().map(|_| REDACTED))
+            .field("data_dir", &self.data_dir)
+            .field("deployment", &self.deployment)
+            .field("log_level", &self.log_level)
+            .field("hub", &self.hub)
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("id", &self.id)
+            .field("key", &REDACTED)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Parses and validates config text; relative paths are resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        parse::parse(text, base_dir)
+    }
+
+    /// Reads, parses and validates the config file at `path`. Errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let in_file = |error| ConfigError::InFile {
+            file: path.to_path_buf(),
+            error: Box::new(error),
+        };
+        let bytes = fsutil::read_bounded(path, CONFIG_MAX_BYTES as u64).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::InvalidData {
+                let bytes = fs::metadata(path).map_or(CONFIG_MAX_BYTES + 1, |metadata| {
+                    metadata.len().try_into().unwrap_or(usize::MAX)
+                });
+                in_file(ConfigError::TooLarge {
+                    bytes,
+                    max_bytes: CONFIG_MAX_BYTES,
+                })
+            } else {
+                ConfigError::Read {
+                    file: path.to_path_buf(),
+                    error,
+                }
+            }
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            in_file(ConfigError::Syntax {
+                line: 1,
+                column: 1,
+                message: "file is not UTF-8".to_owned(),
+            })
+        })?;
+        // `parent()` of a bare file name is "", which joins as the working directory.
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Config::from_toml_str(&text, base_dir).map_err(in_file)
+    }
+
+    /// Checks that the files the config names exist and are regular files: the deployment
+    /// manifest and the TLS certificate and key. Run at start-up so a typo fails fast.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("deployment", &self.deployment),
+            ("hub.tls_cert", &self.hub.tls_cert),
+            ("hub.tls_key", &self.hub.tls_key),
+        ];
+        for (key, file) in files {
+            let Some(file) = file else { continue };
+            let metadata = fs::metadata(file).map_err(|error| ConfigError::MissingFile {
+                key,
+                file: file.clone(),
+                error,
+            })?;
+            if !metadata.is_file() {
+                return Err(ConfigError::NotAFile {
+                    key,
+                    file: file.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! TOML text → validated [`Config`], one key at a time so errors can name the key.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use toml::{Table, Value};
+
+use super::*;
+use crate::identity;
+
+const TOP_KEYS: &[&str] = &[
+    "hostname",
+    "iothub_hostname",
+    "device_id",
+    "device_key",
+    "data_dir",
+    "deployment",
+    "log_level",
+    "hub",
+    "devices",
+];
+const HUB_KEYS: &[&str] = &[
+    "mqtt",
+    "mqtts",
+    "tls_cert",
+    "tls_key",
+    "max_packet_bytes",
+    "subscriber_queue_max",
+    "max_inflight",
+    "max_connections",
+];
+const DEVICE_KEYS: &[&str] = &["id", "key"];
+
+/// DNS limit on a full name (RFC 1035).
+pub const HOSTNAME_MAX_BYTES: usize = 253;
+/// DNS limit on one label (RFC 1035).
+const HOSTNAME_LABEL_MAX_BYTES: usize = 63;
+/// The gateway hostname is also the server certificate's common name, which X.509 caps at 64
+/// characters (`ub-common-name`); IoT Edge applies the same limit.
+pub const GATEWAY_HOSTNAME_MAX_BYTES: usize = 64;
+
+/// Checks that `name` is an IP address or a DNS name of letters, digits, `-` and dots.
+pub fn check_hostname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it must not be empty");
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if name.len() > HOSTNAME_MAX_BYTES {
+        return Err("it is longer than 253 characters");
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= HOSTNAME_LABEL_MAX_BYTES
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err("each dot-separated part must be 1-63 letters, digits or '-', not starting or ending with '-'");
+    }
+    Ok(())
+}
+
+/// One TOML table being consumed; `prefix` makes key names in errors absolute (`hub.`).
+struct Section {
+    table: Table,
+    prefix: String,
+}
+
+impl Section {
+    /// Refuses unknown keys first: a typo is the likeliest cause of any later error.
+    fn new(table: Table, prefix: String, known: &[&str]) -> Result<Section, ConfigError> {
+        if let Some(unknown) = table.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(ConfigError::UnknownKey {
+                key: format!("{prefix}{unknown}"),
+            });
+        }
+        Ok(Section { table, prefix })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn wrong_type(&self, name: &str, expected: &'static str, found: &Value) -> ConfigError {
+        ConfigError::WrongType {
+            key: self.key(name),
+            expected,
+            found: found.type_str(),
+        }
+    }
+
+    fn string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.table.remove(name) {
+            None => Ok(None),
+            Some(Value::String(value)) => Ok(Some(value)),
+            Some(other) => Err(self.wrong_type(name, "a string", &other)),
+        }
+    }
+
+    fn non_empty_string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.string(name)? {
+            Some(value) if value.is_empty() => Err(ConfigError::Empty {
+                key: self.key(name),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// A path, resolved against `base_dir` when relative.
+    fn path(&mut self, name: &str, base_dir: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self
+            .non_empty_string(name)?
+            .map(|value| base_dir.join(value)))
+    }
+
+    fn count(&mut self, name: &str, min: usize, max: usize) -> Result<Option<usize>, ConfigError> {
+        let value = match self.table.remove(name) {
+            None => return Ok(None),
+            Some(Value::Integer(value)) => value,
+            Some(other) => return Err(self.wrong_type(name, "an integer", &other)),
+        };
+        match usize::try_from(value) {
+            Ok(count) if (min..=max).contains(&count) => Ok(Some(count)),
+            _ => Err(ConfigError::OutOfRange {
+                key: self.key(name),
+                value,
+                min: min as u64,
+                max: max as u64,
+            }),
+        }
+    }
+
+    fn table(&mut self, name: &str) -> Result<Option<Table>, ConfigError> {
+        match self.table.remove(name) {
+            None => Ok(None),
+            Some(Value::Table(table)) => Ok(Some(table)),
+            Some(other) => Err(self.wrong_type(name, "a table", &other)),
+        }
+    }
+
+    fn array(&mut self, name: &str, expected: &'static str) -> Result<Vec<Value>, ConfigError> {
+        match self.table.remove(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(values)) => Ok(values),
+            Some(other) => Err(self.wrong_type(name, expected, &other)),
+        }
+    }
+
+    fn hostname(&mut self, name: &str, max_bytes: usize) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.string(name)? else {
+            return Ok(None);
+        };
+        let checked = check_hostname(&value).and_then(|()| {
+            if value.len() > max_bytes {
+                Err("it is longer than 64 characters, the limit for a certificate common name")
+            } else {
+                Ok(())
+            }
+        });
+        match checked {
+            Ok(()) => Ok(Some(value)),
+            Err(reason) => Err(ConfigError::BadHostname {
+                key: self.key(name),
+                value,
+                reason,
+            }),
+        }
+    }
+
+    fn id(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.string(name)? else {
+            return Ok(None);
+        };
+        match identity::check_id(&value) {
+            Ok(()) => Ok(Some(value)),
+            Err(reason) => Err(ConfigError::BadId {
+                key: self.key(name),
+                value,
+                reason,
+            }),
+        }
+    }
+
+    fn symmetric_key(&mut self, name: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(value) = self.string(name)? else {
+            return Ok(None);
+        };
+        let bad_key = |reason: String| ConfigError::BadKey {
+            key: self.key(name),
+            reason,
+        };
+        let key = BASE64.decode(value.as_bytes()).map_err(|_| {
+            bad_key("not standard base64 (as IoT Hub shows keys, e.g. \"q0Nx...=\")".to_owned())
+        })?;
+        identity::check_key_length(&key).map_err(bad_key)?;
+        Ok(Some(key))
+    }
+
+    /// `""` turns a listener off.
+    fn listener(&mut self, name: &str) -> Result<Option<Option<SocketAddr>>, ConfigError> {
+        let Some(value) = self.string(name)? else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(Some(None));
+        }
+        match value.parse::<SocketAddr>() {
+            Ok(address) => Ok(Some(Some(address))),
+            Err(_) => Err(ConfigError::BadAddress {
+                key: self.key(name),
+                value,
+            }),
+        }
+    }
+}
+
+/// See [`Config::from_toml_str`].
+pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    if text.len() > CONFIG_MAX_BYTES {
+        return Err(ConfigError::TooLarge {
+            bytes: text.len(),
+            max_bytes: CONFIG_MAX_BYTES,
+        });
+    }
+    let table: Table = text.parse().map_err(|error| syntax_error(text, &error))?;
+    let mut top = Section::new(table, String::new(), TOP_KEYS)?;
+    let defaults = Config::default();
+
+    let hostname = top
+        .hostname("hostname", GATEWAY_HOSTNAME_MAX_BYTES)?
+        .unwrap_or(defaults.hostname);
+    let iothub_hostname = top
+        .hostname("iothub_hostname", HOSTNAME_MAX_BYTES)?
+        .unwrap_or_else(|| hostname.clone());
+    let device_id = top.id("device_id")?.unwrap_or(defaults.device_id);
+    let device_key = top.symmetric_key("device_key")?;
+    let data_dir = top
+        .path("data_dir", base_dir)?
+        .unwrap_or_else(|| base_dir.join(DEFAULT_DATA_DIR));
+    let deployment = top.path("deployment", base_dir)?;
+    let log_level = match top.string("log_level")? {
+        None => defaults.log_level,
+        Some(value) => value
+            .parse()
+            .map_err(|_| ConfigError::BadLogLevel { value })?,
+    };
+    let hub = parse_hub(top.table("hub")?, base_dir)?;
+    let devices = parse_devices(
+        top.array("devices", "an array of [[devices]] tables")?,
+        &device_id,
+    )?;
+    Ok(Config {
+        hostname,
+        iothub_hostname,
+        device_id,
+        device_key,
+        data_dir,
+        deployment,
+        log_level,
+        hub,
+        devices,
+    })
+}
+
+fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigError> {
+    let mut hub = HubConfig::default();
+    let Some(table) = table else { return Ok(hub) };
+    let mut section = Section::new(table, "hub.".to_owned(), HUB_KEYS)?;
+    if let Some(mqtt) = section.listener("mqtt")? {
+        hub.mqtt = mqtt;
+    }
+    if let Some(mqtts) = section.listener("mqtts")? {
+        hub.mqtts = mqtts;
+    }
+    if let (Some(mqtt), Some(mqtts)) = (hub.mqtt, hub.mqtts) {
+        // Port 0 asks the OS for a fresh port each bind, so it can repeat.
+        if mqtt == mqtts && mqtt.port() != 0 {
+            return Err(ConfigError::SameAddress {
+                value: mqtt.to_string(),
+            });
+        }
+    }
+    hub.tls_cert = section.path("tls_cert", base_dir)?;
+    hub.tls_key = section.path("tls_key", base_dir)?;
+    match (&hub.tls_cert, &hub.tls_key) {
+        (Some(_), None) => {
+            return Err(ConfigError::TlsPairIncomplete {
+                present: "hub.tls_cert",
+                missing: "hub.tls_key",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::TlsPairIncomplete {
+                present: "hub.tls_key",
+                missing: "hub.tls_cert",
+            })
+        }
+        _ => {}
+    }
+    let limits = [
+        (
+            "max_packet_bytes",
+            MAX_PACKET_BYTES_MIN,
+            MAX_PACKET_BYTES_MAX,
+            &mut hub.max_packet_bytes,
+        ),
+        (
+            "subscriber_queue_max",
+            1,
+            SUBSCRIBER_QUEUE_MAX_LIMIT,
+            &mut hub.subscriber_queue_max,
+        ),
+        ("max_inflight", 1, MAX_INFLIGHT_LIMIT, &mut hub.max_inflight),
+        (
+            "max_connections",
+            1,
+            MAX_CONNECTIONS_LIMIT,
+            &mut hub.max_connections,
+        ),
+    ];
+    for (name, min, max, slot) in limits {
+        if let Some(value) = section.count(name, min, max)? {
+            *slot = value;
+        }
+    }
+    Ok(hub)
+}
+
+fn parse_devices(
+    values: Vec<Value>,
+    edge_device_id: &str,
+) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let mut seen = HashSet::with_capacity(values.len());
+    let mut devices = Vec::with_capacity(values.len());
+    for (index, value) in values.into_iter().enumerate() {
+        let Value::Table(table) = value else {
+            return Err(ConfigError::WrongType {
+                key: format!("devices[{index}]"),
+                expected: "a table",
+                found: value.type_str(),
+            });
+        };
+        let mut section = Section::new(table, format!("devices[{index}]."), DEVICE_KEYS)?;
+        let id = section.id("id")?.ok_or_else(|| ConfigError::MissingKey {
+            key: section.key("id"),
+        })?;
+        let key = section
+            .symmetric_key("key")?
+            .ok_or_else(|| ConfigError::MissingKey {
+                key: section.key("key"),
+            })?;
+        if id == edge_device_id {
+            return Err(ConfigError::DeviceIsEdge { id });
+        }
+        if !seen.insert(id.clone()) {
+            return Err(ConfigError::DuplicateDevice { id });
+        }
+        devices.push(DeviceConfig { id, key });
+    }
+    Ok(devices)
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let (line, column) = error
+        .span()
+        .map_or((0, 0), |span| line_column(text, span.start));
+    ConfigError::Syntax {
+        line,
+        column,
+        message: error.message().to_owned(),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+    // Count UTF-8 lead bytes, i.e. characters, without needing `offset` on a char boundary.
+    let column = before[line_start..]
+        .iter()
+        .filter(|&&byte| byte & 0xC0 != 0x80)
+        .count()
+        + 1;
+    (line, column)
+}

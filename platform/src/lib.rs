@@ -1,0 +1,28 @@
+//! # tinyedge platform
+//!
+//! Everything the runtime needs before it can serve a single packet: the config file, the edge
+//! device's identity and keys, the SAS tokens IoT Hub clients authenticate with, the edge CA and
+//! TLS server certificate, and the stderr logger. Parsing and token logic is pure (`now` is passed
+//! in); file IO is confined to loading the config, the device key and the certificates.
+//!
+//! # Layout
+//! - [`config`]: the runtime's TOML config, mapped by hand so every error names the exact key.
+//! - [`urlenc`]: percent-encoding as IoT Hub property bags and SAS tokens use it.
+//! - [`sas`]: parse, sign, generate and verify `SharedAccessSignature` tokens.
+//! - [`identity`]: module key derivation, connection strings, the persisted device key.
+//! - [`certs`]: the self-signed edge CA and the hub's TLS server certificate, made on first start.
+//! - [`logger`]: a minimal `log::Log` to stderr with UTC timestamps.
+//! - [`utc`]: civil (calendar) UTC time from the system clock, without a date library.
+//! - `fsutil` (private): atomic file writes shared by `identity` and `certs`.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod config;
+mod fsutil;
+pub mod identity;
+pub mod logger;
+pub mod sas;
+pub mod urlenc;
+pub mod utc;
+
+pub use config::{Config, ConfigError, DeviceConfig, HubConfig};

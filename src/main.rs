@@ -1,0 +1,117 @@
+//! `tinyedge`: the command line. It parses arguments, loads the config and the deployment,
+//! and wires the crates together; everything else lives in `hub/`, `agent/` and `platform/`.
+
+mod runtime;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tinyedge_platform::Config;
+
+const USAGE: &str = "\
+usage: tinyedge [--config FILE] <command>
+
+commands:
+  run                                  start the runtime (hub; agent when enabled)
+  identity connection-string <ID>      print the connection string of a module of the
+                                       deployment or of a configured downstream device
+  identity mqtt-login <ID> [TTL_SECS]  print MQTT client id, username and a SAS token
+                                       (default 3600 s) for tools like mosquitto_pub
+  version                              print the version
+
+options:
+  -c, --config FILE   TOML config (default: $TINYEDGE_CONFIG, else embedded defaults)
+  -h, --help          this text
+  -V, --version       print the version";
+
+/// Exit code for a usage or configuration error (as the issue and sysexits-ish tools do).
+const EXIT_CONFIG: u8 = 2;
+
+struct Cli {
+    config: Option<PathBuf>,
+    command: Vec<String>,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
+    let mut config = None;
+    let mut command = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => config = Some(PathBuf::from(args.next().ok_or("--config needs a FILE")?)),
+            "-h" | "--help" => command = vec!["help".to_string()],
+            "-V" | "--version" => command = vec!["version".to_string()],
+            other if other.starts_with("--config=") => config = Some(PathBuf::from(&other["--config=".len()..])),
+            other if other.starts_with('-') && command.is_empty() => return Err(format!("unknown option {other:?}")),
+            _ => command.push(arg),
+        }
+    }
+    if config.is_none() {
+        config = std::env::var_os("TINYEDGE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+    }
+    Ok(Cli { config, command })
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    let config = match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    config.check_files().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_args(std::env::args().skip(1)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("tinyedge: {e}\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let words: Vec<&str> = cli.command.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        ["version"] => {
+            println!("tinyedge {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match load_config(cli.config.as_ref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tinyedge: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match words.as_slice() {
+        ["run"] => runtime::run(config),
+        ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| println!("{s}")),
+        ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| println!("{s}")),
+        ["identity", "mqtt-login", id, ttl] => match ttl.parse() {
+            Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| println!("{s}")),
+            Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
+        },
+        [] => Err(runtime::Failure::Usage("no command given".into())),
+        _ => Err(runtime::Failure::Usage(format!("unknown command {:?}", cli.command.join(" ")))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(runtime::Failure::Usage(e)) => {
+            eprintln!("tinyedge: {e}\n{USAGE}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(runtime::Failure::Config(e)) => {
+            eprintln!("tinyedge: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(runtime::Failure::Runtime(e)) => {
+            eprintln!("tinyedge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

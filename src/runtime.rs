@@ -1,0 +1,156 @@
+//! Wiring: config + deployment → identities, routes, certificates, listeners.
+
+use std::path::Path;
+
+use tinyedge_agent::manifest::{self, Deployment};
+use tinyedge_hub::auth::{Authenticator, Identity};
+use tinyedge_hub::broker::{Broker, Limits};
+use tinyedge_hub::route::{Route, RouteTable};
+use tinyedge_platform::{certs, identity, logger, Config};
+
+/// How a command failed; decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad command line (exit 2).
+    Usage(String),
+    /// Bad config or deployment (exit 2).
+    Config(String),
+    /// Something failed while running (exit 1).
+    Runtime(String),
+}
+
+/// Reads and validates the deployment named in the config, if any.
+fn load_deployment(config: &Config) -> Result<Option<Deployment>, Failure> {
+    let Some(path) = &config.deployment else { return Ok(None) };
+    let bytes = std::fs::read(path).map_err(|e| Failure::Config(format!("deployment {}: {e}", path.display())))?;
+    manifest::parse_deployment(&bytes)
+        .map(Some)
+        .map_err(|e| Failure::Config(format!("deployment {}: {e}", path.display())))
+}
+
+fn device_key(config: &Config) -> Result<Vec<u8>, Failure> {
+    match &config.device_key {
+        Some(key) => Ok(key.clone()),
+        None => identity::load_or_create_device_key(&config.data_dir)
+            .map_err(|e| Failure::Runtime(format!("device key in {}: {e}", config.data_dir.display()))),
+    }
+}
+
+/// Everyone allowed to connect: the edge device itself, each module of the deployment (key
+/// derived from the device key), and each configured downstream device.
+fn authenticator(config: &Config, deployment: Option<&Deployment>, device_key: &[u8]) -> Authenticator {
+    let mut auth = Authenticator::new(&config.iothub_hostname, &config.hostname);
+    auth.insert(Identity::device(&config.device_id), device_key.to_vec());
+    for module in deployment.map(|d| d.agent.modules.as_slice()).unwrap_or_default() {
+        auth.insert(Identity::module(&config.device_id, &module.name), identity::derive_module_key(device_key, &module.name));
+    }
+    for device in &config.devices {
+        auth.insert(Identity::device(&device.id), device.key.clone());
+    }
+    auth
+}
+
+/// Compiles the deployment's routes; a bad route is logged and skipped, the rest apply.
+fn routes(deployment: Option<&Deployment>) -> RouteTable {
+    let mut compiled = Vec::new();
+    for spec in deployment.map(|d| d.hub.routes.as_slice()).unwrap_or_default() {
+        match Route::parse(&spec.name, &spec.route, spec.priority, spec.time_to_live_secs) {
+            Ok(route) => compiled.push(route),
+            Err(e) => log::error!("{e}; this route is ignored, the others apply"),
+        }
+    }
+    RouteTable::new(compiled)
+}
+
+/// An identity the CLI can print credentials for: (device id, module id, key).
+fn credentials_of(config: &Config, id: &str) -> Result<(String, Option<String>, Vec<u8>), Failure> {
+    if let Some(device) = config.devices.iter().find(|d| d.id == id) {
+        return Ok((device.id.clone(), None, device.key.clone()));
+    }
+    let deployment = load_deployment(config)?;
+    if !deployment.as_ref().is_some_and(|d| d.module(id).is_some()) {
+        return Err(Failure::Usage(format!("{id:?} is neither a module of the deployment nor a device in [[devices]]")));
+    }
+    let key = identity::derive_module_key(&device_key(config)?, id);
+    Ok((config.device_id.clone(), Some(id.to_string()), key))
+}
+
+/// `tinyedge identity connection-string ID`.
+pub fn connection_string(config: &Config, id: &str) -> Result<String, Failure> {
+    let (device, module, key) = credentials_of(config, id)?;
+    Ok(identity::connection_string(&config.iothub_hostname, &device, module.as_deref(), &key, &config.hostname))
+}
+
+/// `tinyedge identity mqtt-login ID [TTL_SECS]`: client id, username and SAS password for
+/// MQTT tools that cannot sign tokens themselves (mosquitto_pub, MQTT Explorer).
+pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Failure> {
+    let (device, module, key) = credentials_of(config, id)?;
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + ttl_secs;
+    let resource = identity::sas_resource(&config.iothub_hostname, &device, module.as_deref());
+    let token = tinyedge_platform::sas::generate(&resource, &key, expiry);
+    let client_id = match &module {
+        Some(m) => format!("{device}/{m}"),
+        None => device.clone(),
+    };
+    let username = format!("{}/{client_id}/?api-version=2021-04-12", config.iothub_hostname);
+    Ok(format!("client_id={client_id}\nusername={username}\npassword={token}"))
+}
+
+fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::net::TcpListener, Failure> {
+    smol::block_on(smol::net::TcpListener::bind(addr)).map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
+}
+
+fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure> {
+    let (cert, key) = match (&config.hub.tls_cert, &config.hub.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            let edge = certs::ensure_edge_certs(&config.data_dir, &config.hostname)
+                .map_err(|e| Failure::Runtime(format!("edge certificates: {e}")))?;
+            log::info!("edge CA certificate for clients: {}", edge.ca_cert.display());
+            (edge.server_cert, edge.server_key)
+        }
+    };
+    tinyedge_hub::tls::acceptor(&cert, &key).map_err(|e| Failure::Config(format!("TLS: {e}")))
+}
+
+/// `tinyedge run`.
+pub fn run(config: Config) -> Result<(), Failure> {
+    logger::init(config.log_level);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Failure::Runtime(format!("data_dir {}: {e}", config.data_dir.display())))?;
+    let deployment = load_deployment(&config)?;
+    let key = device_key(&config)?;
+    let auth = authenticator(&config, deployment.as_ref(), &key);
+    let table = routes(deployment.as_ref());
+    log::info!("{} route(s) active", table.routes().len());
+    let limits = Limits {
+        max_packet_bytes: config.hub.max_packet_bytes,
+        subscriber_queue_max: config.hub.subscriber_queue_max,
+        max_inflight: config.hub.max_inflight,
+        max_connections: config.hub.max_connections,
+        ..Limits::default()
+    };
+    let broker = Broker::new(&config.device_id, auth, table, limits);
+    let mut servers = Vec::new();
+    if let Some(addr) = config.hub.mqtt {
+        let listener = bind(addr, "mqtt")?;
+        log::info!("mqtt listening on {}", listener.local_addr().map_or(addr, |a| a));
+        servers.push(smol::spawn(broker.clone().serve(listener, None)));
+    }
+    if let Some(addr) = config.hub.mqtts {
+        let acceptor = tls_acceptor(&config)?;
+        let listener = bind(addr, "mqtts")?;
+        log::info!("mqtts listening on {}", listener.local_addr().map_or(addr, |a| a));
+        servers.push(smol::spawn(broker.clone().serve(listener, Some(acceptor))));
+    }
+    if servers.is_empty() {
+        return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
+    }
+    log::info!("tinyedge {} running as device {:?} (data in {})", env!("CARGO_PKG_VERSION"), config.device_id, Path::new(&config.data_dir).display());
+    smol::block_on(async {
+        for server in servers {
+            server.await;
+        }
+    });
+    Ok(())
+}

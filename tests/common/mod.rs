@@ -1,0 +1,272 @@
+//! Test harness: starts the real `tinyedge` binary on free loopback ports with a config and a
+//! deployment written by the test, and drives it with third-party clients (mosquitto_pub,
+//! mosquitto_sub) and raw sockets. A missing client tool fails the test loudly.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tinyedge_platform::{identity, sas};
+
+pub const DEVICE: &str = "gw";
+pub const HUB: &str = "testhub.azure-devices.net";
+/// base64 of 32 bytes: the edge device key used by every test config.
+pub const DEVICE_KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const DEVICE_KEY: [u8; 32] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+];
+pub const LEAF: &str = "sensor-7";
+pub const LEAF_KEY_B64: &str = "c2Vuc29yLTcta2V5LXNlY3JldC0xMjM0NTY3ODkwYWI=";
+
+/// A unique directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tinyedge-test-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// Fails the test unless the named tool is on PATH.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
+    assert!(found == Ok(true), "{tool} is not installed: run the test command from README.md (it installs mosquitto-clients)");
+}
+
+/// A running `tinyedge run`, killed on drop. Its stderr is collected for assertions.
+pub struct Runtime {
+    pub child: Child,
+    pub dir: TempDir,
+    pub mqtt_port: u16,
+    pub mqtts_port: u16,
+    pub log: Arc<Mutex<String>>,
+}
+
+/// A deployment with the given user modules and `$edgeHub` routes (name → route text).
+pub fn deployment(modules: &[&str], routes: &[(&str, &str)]) -> String {
+    let modules: Vec<String> = modules
+        .iter()
+        .map(|m| {
+            format!(
+                r#""{m}":{{"version":"1.0","type":"docker","status":"running","restartPolicy":"always","settings":{{"image":"busybox:latest","createOptions":""}}}}"#
+            )
+        })
+        .collect();
+    let routes: Vec<String> = routes.iter().map(|(n, r)| format!("{}:{}", json_string(n), json_string(r))).collect();
+    format!(
+        r#"{{"modulesContent":{{
+ "$edgeAgent":{{"properties.desired":{{"schemaVersion":"1.1","runtime":{{"type":"docker","settings":{{}}}},
+   "systemModules":{{"edgeAgent":{{"type":"docker","settings":{{"image":"tinyedge","createOptions":""}}}},
+                    "edgeHub":{{"type":"docker","status":"running","restartPolicy":"always","settings":{{"image":"tinyedge","createOptions":""}}}}}},
+   "modules":{{{}}}}}}},
+ "$edgeHub":{{"properties.desired":{{"schemaVersion":"1.1","routes":{{{}}},"storeAndForwardConfiguration":{{"timeToLiveSecs":7200}}}}}}}}}}"#,
+        modules.join(","),
+        routes.join(",")
+    )
+}
+
+pub fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Runtime {
+    /// Starts tinyedge with `extra_config` appended to a config naming the test hub, device
+    /// key, free ports, a downstream device, and the deployment `deployment_json`.
+    pub fn start(deployment_json: &str, extra_hub_config: &str) -> Runtime {
+        let dir = TempDir::new("rt");
+        let mqtt_port = free_port();
+        let mqtts_port = free_port();
+        std::fs::write(dir.0.join("deployment.json"), deployment_json).expect("write deployment");
+        let config = format!(
+            r#"hostname = "localhost"
+iothub_hostname = "{HUB}"
+device_id = "{DEVICE}"
+device_key = "{DEVICE_KEY_B64}"
+data_dir = "data"
+deployment = "deployment.json"
+log_level = "debug"
+[hub]
+mqtt = "127.0.0.1:{mqtt_port}"
+mqtts = "127.0.0.1:{mqtts_port}"
+{extra_hub_config}
+[[devices]]
+id = "{LEAF}"
+key = "{LEAF_KEY_B64}"
+"#
+        );
+        std::fs::write(dir.0.join("config.toml"), config).expect("write config");
+        Runtime::spawn(dir, mqtt_port, mqtts_port)
+    }
+
+    fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16) -> Runtime {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tinyedge"))
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tinyedge");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
+        rt.wait_for_port(mqtt_port);
+        rt
+    }
+
+    fn wait_for_port(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tinyedge did not listen on {port} within 20 s; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Waits until the log contains `needle` (logs are written asynchronously).
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Credentials of a module of the test device: (client id, username, SAS password).
+pub fn module_credentials(module: &str, ttl_secs: i64) -> (String, String, String) {
+    let key = identity::derive_module_key(&DEVICE_KEY, module);
+    let expiry = (unix_now() as i64 + ttl_secs) as u64;
+    let token = sas::generate(&format!("{HUB}/devices/{DEVICE}/modules/{module}"), &key, expiry);
+    (format!("{DEVICE}/{module}"), format!("{HUB}/{DEVICE}/{module}/?api-version=2021-04-12"), token)
+}
+
+/// Credentials of the configured downstream device.
+pub fn leaf_credentials() -> (String, String, String) {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.decode(LEAF_KEY_B64).expect("valid base64");
+    let token = sas::generate(&format!("{HUB}/devices/{LEAF}"), &key, unix_now() + 3600);
+    (LEAF.to_string(), format!("{HUB}/{LEAF}/?api-version=2021-04-12"), token)
+}
+
+/// `mosquitto_pub` with the given credentials; returns its output.
+pub fn mosquitto_pub(port: u16, creds: &(String, String, String), topic: &str, message: &str, extra: &[&str]) -> Output {
+    require_tool("mosquitto_pub");
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-i", &creds.0, "-u", &creds.1, "-P", &creds.2])
+        .args(["-t", topic, "-m", message])
+        .args(extra)
+        .output()
+        .expect("run mosquitto_pub")
+}
+
+/// A `mosquitto_sub -v` printing `topic payload` lines; stops after `count` messages or
+/// `timeout_secs`.
+pub struct Sub {
+    child: Child,
+}
+
+impl Sub {
+    pub fn start(port: u16, creds: &(String, String, String), topic: &str, count: usize, timeout_secs: u32, extra: &[&str]) -> Sub {
+        require_tool("mosquitto_sub");
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311", "-v"])
+            .args(["-i", &creds.0, "-u", &creds.1, "-P", &creds.2])
+            .args(["-t", topic, "-C", &count.to_string(), "-W", &timeout_secs.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run mosquitto_sub");
+        Sub { child }
+    }
+
+    /// Waits for the subscriber to exit; returns (exit success, stdout lines, stderr).
+    pub fn finish(mut self) -> (bool, Vec<String>, String) {
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
+        (ok, out.lines().map(str::to_string).collect(), err)
+    }
+}
+
+/// Gives a just-started subscriber time to connect and subscribe before the test publishes.
+/// (Only ordering, never an assertion on timing.)
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
