@@ -57,7 +57,7 @@ pub fn unix_now() -> u64 {
 /// Fails the test unless the named tool is on PATH.
 pub fn require_tool(tool: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-    assert!(found == Ok(true), "{tool} is not installed: run the test command from README.md (it installs mosquitto-clients)");
+    assert!(matches!(found, Ok(true)), "{tool} is not installed: run the test command from README.md (it installs mosquitto-clients)");
 }
 
 /// A running `tinyedge run`, killed on drop. Its stderr is collected for assertions.

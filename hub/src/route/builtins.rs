@@ -72,18 +72,18 @@ impl Builtin {
         NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, b)| *b)
     }
 
-    /// The accepted signatures, for error messages.
-    fn signatures(self) -> &'static str {
+    /// The accepted argument lists, for error messages.
+    fn signatures(self) -> &'static [&'static str] {
         use Builtin as B;
         match self {
-            B::Abs | B::Exp | B::Square | B::Ceiling | B::Floor | B::Sign | B::Sqrt => "(number)",
-            B::Power => "(number, number)",
-            B::AsNumber => "(string) or (number)",
-            B::IsBool | B::IsDefined | B::IsNull | B::IsNumber | B::IsString => "(any value)",
-            B::Concat => "(string, string, ...)",
-            B::Length | B::Lower | B::Upper => "(string)",
-            B::Substring => "(string, number) or (string, number, number)",
-            B::IndexOf | B::StartsWith | B::EndsWith | B::Contains => "(string, string)",
+            B::Abs | B::Exp | B::Square | B::Ceiling | B::Floor | B::Sign | B::Sqrt => &["number"],
+            B::Power => &["number, number"],
+            B::AsNumber => &["string", "number"],
+            B::IsBool | B::IsDefined | B::IsNull | B::IsNumber | B::IsString => &["any value"],
+            B::Concat => &["string, string, ..."],
+            B::Length | B::Lower | B::Upper => &["string"],
+            B::Substring => &["string, number", "string, number, number"],
+            B::IndexOf | B::StartsWith | B::EndsWith | B::Contains => &["string, string"],
         }
     }
 
@@ -108,10 +108,11 @@ impl Builtin {
         };
         result.ok_or_else(|| {
             let given: Vec<String> = args.iter().map(ToString::to_string).collect();
+            let expected: Vec<String> = self.signatures().iter().map(|s| format!("{name}({s})")).collect();
             format!(
-                "invalid arguments to built-in function '{name}': {name}({}), expected {name}{}",
+                "invalid arguments to built-in function '{name}': {name}({}), expected {}",
                 given.join(", "),
-                self.signatures()
+                expected.join(" or ")
             )
         })
     }

@@ -1,0 +1,71 @@
+//! Route tables: endpoint sets, priorities, TTLs, `needs_body`.
+
+use super::TestMessage;
+use crate::route::{Endpoint, Route, RouteTable, DEFAULT_PRIORITY};
+
+fn route(name: &str, text: &str, priority: Option<u8>, ttl: u32) -> Route {
+    match Route::parse(name, text, priority, ttl) {
+        Ok(route) => route,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn module(module: &str, input: &str) -> Endpoint {
+    Endpoint::Module { module: module.to_string(), input: input.to_string() }
+}
+
+fn table() -> RouteTable {
+    RouteTable::new(vec![
+        route("all-up", "FROM /messages/* INTO $upstream", None, 0),
+        route("alerts-up", "FROM /messages/* WHERE alert = 'yes' INTO $upstream", Some(1), 30),
+        route("alerts-up-again", "FROM /messages/* WHERE alert = 'yes' INTO $upstream", Some(1), 99),
+        route("m1-to-filter", "FROM /messages/modules/m1/outputs/* INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")", Some(5), 60),
+        route("hot-to-filter", "FROM /messages/* WHERE $body.t > 30 INTO BrokeredEndpoint('/modules/filter/inputs/in')", Some(2), 10),
+        route("m1-to-log", "FROM /messages/modules/m1/* INTO BrokeredEndpoint(\"/modules/log/inputs/all\")", None, 0),
+    ])
+}
+
+fn endpoints(table: &RouteTable, message: &TestMessage) -> Vec<(Endpoint, u8, u32)> {
+    let mut out = vec![(Endpoint::Upstream, 0, 0)];
+    table.endpoints_for(message, &mut out);
+    out
+}
+
+#[test]
+fn each_endpoint_appears_once_with_its_best_priority_in_priority_order() {
+    let table = table();
+    let device = TestMessage::new("/messages");
+    assert_eq!(endpoints(&table, &device), vec![(Endpoint::Upstream, DEFAULT_PRIORITY, 0)]);
+
+    let alert = TestMessage::new("/messages").app("alert", "yes");
+    // Two routes give priority 1: the first one's TTL is kept.
+    assert_eq!(endpoints(&table, &alert), vec![(Endpoint::Upstream, 1, 30)]);
+
+    let m1 = TestMessage::new("/messages/modules/m1/outputs/o");
+    assert_eq!(
+        endpoints(&table, &m1),
+        vec![(module("filter", "in"), 5, 60), (Endpoint::Upstream, DEFAULT_PRIORITY, 0), (module("log", "all"), DEFAULT_PRIORITY, 0)]
+    );
+
+    let hot_m1 = TestMessage::new("/messages/modules/m1/outputs/o").json(r#"{"t": 35}"#).app("alert", "yes");
+    assert_eq!(
+        endpoints(&table, &hot_m1),
+        vec![(Endpoint::Upstream, 1, 30), (module("filter", "in"), 2, 10), (module("log", "all"), DEFAULT_PRIORITY, 0)]
+    );
+}
+
+#[test]
+fn no_match_gives_no_endpoints_and_clears_the_output() {
+    let table = RouteTable::new(vec![route("r", "FROM /messages/modules/x/* INTO $upstream", None, 0)]);
+    assert!(endpoints(&table, &TestMessage::new("/messages")).is_empty());
+    assert!(endpoints(&RouteTable::default(), &TestMessage::new("/messages")).is_empty());
+}
+
+#[test]
+fn needs_body_is_true_when_any_condition_queries_the_body() {
+    assert!(table().needs_body());
+    let without = RouteTable::new(vec![route("r", "FROM /* WHERE $contentType = 'x' INTO $upstream", None, 0)]);
+    assert!(!without.needs_body());
+    assert!(!RouteTable::new(Vec::new()).needs_body());
+    assert_eq!(table().routes().len(), 6);
+}
