@@ -66,7 +66,7 @@ fn downstream_device_telemetry_routes_by_connection_device_id() {
 #[test]
 fn a_second_connection_with_the_same_client_id_takes_over() {
     let rt = Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "");
-    let first = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 20, &[]);
+    let first = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 6, &[]);
     settle();
     let second = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 15, &[]);
     settle();

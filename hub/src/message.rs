@@ -157,7 +157,8 @@ impl RoutableMessage for Message {
     }
 
     fn application_property(&self, name: &str) -> Option<&str> {
-        self.properties.application.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        // IoT Edge looks properties up ignoring case (`Message.cs`).
+        self.properties.application.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn system_property(&self, name: &str) -> Option<&str> {

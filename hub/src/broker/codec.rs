@@ -43,6 +43,22 @@ pub fn decode(buf: &mut BytesMut, max_packet_bytes: usize) -> Result<Option<Pack
     }
 }
 
+/// The protocol level of a CONNECT at the front of `buf` (4 = MQTT 3.1.1, 5 = MQTT 5), once
+/// enough bytes are there. mqttbytes' v4 reader would misread an MQTT 5 CONNECT (its properties
+/// sit where 3.1.1 has the client id), so the level is checked first and answered with
+/// CONNACK "unacceptable protocol version".
+pub fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    if buf.first().map(|b| b >> 4) != Some(1) {
+        return None;
+    }
+    // Skip the remaining-length bytes (at most 4, continuation bit 0x80).
+    let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let header = &buf[1 + len_bytes..];
+    // Protocol name: u16 length (4) + "MQTT" (or 6 + "MQIsdp" for 3.1), then the level.
+    let name_len = usize::from(u16::from_be_bytes([*header.first()?, *header.get(1)?]));
+    header.get(2 + name_len).copied()
+}
+
 /// Variable-length "remaining length" of MQTT; `len` is at most 268,435,455 (checked by callers
 /// through the packet size limit).
 fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
@@ -143,6 +159,17 @@ mod tests {
         // Only the fixed header of a 1 MiB publish: refused without the body being present.
         let mut buf = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x40][..]);
         assert!(matches!(decode(&mut buf, 256 * 1024), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn connect_protocol_level_is_read_before_parsing() {
+        let mut out = BytesMut::new();
+        mqttbytes::v4::Connect::new("c").write(&mut out).expect("encode");
+        assert_eq!(connect_protocol_level(&out), Some(4));
+        out[8] = 5;
+        assert_eq!(connect_protocol_level(&out), Some(5));
+        assert_eq!(connect_protocol_level(&out[..5]), None);
+        assert_eq!(connect_protocol_level(&[0x30, 0x00]), None);
     }
 
     #[test]

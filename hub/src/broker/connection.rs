@@ -97,6 +97,15 @@ where
     let never_kicked = channel::bounded::<()>(1);
     // The first packet must be a CONNECT, within the connect timeout.
     let connect = loop {
+        if let Some(level) = codec::connect_protocol_level(&buf).filter(|level| *level != 4) {
+            log::warn!("{peer}: CONNECT refused: protocol level {level} (MQTT 5 is not supported; IoT Hub speaks MQTT 3.1.1)");
+            Metrics::inc(&broker.metrics.connections_refused);
+            let mut out = BytesMut::new();
+            codec::put_connack(&mut out, false, 1);
+            let _ = writer.write_all(&out).await;
+            let _ = writer.flush().await;
+            return;
+        }
         match codec::decode(&mut buf, limits.max_packet_bytes) {
             Ok(Some(Packet::Connect(c))) => break c,
             Ok(Some(other)) => {
@@ -136,6 +145,8 @@ async fn accept<W: AsyncWrite + Unpin>(broker: &Broker, connect: &Connect, peer:
     };
     let verdict = if connect.protocol != Protocol::V4 {
         Err((1, "MQTT 5 is not supported (IoT Hub speaks MQTT 3.1.1)".to_string()))
+    } else if connect.client_id.is_empty() {
+        Err((2, "empty client id (IoT Hub needs the device or module id)".to_string()))
     } else if connect.last_will.as_ref().is_some_and(|w| w.qos == QoS::ExactlyOnce) {
         Err((5, "will with QoS 2 (IoT Hub supports QoS 0 and 1)".to_string()))
     } else {

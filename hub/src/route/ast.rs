@@ -17,14 +17,32 @@ pub(crate) enum Expr {
     AppProperty(Box<str>),
     /// `$name`: the application property literally named `$name` if the message has one
     /// (`app_property`), else the system property `name`. `{$name}` has no `app_property`.
-    SystemProperty { name: Box<str>, app_property: Option<Box<str>> },
+    SystemProperty {
+        name: Box<str>,
+        app_property: Option<Box<str>>,
+    },
     /// `$body.path`: an application property named `$body.path` if present (unless escaped
     /// with braces or holding brackets), else the JSON body query.
-    Body { path: JsonPath, app_property: Option<Box<str>> },
+    Body {
+        path: JsonPath,
+        app_property: Option<Box<str>>,
+    },
     Negate(Box<Expr>),
-    Not { operand: Box<Expr>, mode: OpMode },
-    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr>, mode: OpMode },
-    Call { function: Builtin, args: Vec<Expr>, first_type: StaticType },
+    Not {
+        operand: Box<Expr>,
+        mode: OpMode,
+    },
+    Binary {
+        op: BinaryOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+        mode: OpMode,
+    },
+    Call {
+        function: Builtin,
+        args: Vec<Expr>,
+        first_type: StaticType,
+    },
 }
 
 /// An expression with its static type and the height of its tree (bounded by the parser, so

@@ -55,7 +55,9 @@ fn decode(bytes: &[u8], encoding: Encoding) -> String {
         Encoding::Utf32 => bytes
             .chunks(4)
             .map(|quad| match quad {
-                [a, b, c, d] => char::from_u32(u32::from_le_bytes([*a, *b, *c, *d])).unwrap_or(char::REPLACEMENT_CHARACTER),
+                [a, b, c, d] => {
+                    char::from_u32(u32::from_le_bytes([*a, *b, *c, *d])).unwrap_or(char::REPLACEMENT_CHARACTER)
+                }
                 _ => char::REPLACEMENT_CHARACTER,
             })
             .collect(),

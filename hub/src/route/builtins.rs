@@ -93,7 +93,9 @@ impl Builtin {
         use StaticType as T;
         let all = |expected: &[T]| args.len() == expected.len() && expected.iter().zip(args).all(|(e, a)| fits(*e, *a));
         let result = match self {
-            B::Abs | B::Exp | B::Square | B::Ceiling | B::Floor | B::Sign | B::Sqrt => all(&[T::Number]).then_some(T::Number),
+            B::Abs | B::Exp | B::Square | B::Ceiling | B::Floor | B::Sign | B::Sqrt => {
+                all(&[T::Number]).then_some(T::Number)
+            }
             B::Power => all(&[T::Number, T::Number]).then_some(T::Number),
             B::AsNumber => (all(&[T::String]) || args == [T::Number]).then_some(T::Number),
             B::IsBool | B::IsDefined | B::IsNull | B::IsNumber | B::IsString => (args.len() == 1).then_some(T::Bool),

@@ -5,8 +5,6 @@
 //! We accept the same, plus `['name']` / `["name"]` steps (for keys with dots or spaces) and
 //! several brackets in a row (`a[0][1]`), which IoT Edge rejects at deploy time.
 
-use std::fmt;
-
 /// One step from a JSON value to a child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -20,19 +18,6 @@ pub(crate) enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct JsonPath {
     steps: Vec<Step>,
-}
-
-impl fmt::Display for JsonPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, step) in self.steps.iter().enumerate() {
-            match step {
-                Step::Key(key) if i == 0 => write!(f, "{key}")?,
-                Step::Key(key) => write!(f, "[{key:?}]")?,
-                Step::Index(index) => write!(f, "[{index}]")?,
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `IDENTIFIER` characters of `JsonPath.g4`.

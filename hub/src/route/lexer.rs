@@ -80,6 +80,9 @@ impl Token<'_> {
 /// Never fails: characters no rule accepts become `Unknown` tokens for the parser to report.
 pub(crate) fn tokenize(text: &str) -> Vec<Token<'_>> {
     let mut tokens = Vec::new();
+    // Where the last `*/` ends: a `/*` at or past it cannot open a comment. Knowing this keeps
+    // lexing linear; otherwise every unclosed `/*` would search the rest of the text.
+    let comments_end = text.rfind("*/").map_or(0, |at| at + 2);
     let mut offset = 0;
     while offset < text.len() {
         let rest = &text[offset..];
@@ -88,7 +91,7 @@ pub(crate) fn tokenize(text: &str) -> Vec<Token<'_>> {
             offset += whitespace;
             continue;
         }
-        let (kind, len) = longest_match(rest);
+        let (kind, len) = longest_match(rest, offset + 4 <= comments_end);
         if kind != TokenKind::Eof {
             tokens.push(Token { kind, text: &rest[..len], offset });
         }
@@ -105,10 +108,8 @@ fn is_whitespace(c: char) -> bool {
 
 /// `QUERY_PATH_CHARS`: everything except a few punctuation characters and whitespace.
 fn is_query_path_char(c: char) -> bool {
-    !matches!(
-        c,
-        '(' | ')' | '<' | '>' | '@' | ',' | ';' | ':' | '\\' | '"' | '/' | '?' | '=' | '{' | '}'
-    ) && !is_whitespace(c)
+    !matches!(c, '(' | ')' | '<' | '>' | '@' | ',' | ';' | ':' | '\\' | '"' | '/' | '?' | '=' | '{' | '}')
+        && !is_whitespace(c)
 }
 
 /// `ID_CHARS`: query-path characters except brackets.
@@ -117,8 +118,9 @@ fn is_id_char(c: char) -> bool {
 }
 
 /// The token at the start of `rest` (non-empty, not starting with whitespace) and its byte
-/// length. A comment is reported as `Eof` so the caller skips it.
-fn longest_match(rest: &str) -> (TokenKind, usize) {
+/// length. A comment is reported as `Eof` so the caller skips it; `comment_possible` says
+/// whether a `*/` follows far enough to close one.
+fn longest_match(rest: &str, comment_possible: bool) -> (TokenKind, usize) {
     use TokenKind as K;
     let mut best = (K::Unknown, 0);
     // Candidates in grammar rule order; a later one wins only when strictly longer.
@@ -172,7 +174,9 @@ fn longest_match(rest: &str) -> (TokenKind, usize) {
     offer(K::Ident, run_len(rest, is_id_char));
     offer(K::QueryPath, run_len(rest, is_query_path_char));
     // A comment is skipped, so report it as Eof.
-    offer(K::Eof, comment_len(rest));
+    if comment_possible {
+        offer(K::Eof, comment_len(rest));
+    }
     if best.1 == 0 {
         // UNKNOWN_CHAR: one character, whatever it is.
         best = (K::Unknown, rest.chars().next().map_or(1, char::len_utf8));

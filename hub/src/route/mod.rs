@@ -23,7 +23,8 @@
 //! of mismatched static types are refused at parse time (`temperature > 30` compares a string
 //! with a number: write `as_number(temperature) > 30`). At run time an undefined operand makes
 //! most results undefined, `AND`/`OR` follow three-valued logic, and a route matches only when
-//! its condition is exactly `true`.
+//! its condition is exactly `true`. As in IoT Edge, identifiers may contain `+ - * % ! |`, so
+//! operators need spaces around them: `a-1` is one property name, `a - 1` a subtraction.
 
 mod ast;
 mod body;
@@ -53,15 +54,15 @@ use eval::EvalContext;
 /// the cap bounds the token list (at most one token per byte) before anything is allocated.
 pub const ROUTE_TEXT_BYTES_MAX: usize = 16 * 1024;
 
-/// Deepest nesting of parentheses, function calls and prefix operators (`NOT`, `-`) while
-/// parsing. Each level costs about ten parser stack frames (one per precedence level plus
-/// the call chain), so 64 levels stay far below a 2 MiB thread stack even in debug builds;
-/// deeper input is an error, never a stack overflow.
+/// Deepest nesting of parentheses and function-call arguments. Each level costs four parser
+/// stack frames (operators use explicit stacks, not recursion); at this limit the parser needs
+/// under 256 KiB of stack in a debug build (tested on a 512 KiB thread), an eighth of Rust's
+/// default thread stack. Deeper input is an error, never a stack overflow.
 pub const NESTING_DEPTH_MAX: usize = 64;
 
 /// Tallest condition tree, which bounds the recursion of evaluating and dropping it. Operator
-/// chains (`a OR b OR c …`) add one level per operator without nesting; 256 leaves room for
-/// any hand-written route.
+/// chains (`a OR b OR c …`) and prefix runs (`NOT NOT …`) add one level per operator without
+/// nesting; 256 leaves room for any hand-written route.
 pub const EXPRESSION_HEIGHT_MAX: usize = 256;
 
 /// Highest explicit route priority (IoT Edge accepts 0 to 9; 0 is the most urgent).
@@ -72,8 +73,8 @@ pub const PRIORITY_MAX: u8 = 9;
 pub const DEFAULT_PRIORITY: u8 = PRIORITY_MAX + 1;
 
 const _: () = assert!(DEFAULT_PRIORITY > PRIORITY_MAX);
-// Every nesting level adds at least one node except parentheses, so the height limit must be
-// the larger one for the nesting limit to be the one users meet first.
+// A call adds a node per nesting level, so for the nesting limit to be the one deep nesting
+// meets first, the height limit must be the larger.
 const _: () = assert!(NESTING_DEPTH_MAX < EXPRESSION_HEIGHT_MAX);
 
 /// Longest route text quoted in an error message, in characters.
@@ -137,7 +138,10 @@ impl Route {
             message,
         };
         if text.len() > ROUTE_TEXT_BYTES_MAX {
-            return Err(fail(0, format!("route is {} bytes long, more than the {ROUTE_TEXT_BYTES_MAX} allowed", text.len())));
+            return Err(fail(
+                0,
+                format!("route is {} bytes long, more than the {ROUTE_TEXT_BYTES_MAX} allowed", text.len()),
+            ));
         }
         let priority = match priority {
             None => DEFAULT_PRIORITY,
@@ -207,7 +211,9 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
-    Cow::Owned(text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect())
+    Cow::Owned(
+        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect(),
+    )
 }
 
 /// The routes of a deployment, ready to route messages.

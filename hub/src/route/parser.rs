@@ -7,9 +7,13 @@
 //! and `NOT` bind tighter than every binary operator, as ANTLR orders them, so `NOT a = b`
 //! is `(NOT a) = b`. Each node is type-checked as it is built (see `types.rs`).
 //!
-//! Recursion is bounded twice: [`NESTING_DEPTH_MAX`] limits how deeply parentheses, calls and
-//! prefix operators nest while parsing, and [`EXPRESSION_HEIGHT_MAX`] limits the height of the
-//! finished tree (long `a OR b OR …` chains grow it without nesting), which bounds evaluation.
+//! Recursion is bounded twice: [`NESTING_DEPTH_MAX`] limits how deeply parentheses and call
+//! arguments nest while parsing (binary and prefix operators are handled with explicit stacks,
+//! not recursion), and [`EXPRESSION_HEIGHT_MAX`] limits the height of the finished tree (long
+//! `a OR b OR …` chains and `NOT NOT …` grow it without nesting), which bounds evaluation.
+//!
+//! One more departure from IoT Edge: a `/*` right after the source path, which both lexers
+//! read as a comment up to the next `*/` (silently dropping the condition between), is refused.
 
 use std::borrow::Cow;
 
@@ -151,7 +155,7 @@ impl<'a> Parser<'a> {
         if self.peek().kind == K::Where {
             self.advance();
             let start = self.peek().offset;
-            let typed = self.expression(0)?;
+            let typed = self.expression()?;
             let text = self.text.get(start..self.previous_end()).unwrap_or_default();
             condition = Some(Condition::new(typed.expr, text, self.references_body));
         }
@@ -172,7 +176,7 @@ impl<'a> Parser<'a> {
         let after_from = self.previous_end();
         if self.peek().kind != K::Slash {
             let gap = self.text.get(after_from..).unwrap_or_default();
-            self.refuse_comment(after_from + gap.len() - gap.trim_start().len())?;
+            self.refuse_comment(after_from + gap.len() - gap.trim_start_matches([' ', '\t', '\r', '\n']).len())?;
             return self.expected("a source path such as /messages/*");
         }
         let mut path = String::new();
@@ -221,15 +225,14 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Runs `parse` one nesting level deeper, refusing to go past [`NESTING_DEPTH_MAX`].
-    fn nested<T>(&mut self, at: Token<'_>, parse: impl FnOnce(&mut Self) -> Result<T, ParseError>) -> Result<T, ParseError> {
+    /// Enters one more level of parentheses or call arguments, refusing to pass
+    /// [`NESTING_DEPTH_MAX`]. The caller leaves with `self.nesting -= 1`.
+    fn enter(&mut self, at: Token<'_>) -> Result<(), ParseError> {
         if self.nesting >= NESTING_DEPTH_MAX {
             return Err(Self::error_at(at, format!("expression nests more than {NESTING_DEPTH_MAX} levels deep")));
         }
         self.nesting += 1;
-        let result = parse(self);
-        self.nesting -= 1;
-        result
+        Ok(())
     }
 
     /// A new node over children of height `child_height`, refusing to pass
@@ -242,91 +245,129 @@ impl<'a> Parser<'a> {
         Ok(Typed { expr, ty, height })
     }
 
-    /// Binary operators of precedence `min_precedence` or tighter, left-associative.
-    fn expression(&mut self, min_precedence: u8) -> Result<Typed, ParseError> {
-        let mut left = self.unary()?;
+    /// Operands and binary operators, reduced by precedence with explicit stacks
+    /// (shunting-yard) instead of one recursive call per precedence level: a nesting level
+    /// then costs four small stack frames, not a dozen.
+    fn expression(&mut self) -> Result<Typed, ParseError> {
+        let mut operands = vec![self.unary()?];
+        let mut operators: Vec<(BinaryOp, Token<'a>)> = Vec::new();
         while let Some(op) = binary_op(self.peek().kind) {
-            if op.precedence() < min_precedence {
-                break;
-            }
             let token = self.advance();
-            // At most one frame per precedence level: the right side binds strictly tighter.
-            let right = self.expression(op.precedence() + 1)?;
-            let (ty, mode) = types::binary(op, token.text, left.ty, right.ty).map_err(|m| Self::error_at(token, m))?;
-            let height = left.height.max(right.height);
-            let expr = Expr::Binary { op, left: Box::new(left.expr), right: Box::new(right.expr), mode };
-            left = Self::node(token, expr, ty, height)?;
+            // Left-associative: first reduce what binds at least as tightly.
+            while operators.last().is_some_and(|(top, _)| top.precedence() >= op.precedence()) {
+                Self::reduce(&mut operators, &mut operands)?;
+            }
+            operators.push((op, token));
+            operands.push(self.unary()?);
         }
-        Ok(left)
+        while !operators.is_empty() {
+            Self::reduce(&mut operators, &mut operands)?;
+        }
+        operands.pop().ok_or_else(|| Self::error_at(self.peek(), "expected an expression"))
     }
 
-    /// Prefix `-` and `NOT`, then a primary expression.
+    /// Replaces the top operator and its two operands with one checked node.
+    fn reduce(operators: &mut Vec<(BinaryOp, Token<'_>)>, operands: &mut Vec<Typed>) -> Result<(), ParseError> {
+        // The stacks always hold one more operand than operators.
+        let (Some((op, token)), Some(right)) = (operators.pop(), operands.pop()) else {
+            return Ok(());
+        };
+        let Some(left) = operands.pop() else {
+            return Err(Self::error_at(token, "expected an expression before the operator"));
+        };
+        let (ty, mode) = types::binary(op, token.text, left.ty, right.ty).map_err(|m| Self::error_at(token, m))?;
+        let height = left.height.max(right.height);
+        let expr = Expr::Binary { op, left: Box::new(left.expr), right: Box::new(right.expr), mode };
+        operands.push(Self::node(token, expr, ty, height)?);
+        Ok(())
+    }
+
+    /// Prefix `-` and `NOT` (collected, not recursed into), then a primary expression.
     fn unary(&mut self) -> Result<Typed, ParseError> {
-        let token = self.peek();
-        match token.kind {
-            K::Minus => {
-                self.advance();
-                let operand = self.nested(token, Self::unary)?;
-                let ty = types::negate(operand.ty).map_err(|m| Self::error_at(token, m))?;
-                Self::node(token, Expr::Negate(Box::new(operand.expr)), ty, operand.height)
-            }
-            K::Not => {
-                self.advance();
-                let operand = self.nested(token, Self::unary)?;
-                let (ty, mode) = types::not(operand.ty).map_err(|m| Self::error_at(token, m))?;
-                Self::node(token, Expr::Not { operand: Box::new(operand.expr), mode }, ty, operand.height)
-            }
-            _ => self.primary(),
+        let mut prefixes = Vec::new();
+        while matches!(self.peek().kind, K::Minus | K::Not) {
+            prefixes.push(self.advance());
+        }
+        let mut operand = self.primary()?;
+        for token in prefixes.into_iter().rev() {
+            operand = Self::prefix(token, operand)?;
+        }
+        Ok(operand)
+    }
+
+    fn prefix(token: Token<'_>, operand: Typed) -> Result<Typed, ParseError> {
+        if token.kind == K::Minus {
+            let ty = types::negate(operand.ty).map_err(|m| Self::error_at(token, m))?;
+            Self::node(token, Expr::Negate(Box::new(operand.expr)), ty, operand.height)
+        } else {
+            let (ty, mode) = types::not(operand.ty).map_err(|m| Self::error_at(token, m))?;
+            Self::node(token, Expr::Not { operand: Box::new(operand.expr), mode }, ty, operand.height)
         }
     }
 
+    /// Kept small: it is on the recursive path, so every local here costs stack per level.
     fn primary(&mut self) -> Result<Typed, ParseError> {
         let token = self.peek();
-        let literal = |value: Value<'static>, ty: StaticType| Ok(Typed::leaf(Expr::Literal(value), ty));
         match token.kind {
-            K::LParen => {
-                self.advance();
-                let inner = self.nested(token, |parser| parser.expression(0))?;
-                self.expect(K::RParen, "')'")?;
-                Ok(inner)
-            }
+            K::LParen => self.parenthesized(),
             K::Ident if self.tokens.get(self.position + 1).is_some_and(|next| next.kind == K::LParen) => self.call(),
+            _ => self.leaf(),
+        }
+    }
+
+    fn parenthesized(&mut self) -> Result<Typed, ParseError> {
+        let open = self.advance();
+        self.enter(open)?;
+        let inner = self.expression();
+        self.nesting -= 1;
+        let inner = inner?;
+        self.expect(K::RParen, "')'")?;
+        Ok(inner)
+    }
+
+    /// A literal or a property.
+    fn leaf(&mut self) -> Result<Typed, ParseError> {
+        let token = self.peek();
+        let literal = |value: Value<'static>, ty: StaticType| Typed::leaf(Expr::Literal(value), ty);
+        let typed = match token.kind {
+            K::Ident => Typed::leaf(Expr::AppProperty(token.text.into()), StaticType::String),
+            K::Str => literal(Value::String(Cow::Owned(lexer::unescape(token.text))), StaticType::String),
+            K::Integer | K::Real => number_literal(token.text.parse::<f64>().ok()),
+            // .NET parses hex into a signed 64-bit integer: 16 digits may be negative.
+            K::Hex => number_literal(u64::from_str_radix(&token.text[2..], 16).ok().map(|v| v as i64 as f64)),
+            K::True => literal(Value::Bool(true), StaticType::Bool),
+            K::False => literal(Value::Bool(false), StaticType::Bool),
+            K::Null => literal(Value::Null, StaticType::Null),
+            K::Undefined => literal(Value::Undefined, StaticType::Undefined),
             K::SysProp => {
                 self.advance();
-                self.property(token, false)
+                return self.property(token, false);
             }
             K::LBrace => {
                 self.advance();
                 let property = self.expect(K::SysProp, "a $property after '{'")?;
                 self.expect(K::RBrace, "'}'")?;
-                self.property(property, true)
+                return self.property(property, true);
             }
-            K::Unknown => Err(Self::error_at(token, format!("invalid symbol {}", describe(token)))),
-            K::UnterminatedStr => Err(Self::error_at(token, "unterminated string (or invalid escape in it)")),
-            _ => {
-                let result = match token.kind {
-                    K::Ident => Ok(Typed::leaf(Expr::AppProperty(token.text.into()), StaticType::String)),
-                    K::Str => literal(Value::String(Cow::Owned(lexer::unescape(token.text))), StaticType::String),
-                    K::Integer | K::Real => number_literal(token.text.parse::<f64>().ok()),
-                    // .NET parses hex into a signed 64-bit integer: 16 digits may be negative.
-                    K::Hex => number_literal(u64::from_str_radix(&token.text[2..], 16).ok().map(|v| v as i64 as f64)),
-                    K::True => literal(Value::Bool(true), StaticType::Bool),
-                    K::False => literal(Value::Bool(false), StaticType::Bool),
-                    K::Null => literal(Value::Null, StaticType::Null),
-                    K::Undefined => literal(Value::Undefined, StaticType::Undefined),
-                    _ => return self.expected("an expression"),
-                };
-                self.advance();
-                result
-            }
-        }
+            K::Unknown => return Err(Self::error_at(token, format!("invalid symbol {}", describe(token)))),
+            K::UnterminatedStr => return Err(Self::error_at(token, "unterminated string (or invalid escape in it)")),
+            _ => return self.expected("an expression"),
+        };
+        self.advance();
+        Ok(typed)
     }
 
     /// `name(arguments)`: a built-in function call, checked against its signatures.
     fn call(&mut self) -> Result<Typed, ParseError> {
         let name = self.advance();
         let open = self.advance();
-        let args = self.nested(open, |parser| parser.arguments(name))?;
+        self.enter(open)?;
+        let args = self.arguments(name);
+        self.nesting -= 1;
+        Self::checked_call(name, args?)
+    }
+
+    fn checked_call(name: Token<'_>, args: Vec<Typed>) -> Result<Typed, ParseError> {
         let function = Builtin::lookup(name.text)
             .ok_or_else(|| Self::error_at(name, format!("unknown built-in function '{}'", name.text)))?;
         let arg_types: Vec<StaticType> = args.iter().map(|arg| arg.ty).collect();
@@ -345,7 +386,7 @@ impl<'a> Parser<'a> {
             return Ok(args);
         }
         loop {
-            args.push(self.expression(0)?);
+            args.push(self.expression()?);
             match self.peek().kind {
                 K::Comma => {
                     self.advance();
@@ -381,9 +422,9 @@ impl<'a> Parser<'a> {
 }
 
 /// A number literal IoT Edge could not parse (`e5`, a hex overflow) is `undefined`, typed so.
-fn number_literal(parsed: Option<f64>) -> Result<Typed, ParseError> {
-    Ok(match parsed {
+fn number_literal(parsed: Option<f64>) -> Typed {
+    match parsed {
         Some(n) => Typed::leaf(Expr::Literal(Value::number(n)), StaticType::Number),
         None => Typed::leaf(Expr::Literal(Value::Undefined), StaticType::Undefined),
-    })
+    }
 }

@@ -1,6 +1,6 @@
 //! `$body` queries: paths, content type and encoding conditions, laziness.
 
-use super::{check_values, route_with, s, TestMessage, V, F, T};
+use super::{check_values, route_with, s, TestMessage, F, T, V};
 use crate::route::eval::EvalContext;
 use crate::route::{RoutableMessage, Route};
 
@@ -131,8 +131,10 @@ fn utf16_and_utf32_bodies_are_decoded_little_endian() {
     let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
     let utf32: Vec<u8> = text.chars().flat_map(|c| u32::from(c).to_le_bytes()).collect();
     for (encoding, body) in [("utf-16", utf16), ("UTF-32", utf32)] {
-        let message =
-            TestMessage::new("/messages").sys("contentType", "application/json").sys("contentEncoding", encoding).raw_body(&body);
+        let message = TestMessage::new("/messages")
+            .sys("contentType", "application/json")
+            .sys("contentEncoding", encoding)
+            .raw_body(&body);
         check_values(&message, &[("$body.t", s("é"))]);
     }
 }
@@ -185,7 +187,8 @@ fn body_is_parsed_lazily_and_at_most_once_per_message() {
 #[test]
 fn a_route_without_body_queries_never_reads_the_body() {
     let message = CountingMessage { inner: json().app("kind", "x"), reads: std::cell::Cell::new(0) };
-    let route = Route::parse("r", "FROM /messages WHERE kind = 'x' OR $connectionDeviceId = 'd' INTO $upstream", None, 0);
+    let route =
+        Route::parse("r", "FROM /messages WHERE kind = 'x' OR $connectionDeviceId = 'd' INTO $upstream", None, 0);
     assert!(route.is_ok_and(|r| r.matches(&message)));
     assert_eq!(message.reads.get(), 0);
 }

@@ -1,6 +1,6 @@
 //! Evaluation: precedence, operators, three-valued logic and property lookup.
 
-use super::{check_values, route_with, s, TestMessage, V, F, T};
+use super::{check_values, route_with, s, TestMessage, F, T, V};
 
 fn message() -> TestMessage {
     TestMessage::new("/messages/modules/m1/outputs/o1")
@@ -162,10 +162,7 @@ fn coalesce_takes_the_left_value_when_defined() {
 
 #[test]
 fn identifiers_are_application_properties_by_exact_name() {
-    check_values(
-        &message(),
-        &[("alert", s("high")), ("Alert", V::U), ("n", s("42")), ("as_number(n) = 42", T)],
-    );
+    check_values(&message(), &[("alert", s("high")), ("Alert", V::U), ("n", s("42")), ("as_number(n) = 42", T)]);
 }
 
 #[test]

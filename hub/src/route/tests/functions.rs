@@ -1,11 +1,13 @@
 //! Built-in functions, one table each.
 
-use super::{check_values, s, TestMessage, V, F, T};
+use super::{check_values, s, TestMessage, F, T, V};
 
 fn message() -> TestMessage {
-    TestMessage::new("/messages").app("word", "Hello").app("num", " 1,234.5 ").app("bad", "12abc").json(
-        r#"{"n": -2.5, "s": "Hi", "b": true, "z": null, "o": {"k": 1}, "big": 1e308}"#,
-    )
+    TestMessage::new("/messages")
+        .app("word", "Hello")
+        .app("num", " 1,234.5 ")
+        .app("bad", "12abc")
+        .json(r#"{"n": -2.5, "s": "Hi", "b": true, "z": null, "o": {"k": 1}, "big": 1e308}"#)
 }
 
 #[test]

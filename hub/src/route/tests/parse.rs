@@ -19,7 +19,11 @@ fn route_shapes_parse() {
     let table = [
         ("FROM /messages/* INTO $upstream", "/messages/*", None),
         ("SELECT * FROM /messages/* INTO $upstream", "/messages/*", None),
-        ("select * from /messages/modules/m1/outputs/out1 where true into $upstream", "/messages/modules/m1/outputs/out1", Some("true")),
+        (
+            "select * from /messages/modules/m1/outputs/out1 where true into $upstream",
+            "/messages/modules/m1/outputs/out1",
+            Some("true"),
+        ),
         ("FROM /* WHERE a = 'b' AND c <> 'd' INTO $UPSTREAM", "/*", Some("a = 'b' AND c <> 'd'")),
         ("FROM /messages /modules/ m1 INTO $upstream", "/messages/modules/m1", None),
         ("FROM /twinChangeNotifications INTO $upstream", "/twinChangeNotifications", None),
@@ -100,7 +104,11 @@ fn each_error_names_its_column() {
         ("FROM /messages/* WHERE {$a INTO $upstream", 28, "expected '}'"),
         ("FROM /messages/* INTO $upstream WHERE a = 'b'", 33, "unexpected 'WHERE' after the endpoint"),
         ("FROM /messages/* WHERE foo(1) INTO $upstream", 24, "unknown built-in function 'foo'"),
-        ("FROM /messages/* WHERE abs(1 2) INTO $upstream", 30, "expected ',' or ')' in the arguments of 'abs', found '2'"),
+        (
+            "FROM /messages/* WHERE abs(1 2) INTO $upstream",
+            30,
+            "expected ',' or ')' in the arguments of 'abs', found '2'",
+        ),
         ("FROM /messages/* WHERE $body. = 1 INTO $upstream", 24, "invalid $body query: $body query cannot be empty"),
         ("FROM /messages/* WHERE $body.a..b = 1 INTO $upstream", 24, "invalid $body query"),
         ("FROM /messages/* WHERE $body.a[x] = 1 INTO $upstream", 24, "invalid $body query"),
@@ -155,10 +163,16 @@ fn overlong_route_text_is_refused_before_parsing() {
 
 #[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
-    for (open, close) in [("(", ")"), ("NOT ", ""), ("- ", ""), ("abs(", ")")] {
-        let condition = format!("{}1{} = 1", open.repeat(2000), close.repeat(2000));
+    let table = [
+        ("(", "1", ")", "nests more than"),
+        ("abs(", "1", ")", "nests more than"),
+        ("NOT ", "true", "", "operators deep"),
+        ("- ", "1", "", "operators deep"),
+    ];
+    for (open, operand, close, limit) in table {
+        let condition = format!("{}{operand}{} = 1", open.repeat(2000), close.repeat(2000));
         let (_, message) = error_of(&format!("FROM /* WHERE {condition} INTO $upstream"));
-        assert!(message.contains("nests more than"), "{open:?}: {message}");
+        assert!(message.contains(limit), "{open:?}: {message}");
     }
     // Just inside the limit is fine.
     let _ = route_with(&format!("{}true{}", "(".repeat(60), ")".repeat(60)));
@@ -171,4 +185,42 @@ fn long_operator_chains_are_bounded_by_tree_height() {
     assert!(message.contains("operators deep"), "{message}");
     let chain = vec!["true"; 100].join(" OR ");
     assert!(route_with(&chain).condition.is_some());
+}
+
+/// Runs `f` on a thread with a small stack (a quarter of Rust's default), so that a recursion
+/// bound that is too loose fails here rather than in production.
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    const STACK_BYTES: usize = 512 * 1024;
+    let thread = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(f);
+    assert!(thread.map(|t| t.join().is_ok()).unwrap_or(false), "thread failed");
+}
+
+#[test]
+fn worst_case_parser_recursion_fits_a_small_stack() {
+    on_small_stack(|| {
+        // Every precedence level climbed before each parenthesis, as deep as the limit allows.
+        let depth = crate::route::NESTING_DEPTH_MAX - 1;
+        let condition = format!("{}x{}", "x ?? x OR x AND x = x < x + x * (".repeat(depth), ")".repeat(depth));
+        let (_, message) = error_of(&format!("FROM /* WHERE {condition} INTO $upstream"));
+        assert!(message.contains("invalid operands"), "{message}");
+        let condition = format!("{}true{}", "NOT (".repeat(depth / 2), ")".repeat(depth / 2));
+        assert!(route_with(&condition).condition.is_some());
+    });
+}
+
+#[test]
+fn tallest_tree_evaluates_and_drops_on_a_small_stack() {
+    on_small_stack(|| {
+        let chain = vec!["alert = 'x'"; EXPRESSION_HEIGHT_MAX / 2].join(" AND ");
+        let route = route_with(&format!("is_defined({chain} OR false)"));
+        assert!(route.matches(&super::TestMessage::new("/messages").app("alert", "x")));
+    });
+}
+
+#[test]
+fn unclosed_comment_openers_lex_quickly() {
+    let text = "/*".repeat(ROUTE_TEXT_BYTES_MAX / 2);
+    let started = std::time::Instant::now();
+    let _ = Route::parse("r", &text, None, 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }

@@ -19,8 +19,18 @@ fn table() -> RouteTable {
         route("all-up", "FROM /messages/* INTO $upstream", None, 0),
         route("alerts-up", "FROM /messages/* WHERE alert = 'yes' INTO $upstream", Some(1), 30),
         route("alerts-up-again", "FROM /messages/* WHERE alert = 'yes' INTO $upstream", Some(1), 99),
-        route("m1-to-filter", "FROM /messages/modules/m1/outputs/* INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")", Some(5), 60),
-        route("hot-to-filter", "FROM /messages/* WHERE $body.t > 30 INTO BrokeredEndpoint('/modules/filter/inputs/in')", Some(2), 10),
+        route(
+            "m1-to-filter",
+            "FROM /messages/modules/m1/outputs/* INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")",
+            Some(5),
+            60,
+        ),
+        route(
+            "hot-to-filter",
+            "FROM /messages/* WHERE $body.t > 30 INTO BrokeredEndpoint('/modules/filter/inputs/in')",
+            Some(2),
+            10,
+        ),
         route("m1-to-log", "FROM /messages/modules/m1/* INTO BrokeredEndpoint(\"/modules/log/inputs/all\")", None, 0),
     ])
 }
@@ -44,7 +54,11 @@ fn each_endpoint_appears_once_with_its_best_priority_in_priority_order() {
     let m1 = TestMessage::new("/messages/modules/m1/outputs/o");
     assert_eq!(
         endpoints(&table, &m1),
-        vec![(module("filter", "in"), 5, 60), (Endpoint::Upstream, DEFAULT_PRIORITY, 0), (module("log", "all"), DEFAULT_PRIORITY, 0)]
+        vec![
+            (module("filter", "in"), 5, 60),
+            (Endpoint::Upstream, DEFAULT_PRIORITY, 0),
+            (module("log", "all"), DEFAULT_PRIORITY, 0)
+        ]
     );
 
     let hot_m1 = TestMessage::new("/messages/modules/m1/outputs/o").json(r#"{"t": 35}"#).app("alert", "yes");

@@ -1,0 +1,167 @@
+//! MQTT 3.1.1 session behaviour: will messages, keep-alive, QoS 1 redelivery with DUP,
+//! QoS 2 refusal. Raw clients use the mqttbytes codec (a third-party codec) over std sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use mqttbytes::v4::{self, Connect, LastWill, Packet, PubAck, Publish, Subscribe};
+use mqttbytes::QoS;
+
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    fn connect(port: u16, creds: &(String, String, String), keep_alive: u16, clean: bool, will: Option<LastWill>) -> Raw {
+        let mut connect = Connect::new(creds.0.clone());
+        connect.set_login(creds.1.clone(), creds.2.clone());
+        connect.keep_alive = keep_alive;
+        connect.clean_session = clean;
+        connect.last_will = will;
+        let mut raw = Raw { stream: TcpStream::connect(("127.0.0.1", port)).expect("connect"), buf: BytesMut::new() };
+        raw.stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        raw.send(|out| connect.write(out).map(|_| ()));
+        match raw.next() {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, v4::ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    fn send(&mut self, encode: impl FnOnce(&mut BytesMut) -> Result<(), mqttbytes::Error>) {
+        let mut out = BytesMut::new();
+        encode(&mut out).expect("encode");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    /// The next packet, or `None` when the hub closed the connection (or 10 s passed).
+    fn next(&mut self) -> Option<Packet> {
+        loop {
+            match v4::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    let mut chunk = [0u8; 4096];
+                    match self.stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Err(e) => panic!("bad packet from hub: {e:?}"),
+            }
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.send(|out| Subscribe::new(filter, qos).write(out).map(|_| ()));
+        match self.next() {
+            Some(Packet::SubAck(ack)) => assert_eq!(ack.return_codes.len(), 1),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+fn ab_runtime() -> Runtime {
+    Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "")
+}
+
+fn a_events() -> String {
+    format!("devices/{DEVICE}/modules/a/messages/events/")
+}
+
+#[test]
+fn will_message_is_routed_when_a_client_vanishes() {
+    let rt = ab_runtime();
+    let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &format!("devices/{DEVICE}/modules/b/inputs/#"), 1, 15, &[]);
+    settle();
+    let will = LastWill::new(a_events() + "kind=will", "a went away", QoS::AtLeastOnce, false);
+    let raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, Some(will));
+    // Vanish without DISCONNECT.
+    drop(raw);
+    let (ok, lines, err) = sub.finish();
+    assert!(ok, "{err}\n{}", rt.log());
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("kind=will") && lines[0].ends_with(" a went away"), "{lines:?}");
+}
+
+#[test]
+fn graceful_disconnect_does_not_send_the_will() {
+    let rt = ab_runtime();
+    let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &format!("devices/{DEVICE}/modules/b/inputs/#"), 1, 3, &[]);
+    settle();
+    let will = LastWill::new(a_events(), "should not appear", QoS::AtMostOnce, false);
+    let mut raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, Some(will));
+    raw.send(|out| v4::Disconnect.write(out).map(|_| ()));
+    assert!(raw.next().is_none(), "hub closes after DISCONNECT");
+    let (_, lines, _) = sub.finish();
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+#[test]
+fn silent_client_is_disconnected_after_one_and_a_half_keep_alives() {
+    let rt = ab_runtime();
+    let mut raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 1, true, None);
+    // Say nothing: the hub must close the connection (1.5 s), well before the 10 s read timeout.
+    assert!(raw.next().is_none());
+    assert!(rt.wait_log("keep-alive expired"), "{}", rt.log());
+}
+
+#[test]
+fn ping_keeps_a_client_connected() {
+    let rt = ab_runtime();
+    let mut raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 2, true, None);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1000));
+        raw.send(|out| v4::PingReq.write(out).map(|_| ()));
+        assert!(matches!(raw.next(), Some(Packet::PingResp)));
+    }
+}
+
+#[test]
+fn unacknowledged_qos1_delivery_is_sent_again_with_dup_after_reconnect() {
+    let rt = ab_runtime();
+    let creds = module_credentials("b", 3600);
+    let mut b = Raw::connect(rt.mqtt_port, &creds, 60, false, None);
+    b.subscribe(&format!("devices/{DEVICE}/modules/b/inputs/#"), QoS::AtLeastOnce);
+    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("a", 3600), &a_events(), "exactly this", &["-q", "1"]);
+    assert!(out.status.success());
+    let Some(Packet::Publish(first)) = b.next() else { panic!("no delivery") };
+    assert_eq!((first.qos, first.dup, &first.payload[..]), (QoS::AtLeastOnce, false, &b"exactly this"[..]));
+    drop(b); // no PUBACK
+    let mut b = Raw::connect(rt.mqtt_port, &creds, 60, false, None);
+    // Persistent session: the subscription survives; the delivery comes again, marked DUP.
+    let Some(Packet::Publish(again)) = b.next() else { panic!("no redelivery\n{}", rt.log()) };
+    assert_eq!((again.dup, &again.payload[..]), (true, &b"exactly this"[..]));
+    b.send(|out| PubAck::new(again.pkid).write(out).map(|_| ()));
+}
+
+#[test]
+fn qos2_publish_closes_the_connection() {
+    let rt = ab_runtime();
+    let mut a = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, None);
+    let mut p = Publish::new(a_events(), QoS::ExactlyOnce, "x");
+    p.pkid = 1;
+    a.send(|out| p.write(out).map(|_| ()));
+    assert!(a.next().is_none());
+    assert!(rt.wait_log("QoS 2 is not supported"), "{}", rt.log());
+}
+
+#[test]
+fn mqtt5_connect_is_refused_with_unacceptable_protocol() {
+    let rt = ab_runtime();
+    require_tool("mosquitto_pub");
+    let (id, user, pass) = module_credentials("a", 3600);
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &rt.mqtt_port.to_string(), "-V", "mqttv5", "-i", &id, "-u", &user, "-P", &pass, "-t", &a_events(), "-m", "x"])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("mosquitto_pub");
+    assert!(!out.status.success());
+    assert!(rt.wait_log("MQTT 5 is not supported"), "{}", rt.log());
+}
