@@ -39,8 +39,10 @@ struct Broker {
     name: &'static str,
     child: Child,
     port: u16,
-    /// (client id, username, password) per role; `None` for anonymous mosquitto.
+    /// (client id, username, password) per module role; `None` for anonymous mosquitto.
     creds: fn(&str) -> Option<(String, String, String)>,
+    /// The same for a downstream device `leaf-N`.
+    leaf_creds: fn(&str) -> Option<(String, String, String)>,
     pub_topic: String,
     sub_topic: String,
 }
@@ -57,6 +59,12 @@ fn tinyedge_creds(module: &str) -> Option<(String, String, String)> {
     let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86_400;
     let token = sas::generate(&format!("{HUB}/devices/{DEVICE}/modules/{module}"), &key, expiry);
     Some((format!("{DEVICE}/{module}"), format!("{HUB}/{DEVICE}/{module}/?api-version=2021-04-12"), token))
+}
+
+fn tinyedge_leaf_creds(device: &str) -> Option<(String, String, String)> {
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86_400;
+    let token = sas::generate(&format!("{HUB}/devices/{device}"), &DEVICE_KEY, expiry);
+    Some((device.to_string(), format!("{HUB}/{device}/?api-version=2021-04-12"), token))
 }
 
 fn anonymous(_: &str) -> Option<(String, String, String)> {
@@ -85,10 +93,12 @@ fn start_tinyedge(bin: &Path, dir: &Path) -> Broker {
  "modules":{"pub":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}},"sub":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}}}}},
  "$edgeHub":{"properties.desired":{"schemaVersion":"1.1","routes":{"r":"FROM /messages/modules/pub/* INTO BrokeredEndpoint(\"/modules/sub/inputs/in\")"}}}}}"#;
     std::fs::write(dir.join("deployment.json"), deployment).expect("write deployment");
+    // Downstream devices leaf-0.. for the idle-connection measurement, all with the device key.
+    let leaves: String = (0..IDLE_CONNECTIONS).map(|i| format!("[[devices]]\nid = \"leaf-{i}\"\nkey = \"{key}\"\n")).collect();
     std::fs::write(
         dir.join("tinyedge.toml"),
         format!(
-            "iothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{key}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"warn\"\n[hub]\nmqtt = \"127.0.0.1:{port}\"\nmqtts = \"\"\nmax_connections = 5000\n"
+            "iothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{key}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"warn\"\n[hub]\nmqtt = \"127.0.0.1:{port}\"\nmqtts = \"\"\nmax_connections = 5000\n{leaves}"
         ),
     )
     .expect("write config");
@@ -99,6 +109,7 @@ fn start_tinyedge(bin: &Path, dir: &Path) -> Broker {
         child,
         port,
         creds: tinyedge_creds,
+        leaf_creds: tinyedge_leaf_creds,
         pub_topic: format!("devices/{DEVICE}/modules/pub/messages/events/"),
         sub_topic: format!("devices/{DEVICE}/modules/sub/inputs/#"),
     }
@@ -107,10 +118,12 @@ fn start_tinyedge(bin: &Path, dir: &Path) -> Broker {
 fn start_mosquitto(dir: &Path) -> Broker {
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n")).expect("write mosquitto.conf");
+    // As root, mosquitto would switch to the `mosquitto` user, which cannot read this temp dir.
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\nuser root\n"))
+        .expect("write mosquitto.conf");
     let child = Command::new("mosquitto").arg("-c").arg(&conf).stderr(Stdio::null()).stdout(Stdio::null()).spawn().expect("start mosquitto (apt-get install mosquitto)");
     wait_port(port);
-    Broker { name: "mosquitto", child, port, creds: anonymous, pub_topic: "bench/in".into(), sub_topic: "bench/#".into() }
+    Broker { name: "mosquitto", child, port, creds: anonymous, leaf_creds: anonymous, pub_topic: "bench/in".into(), sub_topic: "bench/#".into() }
 }
 
 /// A blocking MQTT 3.1.1 client over the mqttbytes codec.
@@ -159,7 +172,9 @@ impl Client {
     }
 
     fn subscribe(&mut self, topic: &str, qos: QoS) {
-        Subscribe::new(topic, qos).write(&mut self.out).expect("encode");
+        let mut subscribe = Subscribe::new(topic, qos);
+        subscribe.pkid = 1;
+        subscribe.write(&mut self.out).expect("encode");
         self.flush();
         match self.read() {
             Packet::SubAck(_) => {}
@@ -178,7 +193,9 @@ fn receive(mut sub: Client, count: usize, deadline: Instant) -> (usize, Instant)
         got += 1;
         if p.qos == QoS::AtLeastOnce {
             PubAck::new(p.pkid).write(&mut sub.out).expect("encode");
-            if sub.out.len() > 4096 || got == count {
+            // Acknowledge in batches, but never sit on acks while waiting for more data: the
+            // broker's in-flight window would stall.
+            if sub.buf.is_empty() || sub.out.len() > 4096 || got == count {
                 sub.flush();
             }
         }
@@ -267,32 +284,40 @@ fn latency(b: &Broker, qos: QoS, size: usize) -> (f64, f64) {
     (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
 }
 
-/// Resident set of a process in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+/// (resident, anonymous) memory of a process in KiB, from /proc. Anonymous memory is what
+/// the process itself allocated (heap, stacks), without the shared libraries and binary text.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Anonymous:"))
 }
 
-/// (idle RSS KiB, KiB per idle connection).
-fn memory(b: &Broker) -> (u64, f64) {
+struct Memory {
+    idle_rss: u64,
+    idle_anon: u64,
+    per_connection_kib: f64,
+}
+
+/// Idle memory, then memory per idle MQTT connection (CONNECT accepted, then silent).
+fn memory(b: &Broker) -> Memory {
     std::thread::sleep(Duration::from_millis(300));
-    let idle = rss_kib(b.child.id());
+    let (idle_rss, idle_anon) = memory_kib(b.child.id());
     let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
     for i in 0..IDLE_CONNECTIONS {
-        // tinyedge accepts only known identities; the device identity may connect many times
-        // only by takeover, so idle connections use distinct raw TCP sockets that complete
-        // CONNECT with the subscriber module's credentials on mosquitto, and on tinyedge the
-        // same module under takeover would close the previous; use plain TCP for both instead.
-        let s = TcpStream::connect(("127.0.0.1", b.port)).expect("idle connect");
-        conns.push(s);
-        if i % 100 == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let id = format!("leaf-{i}");
+        conns.push(Client::connect(b.port, &id, (b.leaf_creds)(&id)));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let loaded = rss_kib(b.child.id());
+    let (rss, _) = memory_kib(b.child.id());
     drop(conns);
-    (idle, (loaded.saturating_sub(idle)) as f64 / IDLE_CONNECTIONS as f64)
+    Memory { idle_rss, idle_anon, per_connection_kib: rss.saturating_sub(idle_rss) as f64 / IDLE_CONNECTIONS as f64 }
 }
 
 fn build_tinyedge(root: &Path) -> PathBuf {
@@ -311,8 +336,13 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("tinyedge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let brokers = [start_tinyedge(&bin, &dir), start_mosquitto(&dir)];
+    // Memory first, on fresh processes: after the throughput runs the allocators keep their
+    // high-water marks.
+    let mem: Vec<Memory> = brokers.iter().map(memory).collect();
     let mut rows = Vec::new();
-    for (qos, qname) in [(QoS::AtMostOnce, "0"), (QoS::AtLeastOnce, "1")] {
+    // `BENCH_MEMORY_ONLY=1` skips the traffic runs (for quick footprint checks).
+    let traffic = std::env::var_os("BENCH_MEMORY_ONLY").is_none();
+    for (qos, qname) in [(QoS::AtMostOnce, "0"), (QoS::AtLeastOnce, "1")].into_iter().filter(|_| traffic) {
         for size in [64usize, 1024] {
             let mut cells = Vec::new();
             for b in &brokers {
@@ -324,7 +354,6 @@ fn main() {
             rows.push((qname, size, cells));
         }
     }
-    let mem: Vec<(u64, f64)> = brokers.iter().map(memory).collect();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string)))
@@ -342,9 +371,10 @@ fn main() {
         );
     }
     println!();
-    println!("| memory | tinyedge | mosquitto |");
+    println!("| memory (fresh process) | tinyedge | mosquitto |");
     println!("|---|---|---|");
-    println!("| idle RSS | {} KiB | {} KiB |", mem[0].0, mem[1].0);
-    println!("| per idle TCP connection | {:.2} KiB | {:.2} KiB |", mem[0].1, mem[1].1);
+    println!("| idle RSS | {} KiB | {} KiB |", mem[0].idle_rss, mem[1].idle_rss);
+    println!("| idle anonymous (heap, stacks) | {} KiB | {} KiB |", mem[0].idle_anon, mem[1].idle_anon);
+    println!("| per idle MQTT connection ({IDLE_CONNECTIONS} connected) | {:.2} KiB | {:.2} KiB |", mem[0].per_connection_kib, mem[1].per_connection_kib);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -96,8 +96,8 @@ pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Fa
     Ok(format!("client_id={client_id}\nusername={username}\npassword={token}"))
 }
 
-fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::net::TcpListener, Failure> {
-    smol::block_on(smol::net::TcpListener::bind(addr)).map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
+fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::Async<std::net::TcpListener>, Failure> {
+    smol::Async::<std::net::TcpListener>::bind(addr).map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
 }
 
 fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure> {
@@ -134,13 +134,13 @@ pub fn run(config: Config) -> Result<(), Failure> {
     let mut servers = Vec::new();
     if let Some(addr) = config.hub.mqtt {
         let listener = bind(addr, "mqtt")?;
-        log::info!("mqtt listening on {}", listener.local_addr().map_or(addr, |a| a));
+        log::info!("mqtt listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
         servers.push(smol::spawn(broker.clone().serve(listener, None)));
     }
     if let Some(addr) = config.hub.mqtts {
         let acceptor = tls_acceptor(&config)?;
         let listener = bind(addr, "mqtts")?;
-        log::info!("mqtts listening on {}", listener.local_addr().map_or(addr, |a| a));
+        log::info!("mqtts listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
         servers.push(smol::spawn(broker.clone().serve(listener, Some(acceptor))));
     }
     if servers.is_empty() {

@@ -59,7 +59,9 @@ impl Raw {
     }
 
     fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(|out| Subscribe::new(filter, qos).write(out).map(|_| ()));
+        let mut subscribe = Subscribe::new(filter, qos);
+        subscribe.pkid = 1;
+        self.send(|out| subscribe.write(out).map(|_| ()));
         match self.next() {
             Some(Packet::SubAck(ack)) => assert_eq!(ack.return_codes.len(), 1),
             other => panic!("expected SUBACK, got {other:?}"),

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
 use mqttbytes::{Protocol, QoS};
-use smol::channel::{self, Sender};
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{Authenticated, Identity};
 use crate::message::{Message, Properties};
@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
 use super::codec;
+use super::transport::Reader;
+use super::queue::{Queue, Signal};
 use super::session::{Owner, Slot};
 use super::writer::{Ctrl, Writer};
 use super::Broker;
@@ -23,8 +25,10 @@ use super::Broker;
 /// Bytes asked of the socket per read. Small, because the buffer stays allocated while a
 /// connection is idle; a bigger packet grows it only for as long as it takes to read.
 const READ_CHUNK_BYTES: usize = 2048;
-/// Acknowledgements the reader may queue ahead of the writer before it waits for it.
-const CTRL_QUEUE_MAX: usize = 64;
+/// Acknowledgements the reader may queue ahead of the writer before it waits for it. The
+/// channel preallocates its slots (about 40 bytes each), so this is kept small: the writer
+/// drains it on every wake-up anyway.
+const CTRL_QUEUE_MAX: usize = 16;
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -49,17 +53,17 @@ enum Wake {
 }
 
 /// Reads until `buf` holds at least one more byte, or something else ends the wait. The
-/// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it.
+/// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it; an
+/// empty buffer is only allocated once the socket is readable, so an idle connection holds none.
 async fn fill<R: AsyncRead + Unpin>(
-    reader: &mut R,
+    reader: &mut Reader<R>,
     buf: &mut BytesMut,
     keep_alive: Option<Duration>,
     token_left: Duration,
-    kicked: &channel::Receiver<()>,
+    kicked: &Signal,
 ) -> Wake {
     let start = buf.len();
-    buf.resize(start + READ_CHUNK_BYTES, 0);
-    let read = async { Wake::Read(reader.read(&mut buf[start..]).await) };
+    let read = async { Wake::Read(reader.read_into(buf, start, READ_CHUNK_BYTES).await) };
     let keep_alive = async {
         match keep_alive {
             Some(d) => {
@@ -74,7 +78,7 @@ async fn fill<R: AsyncRead + Unpin>(
         Wake::TokenExpired
     };
     let kick = async {
-        let _ = kicked.recv().await;
+        kicked.wait().await;
         Wake::Kicked
     };
     let wake = smol::future::or(read, smol::future::or(kick, smol::future::or(keep_alive, token))).await;
@@ -87,14 +91,14 @@ async fn fill<R: AsyncRead + Unpin>(
 }
 
 /// Serves one client until it disconnects or misbehaves.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: String)
+pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: Reader<R>, mut writer: W, peer: String)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, mut writer) = smol::io::split(stream);
     let mut buf = BytesMut::new();
     let limits = broker.limits.clone();
-    let never_kicked = channel::bounded::<()>(1);
+    let never_kicked = Signal::default();
     // The first packet must be a CONNECT, within the connect timeout.
     let connect = loop {
         if let Some(level) = codec::connect_protocol_level(&buf).filter(|level| *level != 4) {
@@ -120,7 +124,7 @@ where
                 return;
             }
         }
-        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, &never_kicked.1).await {
+        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, &never_kicked).await {
             Wake::Read(Ok(n)) if n > 0 => {}
             Wake::Read(_) => return,
             _ => {
@@ -129,10 +133,12 @@ where
             }
         }
     };
-    let Some(auth) = accept(&broker, &connect, &peer, &mut writer).await else {
+    // Boxed (here and below) so the connection's long-lived task is sized for reading, not for
+    // the one-off steps of connecting.
+    let Some(auth) = Box::pin(accept(&broker, &connect, &peer, &mut writer)).await else {
         return;
     };
-    let session = Session::open(&broker, auth, &connect, peer).await;
+    let session = Box::pin(Session::open(&broker, auth, &connect, peer)).await;
     session.run(broker, connect, reader, writer, buf).await;
 }
 
@@ -174,8 +180,8 @@ struct Session {
     token_expiry: u64,
     slot: Arc<Slot>,
     connection_id: u64,
-    kicked: channel::Receiver<()>,
-    done: Sender<()>,
+    kicked: Arc<Signal>,
+    done: Arc<Signal>,
     session_present: bool,
     clean: bool,
     peer: String,
@@ -185,14 +191,19 @@ impl Session {
     /// Takes the identity's slot over from any earlier connection (MQTT client-id takeover).
     async fn open(broker: &Broker, auth: Authenticated, connect: &Connect, peer: String) -> Session {
         let slot = broker.sessions.slot(&auth.identity.client_id());
-        let (kick_tx, kicked) = channel::bounded(1);
-        let (done, done_rx) = channel::bounded(1);
+        let kicked = Arc::new(Signal::default());
+        let done = Arc::new(Signal::default());
         let connection_id = broker.next_connection_id();
-        let previous = slot.state().owner.replace(Owner { connection_id, kick: kick_tx, done: done_rx });
+        let previous = slot.state().owner.replace(Owner { connection_id, kick: kicked.clone(), done: done.clone() });
         if let Some(previous) = previous {
             log::info!("{peer}: {} connected again; closing its previous connection", auth.identity);
-            previous.kick.close();
-            let _ = smol::future::or(async { previous.done.recv().await.is_ok() }, async {
+            previous.kick.fire();
+            let _ = smol::future::or(
+                async {
+                    previous.done.wait().await;
+                    true
+                },
+                async {
                 smol::Timer::after(TAKEOVER_WAIT).await;
                 false
             })
@@ -212,17 +223,17 @@ impl Session {
         Session { identity: auth.identity, token_expiry: auth.token_expiry, slot, connection_id, kicked, done, session_present, clean, peer }
     }
 
-    async fn run<R, W>(self, broker: Arc<Broker>, connect: Connect, mut reader: R, writer: W, mut buf: BytesMut)
+    async fn run<R, W>(self, broker: Arc<Broker>, connect: Connect, mut reader: Reader<R>, writer: W, mut buf: BytesMut)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (ctrl, ctrl_rx) = channel::bounded(CTRL_QUEUE_MAX);
+        let ctrl = Arc::new(Queue::new(CTRL_QUEUE_MAX));
         let mut out = BytesMut::new();
         codec::put_connack(&mut out, self.session_present, 0);
         let inputs = self.slot.state().inputs_qos;
         let writer_task = smol::spawn(
-            Writer { sink: writer, ctrl: ctrl_rx, slot: self.slot.clone(), inputs, max_inflight: broker.limits.max_inflight, metrics: broker.metrics.clone(), out }
+            Writer { sink: writer, ctrl: ctrl.clone(), slot: self.slot.clone(), inputs, max_inflight: broker.limits.max_inflight, metrics: broker.metrics.clone(), out }
                 .run(),
         );
         Metrics::inc(&broker.metrics.connections_open);
@@ -235,7 +246,7 @@ impl Session {
         }
         if let (End::Abnormal(_), Some(will)) = (&end, &connect.last_will) {
             let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic.clone(), pkid: 1, payload: will.message.clone() };
-            if let Err(why) = self.publish(&broker, publish, &ctrl).await {
+            if let Err(why) = Box::pin(self.publish(&broker, publish)).await {
                 log::warn!("{}: will of {} not published: {why}", self.peer, self.identity);
             }
         }
@@ -251,16 +262,16 @@ impl Session {
             }
         }
         drop(state);
-        self.done.close();
+        self.done.fire();
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         broker: &Broker,
-        reader: &mut R,
+        reader: &mut Reader<R>,
         buf: &mut BytesMut,
         keep_alive: Option<Duration>,
-        ctrl: &Sender<Ctrl>,
+        ctrl: &Queue<Ctrl>,
     ) -> End {
         loop {
             loop {
@@ -270,7 +281,14 @@ impl Session {
                             return end;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Nothing partial left: give the buffer back while the client is idle
+                        // (frames still referenced by deliveries keep their own share).
+                        if buf.is_empty() && buf.capacity() > 0 {
+                            *buf = BytesMut::new();
+                        }
+                        break;
+                    }
                     Err(e) => {
                         Metrics::inc(&broker.metrics.malformed_packets);
                         log::warn!("{}: {} sent a bad packet: {e}", self.peer, self.identity);
@@ -291,24 +309,29 @@ impl Session {
     }
 
     /// Handles one packet; `Some` ends the connection.
-    async fn handle(&self, broker: &Broker, packet: Packet, ctrl: &Sender<Ctrl>) -> Option<End> {
+    async fn handle(&self, broker: &Broker, packet: Packet, ctrl: &Queue<Ctrl>) -> Option<End> {
         let sent = match packet {
             Packet::Publish(p) => {
                 let qos = p.qos;
                 let pkid = p.pkid;
-                if let Err(why) = self.publish(broker, p, ctrl).await {
+                // Boxed: routing is the largest future of a connection; inline it would size every
+                // idle connection's task for it.
+                if let Err(why) = Box::pin(self.publish(broker, p)).await {
                     return Some(End::Abnormal(why));
                 }
                 if qos == QoS::AtLeastOnce {
-                    ctrl.send(Ctrl::PubAck(pkid)).await
+                    ctrl.push(Ctrl::PubAck(pkid)).await
                 } else {
                     Ok(())
                 }
             }
-            Packet::PubAck(ack) => ctrl.send(Ctrl::Acked(ack.pkid)).await,
-            Packet::Subscribe(s) => self.subscribe(broker, s, ctrl).await,
+            Packet::PubAck(ack) => ctrl.push(Ctrl::Acked(ack.pkid)).await,
+            // MQTT-2.3.1-1: SUBSCRIBE and UNSUBSCRIBE carry a non-zero packet identifier.
+            Packet::Subscribe(s) if s.pkid == 0 || s.filters.is_empty() => return Some(End::Abnormal("SUBSCRIBE with packet id 0 or no filter".into())),
+            Packet::Unsubscribe(u) if u.pkid == 0 || u.topics.is_empty() => return Some(End::Abnormal("UNSUBSCRIBE with packet id 0 or no filter".into())),
+            Packet::Subscribe(s) => Box::pin(self.subscribe(broker, s, ctrl)).await,
             Packet::Unsubscribe(u) => self.unsubscribe(u, ctrl).await,
-            Packet::PingReq => ctrl.send(Ctrl::PingResp).await,
+            Packet::PingReq => ctrl.push(Ctrl::PingResp).await,
             Packet::Disconnect => return Some(End::Graceful),
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
                 return Some(End::Abnormal("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into()))
@@ -320,7 +343,7 @@ impl Session {
     }
 
     /// Accepts one PUBLISH: authorization, properties, routing.
-    async fn publish(&self, broker: &Broker, p: Publish, _ctrl: &Sender<Ctrl>) -> Result<(), String> {
+    async fn publish(&self, broker: &Broker, p: Publish) -> Result<(), String> {
         if p.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into());
         }
@@ -362,7 +385,7 @@ impl Session {
         })
     }
 
-    async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Sender<Ctrl>) -> Result<(), channel::SendError<Ctrl>> {
+    async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut inputs = None;
         for filter in &s.filters {
@@ -382,19 +405,32 @@ impl Session {
                 }
             }
         }
-        ctrl.send(Ctrl::SubAck(s.pkid, codes)).await?;
+        ctrl.push(Ctrl::SubAck(s.pkid, codes)).await?;
         if let Some(qos) = inputs {
             self.slot.state().inputs_qos = Some(qos);
-            ctrl.send(Ctrl::Inputs(Some(qos))).await?;
+            ctrl.push(Ctrl::Inputs(Some(qos))).await?;
         }
         Ok(())
     }
 
-    async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Sender<Ctrl>) -> Result<(), channel::SendError<Ctrl>> {
+    async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
         if u.topics.iter().any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs)) {
             self.slot.state().inputs_qos = None;
-            ctrl.send(Ctrl::Inputs(None)).await?;
+            ctrl.push(Ctrl::Inputs(None)).await?;
         }
-        ctrl.send(Ctrl::UnsubAck(u.pkid)).await
+        ctrl.push(Ctrl::UnsubAck(u.pkid)).await
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_future_sizes() {
+        let broker = super::Broker::new("d", crate::auth::Authenticator::new("h", "h"), crate::route::RouteTable::new(vec![]), super::super::Limits::default());
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let a = smol::Async::new(a).expect("async");
+        let (r, w) = smol::io::split(a);
+        let fut = super::serve(broker, super::Reader { inner: r, probe: None }, w, String::new());
+        eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
     }
 }

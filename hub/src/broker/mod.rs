@@ -9,8 +9,10 @@
 
 pub mod codec;
 mod connection;
+mod queue;
 pub mod router;
 pub mod session;
+mod transport;
 mod writer;
 
 use std::net::SocketAddr;
@@ -18,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use smol::net::TcpListener;
+use smol::Async;
+use std::net::{TcpListener, TcpStream};
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
@@ -94,8 +97,8 @@ impl Broker {
     }
 
     /// Accepts connections on `listener` until the listener fails; TLS when `tls` is given.
-    pub async fn serve(self: Arc<Broker>, listener: TcpListener, tls: Option<futures_rustls::TlsAcceptor>) {
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    pub async fn serve(self: Arc<Broker>, listener: Async<TcpListener>, tls: Option<futures_rustls::TlsAcceptor>) {
+        let local = listener.get_ref().local_addr().map(|a| a.to_string()).unwrap_or_default();
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -111,29 +114,40 @@ impl Broker {
                 log::warn!("{peer}: refused: {} connections open (limit)", self.limits.max_connections);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            let _ = stream.get_ref().set_nodelay(true);
             let broker = self.clone();
             let tls = tls.clone();
             smol::spawn(async move { broker.serve_stream(stream, peer, tls).await }).detach();
         }
     }
 
-    async fn serve_stream(self: Arc<Broker>, stream: smol::net::TcpStream, peer: SocketAddr, tls: Option<futures_rustls::TlsAcceptor>) {
+    async fn serve_stream(self: Arc<Broker>, stream: Async<TcpStream>, peer: SocketAddr, tls: Option<futures_rustls::TlsAcceptor>) {
         let peer = peer.to_string();
         match tls {
-            None => connection::serve(self, stream, peer).await,
-            Some(acceptor) => {
-                let handshake = async { Some(acceptor.accept(stream).await) };
-                let timeout = async {
-                    smol::Timer::after(self.limits.connect_timeout).await;
-                    None
-                };
-                match smol::future::or(handshake, timeout).await {
-                    Some(Ok(tls_stream)) => connection::serve(self, tls_stream, peer).await,
-                    Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
-                    None => log::warn!("{peer}: TLS handshake timed out"),
-                }
+            None => {
+                let socket = Arc::new(stream);
+                let reader = transport::Reader { inner: transport::TcpHalf(socket.clone()), probe: Some(socket.clone()) };
+                connection::serve(self, reader, transport::TcpHalf(socket), peer).await;
             }
+            // Boxed: the TLS handshake state is large and only needed while it runs, and the
+            // spawned task would otherwise be sized for it for the connection's whole life.
+            Some(acceptor) => Box::pin(self.serve_tls(stream, peer, acceptor)).await,
+        }
+    }
+
+    async fn serve_tls(self: Arc<Broker>, stream: Async<TcpStream>, peer: String, acceptor: futures_rustls::TlsAcceptor) {
+        let handshake = async { Some(acceptor.accept(stream).await) };
+        let timeout = async {
+            smol::Timer::after(self.limits.connect_timeout).await;
+            None
+        };
+        match smol::future::or(handshake, timeout).await {
+            Some(Ok(tls_stream)) => {
+                let (read_half, write_half) = smol::io::split(tls_stream);
+                connection::serve(self, transport::Reader { inner: read_half, probe: None }, write_half, peer).await;
+            }
+            Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
+            None => log::warn!("{peer}: TLS handshake timed out"),
         }
     }
 }

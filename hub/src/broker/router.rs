@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::route::{Endpoint, RouteTable};
 
 use super::codec::TOPIC_BYTES_MAX;
+use super::queue::PushError;
 use super::session::{Delivery, Sessions};
 
 /// How long a publisher may be held back by a full subscriber queue before the hub gives up
@@ -152,11 +153,12 @@ impl Router {
         }
         let slot = self.sessions.slot(&format!("{}/{}", self.device_id, module));
         let delivery = Delivery { topic, payload: msg.payload.clone() };
-        match slot.tx.try_send(delivery) {
+        match slot.mailbox.try_push(delivery) {
             Ok(()) => {}
-            Err(smol::channel::TrySendError::Full(delivery)) if slot.is_online() => {
+            Err(PushError::Full(delivery)) if slot.is_online() => {
                 Metrics::inc(&self.metrics.backpressure_waits);
-                let send = async { slot.tx.send(delivery).await.is_ok() };
+                // The mailbox is never closed, so the push only ends with room.
+                let send = async { slot.mailbox.push(delivery).await.is_ok() };
                 let timeout = async {
                     smol::Timer::after(BACKPRESSURE_WAIT_MAX).await;
                     false

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use mqttbytes::QoS;
-use smol::channel::{self, Receiver, Sender};
+use super::queue::{Queue, Signal};
 
 /// One message on its way to a module input.
 #[derive(Debug, Clone)]
@@ -24,10 +24,10 @@ pub struct Delivery {
 #[derive(Debug)]
 pub struct Owner {
     pub connection_id: u64,
-    /// Closing this tells the owner to end (a newer connection took over).
-    pub kick: Sender<()>,
-    /// Closed when the owner has ended and given back its unacknowledged deliveries.
-    pub done: Receiver<()>,
+    /// Fired to tell the owner to end (a newer connection took over).
+    pub kick: Arc<Signal>,
+    /// Fired when the owner has ended and given back its unacknowledged deliveries.
+    pub done: Arc<Signal>,
 }
 
 /// What a slot remembers between connections.
@@ -45,15 +45,13 @@ pub struct SlotState {
 /// An identity's input queue and session state.
 #[derive(Debug)]
 pub struct Slot {
-    pub tx: Sender<Delivery>,
-    pub rx: Receiver<Delivery>,
+    pub mailbox: Queue<Delivery>,
     state: Mutex<SlotState>,
 }
 
 impl Slot {
     fn new(queue_max: usize) -> Slot {
-        let (tx, rx) = channel::bounded(queue_max);
-        Slot { tx, rx, state: Mutex::new(SlotState::default()) }
+        Slot { mailbox: Queue::new(queue_max), state: Mutex::new(SlotState::default()) }
     }
 
     /// Locks the state. A panic while holding the lock cannot leave it half-updated (every
@@ -71,7 +69,7 @@ impl Slot {
 
     /// Messages waiting (queued plus unacknowledged).
     pub fn pending(&self) -> usize {
-        self.rx.len() + self.state().unacked.len()
+        self.mailbox.len() + self.state().unacked.len()
     }
 }
 

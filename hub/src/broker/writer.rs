@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mqttbytes::QoS;
-use smol::channel::Receiver;
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
 
 use super::codec;
+use super::queue::Queue;
 use super::session::{Delivery, Slot};
 
 /// Items written per wake-up before the buffer goes to the socket: enough to fill a TCP
@@ -40,7 +40,8 @@ pub enum Ctrl {
 /// Everything the writer needs.
 pub struct Writer<W> {
     pub sink: W,
-    pub ctrl: Receiver<Ctrl>,
+    /// Closed by the reader when the connection ends; closed here when the socket fails.
+    pub ctrl: Arc<Queue<Ctrl>>,
     pub slot: Arc<Slot>,
     pub inputs: Option<QoS>,
     pub max_inflight: usize,
@@ -95,25 +96,25 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             }
             let event = if can_take(self.inputs, &inflight, self.max_inflight) {
-                let ctrl = async { Event::Ctrl(self.ctrl.recv().await.ok()) };
-                let rx = self.slot.rx.clone();
+                let ctrl = async { Event::Ctrl(self.ctrl.pop().await) };
+                let slot = self.slot.clone();
                 let delivery = async move {
-                    match rx.recv().await {
-                        Ok(d) => Event::Delivery(d),
-                        // The slot holds a sender, so the channel never closes; park if it did.
-                        Err(_) => smol::future::pending().await,
+                    match slot.mailbox.pop().await {
+                        Some(d) => Event::Delivery(d),
+                        // Mailboxes are never closed; park if one ever were.
+                        None => smol::future::pending().await,
                     }
                 };
                 smol::future::or(ctrl, delivery).await
             } else {
-                Event::Ctrl(self.ctrl.recv().await.ok())
+                Event::Ctrl(self.ctrl.pop().await)
             };
             if !self.handle(event, &mut inflight) {
                 break;
             }
             // Batch whatever else is ready, without waiting.
             for _ in 0..WRITE_BATCH_MAX {
-                if let Ok(c) = self.ctrl.try_recv() {
+                if let Some(c) = self.ctrl.try_pop() {
                     if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
                         break;
                     }
@@ -122,14 +123,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 if !can_take(self.inputs, &inflight, self.max_inflight) || self.out.len() >= WRITE_BUFFER_BYTES {
                     break;
                 }
-                match self.slot.rx.try_recv() {
-                    Ok(d) => {
+                match self.slot.mailbox.try_pop() {
+                    Some(d) => {
                         self.handle(Event::Delivery(d), &mut inflight);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
+        // Tell the reader, if it is still reading, that nothing more gets written.
+        self.ctrl.close();
         // Give back what the client never acknowledged, ahead of anything queued since.
         let mut state = self.slot.state();
         let mut back: VecDeque<Delivery> = inflight.list.into_iter().map(|(_, d)| d).collect();
