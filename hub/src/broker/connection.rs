@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
+use mqttbytes::v4::{Connect, LastWill, Packet, Publish, Subscribe, Unsubscribe};
 use mqttbytes::{Protocol, QoS};
 
 use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -64,24 +64,21 @@ async fn fill<R: AsyncRead + Unpin>(
 ) -> Wake {
     let start = buf.len();
     let read = async { Wake::Read(reader.read_into(buf, start, READ_CHUNK_BYTES).await) };
-    let keep_alive = async {
-        match keep_alive {
-            Some(d) => {
-                smol::Timer::after(d).await;
-                Wake::KeepAliveExpired
-            }
-            None => smol::future::pending().await,
-        }
+    // One timer for whichever deadline comes first: a timer per deadline would cost every idle
+    // connection another reactor entry.
+    let (deadline, expired) = match keep_alive {
+        Some(k) if k < token_left => (k, Wake::KeepAliveExpired),
+        _ => (token_left, Wake::TokenExpired),
     };
-    let token = async {
-        smol::Timer::after(token_left).await;
-        Wake::TokenExpired
+    let timer = async {
+        smol::Timer::after(deadline).await;
+        expired
     };
     let kick = async {
         kicked.wait().await;
         Wake::Kicked
     };
-    let wake = smol::future::or(read, smol::future::or(kick, smol::future::or(keep_alive, token))).await;
+    let wake = smol::future::or(read, smol::future::or(kick, timer)).await;
     let filled = match &wake {
         Wake::Read(Ok(n)) => *n,
         _ => 0,
@@ -139,7 +136,13 @@ where
         return;
     };
     let session = Box::pin(Session::open(&broker, auth, &connect, peer)).await;
-    session.run(broker, connect, reader, writer, buf).await;
+    // Keep only what outlives CONNECT: the block drops credentials and client id now, not when
+    // the connection ends (a partial move would keep the rest alive until then).
+    let (will, keep_alive) = {
+        let connect = connect;
+        (connect.last_will, connect.keep_alive)
+    };
+    session.run(broker, will, keep_alive, reader, writer, buf).await;
 }
 
 /// Checks protocol and credentials; answers refusals itself.
@@ -223,7 +226,7 @@ impl Session {
         Session { identity: auth.identity, token_expiry: auth.token_expiry, slot, connection_id, kicked, done, session_present, clean, peer }
     }
 
-    async fn run<R, W>(self, broker: Arc<Broker>, connect: Connect, mut reader: Reader<R>, writer: W, mut buf: BytesMut)
+    async fn run<R, W>(self, broker: Arc<Broker>, will: Option<LastWill>, keep_alive: u16, mut reader: Reader<R>, writer: W, mut buf: BytesMut)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -238,14 +241,14 @@ impl Session {
         );
         Metrics::inc(&broker.metrics.connections_open);
         // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
-        let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
         match &end {
             End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
             End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
         }
-        if let (End::Abnormal(_), Some(will)) = (&end, &connect.last_will) {
-            let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic.clone(), pkid: 1, payload: will.message.clone() };
+        if let (End::Abnormal(_), Some(will)) = (&end, will) {
+            let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic, pkid: 1, payload: will.message };
             if let Err(why) = Box::pin(self.publish(&broker, publish)).await {
                 log::warn!("{}: will of {} not published: {why}", self.peer, self.identity);
             }
@@ -419,18 +422,5 @@ impl Session {
             ctrl.push(Ctrl::Inputs(None)).await?;
         }
         ctrl.push(Ctrl::UnsubAck(u.pkid)).await
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_future_sizes() {
-        let broker = super::Broker::new("d", crate::auth::Authenticator::new("h", "h"), crate::route::RouteTable::new(vec![]), super::super::Limits::default());
-        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
-        let a = smol::Async::new(a).expect("async");
-        let (r, w) = smol::io::split(a);
-        let fut = super::serve(broker, super::Reader { inner: r, probe: None }, w, String::new());
-        eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
     }
 }
