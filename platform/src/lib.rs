@@ -25,4 +25,4 @@ pub mod sas;
 pub mod urlenc;
 pub mod utc;
 
-pub use config::{Config, ConfigError, DeviceConfig, HubConfig};
+pub use config::{Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull};

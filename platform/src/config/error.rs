@@ -58,6 +58,10 @@ pub enum ConfigError {
     },
     /// `log_level` is not a level name.
     BadLogLevel { value: String },
+    /// A string that must be one of a few words (`store.fsync`, `store.when_full`, ...).
+    BadChoice { key: String, value: String, expected: &'static str },
+    /// `upstream.url` is not `mqtt://host:port` or `mqtts://host:port`.
+    BadUrl { key: String, value: String, reason: &'static str },
     /// Two `[[devices]]` entries share an id.
     DuplicateDevice { id: String },
     /// A `[[devices]]` entry reuses the edge device's own id.
@@ -127,6 +131,12 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::BadHostname { key, value, reason } => {
                 write!(f, "config: \"{key}\" = \"{}\" is not a valid hostname: {reason}", value.escape_debug())
+            }
+            ConfigError::BadChoice { key, value, expected } => {
+                write!(f, "config: \"{key}\" = \"{}\" is not one of {expected}", value.escape_debug())
+            }
+            ConfigError::BadUrl { key, value, reason } => {
+                write!(f, "config: \"{key}\" = \"{}\" is not a valid URL: {reason}", value.escape_debug())
             }
             ConfigError::BadLogLevel { value } => write!(
                 f,

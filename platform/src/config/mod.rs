@@ -17,6 +17,16 @@
 //! subscriber_queue_max = 1000
 //! max_inflight = 16
 //! max_connections = 1000
+//! [store]                           # the on-disk store and forward log
+//! dir = "store"                     # default {data_dir}/store
+//! max_bytes = 268435456             # default 256 MiB; $edgeHub storeLimits.maxSizeBytes overrides
+//! fsync = "interval_ms"             # always | interval_ms | never
+//! fsync_interval_ms = 10
+//! when_full = "drop_oldest"         # drop_oldest | reject_new
+//! [upstream]                        # the cloud link (default: none; $upstream messages are kept)
+//! url = "mqtts://myhub.azure-devices.net:8883"
+//! ca = "extra-ca.pem"               # optional, added to the system roots
+//! protocol = "iothub"
 //! [[devices]]                       # downstream devices allowed to connect
 //! id = "sensor-7"
 //! key = "base64 key"
@@ -96,7 +106,64 @@ pub struct Config {
     pub deployment: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub hub: HubConfig,
+    pub store: StoreSettings,
+    /// The cloud link; `None` keeps `$upstream` messages in the store until one is configured.
+    pub upstream: Option<UpstreamSettings>,
     pub devices: Vec<DeviceConfig>,
+}
+
+/// When the store makes appended messages durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSetting {
+    /// fsync before every acknowledgement (group commit still shares one fsync among
+    /// concurrent publishers).
+    Always,
+    /// fsync at most this often; acknowledgements wait for the fsync that covers them.
+    IntervalMs(u64),
+    /// Never fsync; acknowledge once written to the OS (lost on power cut, kept on crash).
+    Never,
+}
+
+/// What the store does at `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    DropOldest,
+    RejectNew,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Default `{data_dir}/store`.
+    pub dir: Option<PathBuf>,
+    /// `None`: the deployment's `storeLimits.maxSizeBytes`, else [`DEFAULT_STORE_MAX_BYTES`].
+    pub max_bytes: Option<u64>,
+    pub fsync: FsyncSetting,
+    pub when_full: WhenFull,
+}
+
+/// The `[upstream]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// Extra CA certificate(s) to trust besides the system roots.
+    pub ca: Option<PathBuf>,
+    /// Only `"iothub"`: IoT Hub topics and SAS authentication.
+    pub protocol: String,
+}
+
+/// The store's default size bound.
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Smallest store bound: a few segments of the smallest size.
+pub const STORE_MAX_BYTES_MIN: u64 = 1024 * 1024;
+/// Default fsync interval: a 10 ms window of loss on power cut, ~100 fsyncs/s at most.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 10;
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { dir: None, max_bytes: None, fsync: FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS), when_full: WhenFull::DropOldest }
+    }
 }
 
 /// The `[hub]` table: listeners and the broker's limits.
@@ -137,6 +204,8 @@ impl Default for Config {
             deployment: None,
             log_level: log::LevelFilter::Info,
             hub: HubConfig::default(),
+            store: StoreSettings::default(),
+            upstream: None,
             devices: Vec::new(),
         }
     }
@@ -171,6 +240,8 @@ impl fmt::Debug for Config {
             .field("deployment", &self.deployment)
             .field("log_level", &self.log_level)
             .field("hub", &self.hub)
+            .field("store", &self.store)
+            .field("upstream", &self.upstream)
             .field("devices", &self.devices)
             .finish()
     }
@@ -232,6 +303,7 @@ impl Config {
             ("deployment", &self.deployment),
             ("hub.tls_cert", &self.hub.tls_cert),
             ("hub.tls_key", &self.hub.tls_key),
+            ("upstream.ca", &self.upstream.as_ref().and_then(|u| u.ca.clone())),
         ];
         for (key, file) in files {
             let Some(file) = file else { continue };

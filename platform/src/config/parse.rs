@@ -20,8 +20,15 @@ const TOP_KEYS: &[&str] = &[
     "deployment",
     "log_level",
     "hub",
+    "store",
+    "upstream",
     "devices",
 ];
+const STORE_KEYS: &[&str] = &["dir", "max_bytes", "fsync", "fsync_interval_ms", "when_full"];
+const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol"];
+/// Longest fsync interval: beyond a minute the "interval" stops bounding the loss window in
+/// any useful way.
+const FSYNC_INTERVAL_MS_MAX: usize = 60_000;
 const HUB_KEYS: &[&str] = &[
     "mqtt",
     "mqtts",
@@ -253,6 +260,8 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
             .map_err(|_| ConfigError::BadLogLevel { value })?,
     };
     let hub = parse_hub(top.table("hub")?, base_dir)?;
+    let store = parse_store(top.table("store")?, base_dir)?;
+    let upstream = parse_upstream(top.table("upstream")?, base_dir)?;
     let devices = parse_devices(
         top.array("devices", "an array of [[devices]] tables")?,
         &device_id,
@@ -266,8 +275,67 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
         deployment,
         log_level,
         hub,
+        store,
+        upstream,
         devices,
     })
+}
+
+fn parse_store(table: Option<Table>, base_dir: &Path) -> Result<StoreSettings, ConfigError> {
+    let mut store = StoreSettings::default();
+    let Some(table) = table else { return Ok(store) };
+    let mut section = Section::new(table, "store.".to_owned(), STORE_KEYS)?;
+    store.dir = section.path("dir", base_dir)?;
+    store.max_bytes = section.count("max_bytes", STORE_MAX_BYTES_MIN as usize, usize::MAX)?.map(|v| v as u64);
+    let interval = section.count("fsync_interval_ms", 1, FSYNC_INTERVAL_MS_MAX)?;
+    store.fsync = match section.string("fsync")?.as_deref() {
+        None | Some("interval_ms") => FsyncSetting::IntervalMs(interval.map_or(DEFAULT_FSYNC_INTERVAL_MS, |v| v as u64)),
+        Some("always") => FsyncSetting::Always,
+        Some("never") => FsyncSetting::Never,
+        Some(other) => {
+            return Err(ConfigError::BadChoice { key: section.key("fsync"), value: other.to_owned(), expected: "\"always\", \"interval_ms\", \"never\"" })
+        }
+    };
+    store.when_full = match section.string("when_full")?.as_deref() {
+        None | Some("drop_oldest") => WhenFull::DropOldest,
+        Some("reject_new") => WhenFull::RejectNew,
+        Some(other) => {
+            return Err(ConfigError::BadChoice { key: section.key("when_full"), value: other.to_owned(), expected: "\"drop_oldest\", \"reject_new\"" })
+        }
+    };
+    Ok(store)
+}
+
+fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<UpstreamSettings>, ConfigError> {
+    let Some(table) = table else { return Ok(None) };
+    let mut section = Section::new(table, "upstream.".to_owned(), UPSTREAM_KEYS)?;
+    let url = section.non_empty_string("url")?.ok_or_else(|| ConfigError::MissingKey { key: section.key("url") })?;
+    check_url(&url).map_err(|reason| ConfigError::BadUrl { key: section.key("url"), value: url.clone(), reason })?;
+    let ca = section.path("ca", base_dir)?;
+    let protocol = section.string("protocol")?.unwrap_or_else(|| "iothub".to_owned());
+    if protocol != "iothub" {
+        return Err(ConfigError::BadChoice { key: section.key("protocol"), value: protocol, expected: "\"iothub\"" });
+    }
+    Ok(Some(UpstreamSettings { url, ca, protocol }))
+}
+
+/// `mqtt://host:port` or `mqtts://host:port` (port optional: 1883 / 8883).
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("mqtt://"))
+        .ok_or("it must start with mqtt:// or mqtts://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    check_hostname(host).map_err(|_| "the host is not a DNS name or IP address")?;
+    if let Some(port) = port {
+        port.parse::<u16>().ok().filter(|p| *p != 0).ok_or("the port is not a number from 1 to 65535")?;
+    }
+    Ok(())
 }
 
 fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigError> {

@@ -539,3 +539,42 @@ fn debug_output_redacts_keys() {
     assert!(!debug.contains("97, 98, 99"), "{debug}");
     assert!(debug.contains("<redacted>"));
 }
+
+#[test]
+fn store_and_upstream_tables_parse_with_defaults() {
+    let config = Config::from_toml_str(
+        "[store]\nmax_bytes = 2097152\nfsync = \"always\"\nwhen_full = \"reject_new\"\n[upstream]\nurl = \"mqtts://hub.example.net:8883\"\nca = \"ca.pem\"\n",
+        Path::new("/etc/tinyedge"),
+    )
+    .expect("valid");
+    assert_eq!(config.store.max_bytes, Some(2_097_152));
+    assert_eq!(config.store.fsync, FsyncSetting::Always);
+    assert_eq!(config.store.when_full, WhenFull::RejectNew);
+    let upstream = config.upstream.expect("upstream");
+    assert_eq!(upstream.url, "mqtts://hub.example.net:8883");
+    assert_eq!(upstream.ca, Some(PathBuf::from("/etc/tinyedge/ca.pem")));
+    let defaults = Config::from_toml_str("", Path::new(".")).expect("valid");
+    assert_eq!(defaults.store, StoreSettings::default());
+    assert_eq!(defaults.store.fsync, FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS));
+    assert!(defaults.upstream.is_none());
+    let interval = Config::from_toml_str("[store]\nfsync_interval_ms = 50\n", Path::new(".")).expect("valid");
+    assert_eq!(interval.store.fsync, FsyncSetting::IntervalMs(50));
+}
+
+#[test]
+fn bad_store_and_upstream_values_name_the_key() {
+    for (text, key) in [
+        ("[store]\nfsync = \"sometimes\"\n", "store.fsync"),
+        ("[store]\nwhen_full = \"explode\"\n", "store.when_full"),
+        ("[store]\nmax_bytes = 10\n", "store.max_bytes"),
+        ("[store]\nsize = 10\n", "store.size"),
+        ("[upstream]\nurl = \"http://hub:80\"\n", "upstream.url"),
+        ("[upstream]\nurl = \"mqtts://hub:99999\"\n", "upstream.url"),
+        ("[upstream]\nca = \"x.pem\"\n", "upstream.url"),
+        ("[upstream]\nurl = \"mqtt://hub\"\nprotocol = \"amqp\"\n", "upstream.protocol"),
+    ] {
+        let error = Config::from_toml_str(text, Path::new(".")).expect_err(text).to_string();
+        assert!(error.contains(key), "{text:?}: {error}");
+        assert_eq!(error.lines().count(), 1, "{error}");
+    }
+}
