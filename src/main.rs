@@ -2,6 +2,7 @@
 //! and wires the crates together; everything else lives in `hub/`, `agent/` and `platform/`.
 
 mod runtime;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,8 @@ commands:
                                        deployment or of a configured downstream device
   identity mqtt-login <ID> [TTL_SECS]  print MQTT client id, username and a SAS token
                                        (default 3600 s) for tools like mosquitto_pub
+  status                               counters, store and upstream state of the running runtime
+  store stats                          the store part of `status`
   version                              print the version
 
 options:
@@ -91,6 +94,8 @@ fn main() -> ExitCode {
     let result = match words.as_slice() {
         ["run"] => runtime::run(config),
         ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| println!("{s}")),
+        ["status"] => status::render(&config.data_dir, None).map(|s| println!("{s}")).map_err(runtime::Failure::Runtime),
+        ["store", "stats"] => status::render(&config.data_dir, Some("store")).map(|s| println!("{s}")).map_err(runtime::Failure::Runtime),
         ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| println!("{s}")),
         ["identity", "mqtt-login", id, ttl] => match ttl.parse() {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| println!("{s}")),

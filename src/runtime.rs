@@ -113,6 +113,19 @@ fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure>
     tinyedge_hub::tls::acceptor(&cert, &key).map_err(|e| Failure::Config(format!("TLS: {e}")))
 }
 
+/// Rewrites the status file every few seconds.
+async fn status_loop(data_dir: std::path::PathBuf, broker: std::sync::Arc<Broker>) {
+    loop {
+        let hub: serde_json::Map<String, serde_json::Value> =
+            broker.metrics.snapshot().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v))).collect();
+        let doc = crate::status::document(vec![("hub", serde_json::Value::Object(hub))]);
+        if let Err(e) = crate::status::write(&data_dir, &doc) {
+            log::warn!("status file in {}: {e}", data_dir.display());
+        }
+        smol::Timer::after(crate::status::STATUS_INTERVAL).await;
+    }
+}
+
 /// `tinyedge run`.
 pub fn run(config: Config) -> Result<(), Failure> {
     logger::init(config.log_level);
@@ -146,6 +159,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     if servers.is_empty() {
         return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
     }
+    smol::spawn(status_loop(config.data_dir.clone(), broker.clone())).detach();
     log::info!("tinyedge {} running as device {:?} (data in {})", env!("CARGO_PKG_VERSION"), config.device_id, Path::new(&config.data_dir).display());
     smol::block_on(async {
         for server in servers {
