@@ -1,0 +1,267 @@
+//! Shared by the benchmark harnesses: starting tinyedge and mosquitto on free loopback ports,
+//! a blocking MQTT 3.1.1 client over the mqttbytes codec (the same client for both brokers),
+//! and /proc readings (memory, CPU time).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use mqttbytes::v4::{self, Connect, Packet, Subscribe};
+use mqttbytes::QoS;
+use tinyedge_platform::{identity, sas};
+
+pub const DEVICE: &str = "benchgw";
+pub const HUB: &str = "bench.azure-devices.net";
+pub const DEVICE_KEY: [u8; 32] = [7; 32];
+/// QoS 1 messages a publisher keeps unacknowledged (IoT Edge's MaxPendingInboundAcknowledgements).
+pub const PUBLISH_WINDOW: usize = 16;
+/// Messages per throughput run; a run also stops after `RUN_TIME_MAX`.
+pub const MESSAGES: usize = 50_000;
+pub const RUN_TIME_MAX: Duration = Duration::from_secs(60);
+/// Round trips sampled for latency (one message in flight at a time).
+pub const LATENCY_SAMPLES: usize = 2_000;
+/// Idle connections opened to measure memory per connection.
+pub const IDLE_CONNECTIONS: usize = 1_000;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct Broker {
+    pub name: &'static str,
+    pub child: Child,
+    pub port: u16,
+    /// (client id, username, password) per module role; `None` for anonymous mosquitto.
+    pub creds: fn(&str) -> Option<(String, String, String)>,
+    /// The same for a downstream device `leaf-N`.
+    pub leaf_creds: fn(&str) -> Option<(String, String, String)>,
+    pub pub_topic: String,
+    pub sub_topic: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tinyedge_creds(module: &str) -> Option<(String, String, String)> {
+    let key = identity::derive_module_key(&DEVICE_KEY, module);
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86_400;
+    let token = sas::generate(&format!("{HUB}/devices/{DEVICE}/modules/{module}"), &key, expiry);
+    Some((format!("{DEVICE}/{module}"), format!("{HUB}/{DEVICE}/{module}/?api-version=2021-04-12"), token))
+}
+
+pub fn tinyedge_leaf_creds(device: &str) -> Option<(String, String, String)> {
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 86_400;
+    let token = sas::generate(&format!("{HUB}/devices/{device}"), &DEVICE_KEY, expiry);
+    Some((device.to_string(), format!("{HUB}/{device}/?api-version=2021-04-12"), token))
+}
+
+pub fn anonymous(_: &str) -> Option<(String, String, String)> {
+    None
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker on {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// base64 of [`DEVICE_KEY`].
+pub const DEVICE_KEY_B64: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+/// Modules `pub` and `sub` routed `pub` → `sub`, plus `offline`, which only ever receives
+/// (nobody connects as it), so messages routed to it stay in the store.
+const DEPLOYMENT: &str = r#"{"modulesContent":{"$edgeAgent":{"properties.desired":{"schemaVersion":"1.1","runtime":{"type":"docker","settings":{}},
+ "systemModules":{"edgeAgent":{"type":"docker","settings":{"image":"x"}},"edgeHub":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}}},
+ "modules":{"pub":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}},
+            "sub":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}},
+            "offline":{"type":"docker","status":"running","restartPolicy":"always","settings":{"image":"x"}}}}},
+ "$edgeHub":{"properties.desired":{"schemaVersion":"1.1","routes":{
+   "r":"FROM /messages/modules/pub/* INTO BrokeredEndpoint(\"/modules/sub/inputs/in\")",
+   "keep":"FROM /messages/modules/sub/* INTO BrokeredEndpoint(\"/modules/offline/inputs/in\")"}}}}}"#;
+
+/// Starts the tinyedge binary `bin` with data in `dir`. `extra_toml` is appended to the
+/// config (e.g. a `[store]` table). `before_start` sees the child's pid right after spawn (to
+/// put it into a cgroup).
+pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_start: impl FnOnce(u32)) -> Broker {
+    let port = free_port();
+    std::fs::write(dir.join("deployment.json"), DEPLOYMENT).expect("write deployment");
+    // Downstream devices leaf-0.. for the idle-connection measurement, all with the device key.
+    let leaves: String = (0..IDLE_CONNECTIONS).map(|i| format!("[[devices]]\nid = \"leaf-{i}\"\nkey = \"{DEVICE_KEY_B64}\"\n")).collect();
+    std::fs::write(
+        dir.join("tinyedge.toml"),
+        format!(
+            "iothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"warn\"\n[hub]\nmqtt = \"127.0.0.1:{port}\"\nmqtts = \"\"\nmax_connections = 5000\n{extra_toml}\n{leaves}"
+        ),
+    )
+    .expect("write config");
+    let child = Command::new(bin).arg("--config").arg(dir.join("tinyedge.toml")).arg("run").stderr(Stdio::null()).spawn().expect("start tinyedge");
+    before_start(child.id());
+    wait_port(port);
+    Broker {
+        name: "tinyedge",
+        child,
+        port,
+        creds: tinyedge_creds,
+        leaf_creds: tinyedge_leaf_creds,
+        pub_topic: format!("devices/{DEVICE}/modules/pub/messages/events/"),
+        sub_topic: format!("devices/{DEVICE}/modules/sub/inputs/#"),
+    }
+}
+
+pub fn start_tinyedge(bin: &Path, dir: &Path) -> Broker {
+    start_tinyedge_with(bin, dir, "", |_| {})
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat (clock ticks of 1/100 s,
+/// the Linux default USER_HZ).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+pub fn start_mosquitto(dir: &Path) -> Broker {
+    start_mosquitto_with(dir, "")
+}
+
+/// mosquitto with `extra_conf` lines appended to its config.
+pub fn start_mosquitto_with(dir: &Path, extra_conf: &str) -> Broker {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    // As root, mosquitto would switch to the `mosquitto` user, which cannot read this temp dir.
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\nuser root\n{extra_conf}"))
+        .expect("write mosquitto.conf");
+    let child = Command::new("mosquitto").arg("-c").arg(&conf).stderr(Stdio::null()).stdout(Stdio::null()).spawn().expect("start mosquitto (apt-get install mosquitto)");
+    wait_port(port);
+    Broker { name: "mosquitto", child, port, creds: anonymous, leaf_creds: anonymous, pub_topic: "bench/in".into(), sub_topic: "bench/#".into() }
+}
+
+/// `mosquitto -h` prints its version on the first line.
+pub fn mosquitto_version() -> String {
+    Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A blocking MQTT 3.1.1 client over the mqttbytes codec.
+pub struct Client {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub out: BytesMut,
+}
+
+impl Client {
+    pub fn connect(port: u16, id: &str, creds: Option<(String, String, String)>) -> Client {
+        let mut connect = Connect::new(creds.as_ref().map_or(id.to_string(), |c| c.0.clone()));
+        if let Some((_, user, pass)) = creds {
+            connect.set_login(user, pass);
+        }
+        Client::connect_with(port, connect)
+    }
+
+    pub fn connect_with(port: u16, mut connect: Connect) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut c = Client { stream, buf: BytesMut::with_capacity(64 * 1024), out: BytesMut::new() };
+        connect.keep_alive = 600;
+        connect.write(&mut c.out).expect("encode");
+        c.flush();
+        match c.read() {
+            Packet::ConnAck(ack) if ack.code == mqttbytes::v4::ConnectReturnCode::Success => c,
+            other => panic!("connect refused: {other:?}"),
+        }
+    }
+
+    pub fn flush(&mut self) {
+        self.stream.write_all(&self.out).expect("write");
+        self.out.clear();
+    }
+
+    pub fn read(&mut self) -> Packet {
+        loop {
+            match v4::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return p,
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    let mut chunk = [0u8; 16 * 1024];
+                    let n = self.stream.read(&mut chunk).expect("read");
+                    assert!(n > 0, "broker closed the connection");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => panic!("bad packet from broker: {e:?}"),
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, topic: &str, qos: QoS) {
+        let mut subscribe = Subscribe::new(topic, qos);
+        subscribe.pkid = 1;
+        subscribe.write(&mut self.out).expect("encode");
+        self.flush();
+        match self.read() {
+            Packet::SubAck(_) => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// (resident, anonymous) memory of a process in KiB, from /proc. Anonymous memory is what
+/// the process itself allocated (heap, stacks), without the shared libraries and binary text.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Anonymous:"))
+}
+
+pub struct Memory {
+    pub idle_rss: u64,
+    pub idle_anon: u64,
+    pub per_connection_kib: f64,
+}
+
+/// Idle memory, then memory per idle MQTT connection (CONNECT accepted, then silent).
+pub fn memory(b: &Broker) -> Memory {
+    std::thread::sleep(Duration::from_millis(300));
+    let (idle_rss, idle_anon) = memory_kib(b.child.id());
+    let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
+    for i in 0..IDLE_CONNECTIONS {
+        let id = format!("leaf-{i}");
+        conns.push(Client::connect(b.port, &id, (b.leaf_creds)(&id)));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss, _) = memory_kib(b.child.id());
+    drop(conns);
+    Memory { idle_rss, idle_anon, per_connection_kib: rss.saturating_sub(idle_rss) as f64 / IDLE_CONNECTIONS as f64 }
+}
+
+pub fn build_tinyedge(root: &Path) -> PathBuf {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "-p", "tinyedge"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building tinyedge failed");
+    root.join("target/release/tinyedge")
+}
