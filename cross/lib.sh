@@ -2,6 +2,8 @@
 # Helpers shared by cross/build-release.sh and cross/smoke-test.sh: the repo layout, the
 # version, the per-target toolchain table, and installing Debian packages on demand.
 # Sourced, never run; the caller has already done `set -euo pipefail`.
+# The constants are used by the scripts that source this file:
+# shellcheck disable=SC2034
 
 CROSS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${CROSS_DIR}/.." && pwd)"
@@ -11,6 +13,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-${REPO_ROOT}/target}"
 DIST_DIR_DEFAULT="${CROSS_DIR}/dist"
 # What a release is made of when no --targets is given (the issue's three gateway targets).
 DEFAULT_TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl"
+# Also buildable on request (--targets): static ARM binaries for gateways whose glibc is older
+# than the build host's (see toolchain_of).
+KNOWN_TARGETS="${DEFAULT_TARGETS} aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf"
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -61,12 +66,24 @@ apt_install() {
         return 1
     fi
     log "installing ${missing[*]} (apt-get)"
+    # apt and dpkg are chatty; their output is shown only when they fail.
+    local output
+    output="$(mktemp)" || return 1
     if [[ "${APT_UPDATED}" -eq 0 ]]; then
-        as_root apt-get update -qq >&2 || return 1
+        if ! as_root apt-get update -qq >"${output}" 2>&1; then
+            cat "${output}" >&2
+            rm -f -- "${output}"
+            return 1
+        fi
         APT_UPDATED=1
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >"${output}" 2>&1; then
+        cat "${output}" >&2
+        rm -f -- "${output}"
+        return 1
+    fi
+    rm -f -- "${output}"
 }
 
 # The per-target toolchain table, for builds without Docker on an x86_64 Debian host.

@@ -1,6 +1,7 @@
 //! `tinyedge`: the command line. It parses arguments, loads the config and the deployment,
 //! and wires the crates together; everything else lives in `hub/`, `agent/` and `platform/`.
 
+mod cloud;
 mod runtime;
 mod status;
 

@@ -114,11 +114,20 @@ fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure>
 }
 
 /// Rewrites the status file every few seconds.
-async fn status_loop(data_dir: std::path::PathBuf, broker: std::sync::Arc<Broker>) {
+async fn status_loop(
+    data_dir: std::path::PathBuf,
+    broker: std::sync::Arc<Broker>,
+    store: std::sync::Arc<tinyedge_hub::store::Store>,
+    link: Option<std::sync::Arc<tinyedge_hub::upstream::Link>>,
+) {
     loop {
         let hub: serde_json::Map<String, serde_json::Value> =
             broker.metrics.snapshot().into_iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v))).collect();
-        let doc = crate::status::document(vec![("hub", serde_json::Value::Object(hub))]);
+        let doc = crate::status::document(vec![
+            ("hub", serde_json::Value::Object(hub)),
+            ("store", crate::cloud::store_status(&store)),
+            ("upstream", crate::cloud::upstream_status(link.as_ref())),
+        ]);
         if let Err(e) = crate::status::write(&data_dir, &doc) {
             log::warn!("status file in {}: {e}", data_dir.display());
         }
@@ -143,7 +152,9 @@ pub fn run(config: Config) -> Result<(), Failure> {
         max_connections: config.hub.max_connections,
         ..Limits::default()
     };
-    let broker = Broker::new(&config.device_id, auth, table, limits);
+    let store = crate::cloud::open_store(crate::cloud::store_config(&config, deployment.as_ref()))?;
+    let broker = Broker::new(&config.device_id, auth, table, limits, store.clone());
+    let link = crate::cloud::start_upstream(&config, &key, &broker)?;
     let mut servers = Vec::new();
     if let Some(addr) = config.hub.mqtt {
         let listener = bind(addr, "mqtt")?;
@@ -159,7 +170,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     if servers.is_empty() {
         return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
     }
-    smol::spawn(status_loop(config.data_dir.clone(), broker.clone())).detach();
+    smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
     log::info!("tinyedge {} running as device {:?} (data in {})", env!("CARGO_PKG_VERSION"), config.device_id, Path::new(&config.data_dir).display());
     smol::block_on(async {
         for server in servers {

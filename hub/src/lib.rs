@@ -20,5 +20,7 @@ pub mod broker;
 pub mod message;
 pub mod metrics;
 pub mod route;
+pub mod store;
 pub mod tls;
 pub mod topic;
+pub mod upstream;

@@ -31,20 +31,16 @@ counters! {
     messages_received,
     /// Messages that matched no route.
     messages_unrouted,
-    /// Deliveries put into a module's input queue.
+    /// Endpoint deliveries stored (one message routed to two endpoints counts two).
     deliveries_queued,
     /// Deliveries written to a connected module.
     deliveries_sent,
-    /// Times a publisher waited because a subscriber's queue was full.
+    /// Times a module's delivery queue was full and its pump waited (the store holds the rest).
     backpressure_waits,
-    /// Publishers disconnected (without acknowledgement) after waiting too long.
-    backpressure_timeouts,
-    /// Deliveries dropped because an offline module's queue was full.
-    deliveries_dropped_offline,
-    /// Messages queued for `$upstream`.
-    upstream_queued,
-    /// Oldest `$upstream` messages dropped at the queue limit.
-    upstream_dropped,
+    /// Messages not accepted because the store was full under `reject_new` (no PUBACK).
+    store_rejected,
+    /// Messages not accepted because the store failed to write or sync (no PUBACK).
+    store_errors,
 }
 
 impl Metrics {

@@ -222,6 +222,8 @@ impl Session {
             state.persistent = !clean;
             present
         };
+        // A new owner: pumps restart from the checkpoints for this connection.
+        slot.bump();
         log::info!("{peer}: {} connected (clean session: {clean}, keep-alive {} s)", auth.identity, connect.keep_alive);
         Session { identity: auth.identity, token_expiry: auth.token_expiry, slot, connection_id, kicked, done, session_present, clean, peer }
     }
@@ -236,8 +238,17 @@ impl Session {
         codec::put_connack(&mut out, self.session_present, 0);
         let inputs = self.slot.state().inputs_qos;
         let writer_task = smol::spawn(
-            Writer { sink: writer, ctrl: ctrl.clone(), slot: self.slot.clone(), inputs, max_inflight: broker.limits.max_inflight, metrics: broker.metrics.clone(), out }
-                .run(),
+            Writer {
+                sink: writer,
+                ctrl: ctrl.clone(),
+                slot: self.slot.clone(),
+                inputs,
+                max_inflight: broker.limits.max_inflight,
+                metrics: broker.metrics.clone(),
+                commit: broker.commit.clone(),
+                out,
+            }
+            .run(),
         );
         Metrics::inc(&broker.metrics.connections_open);
         // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
@@ -249,22 +260,30 @@ impl Session {
         }
         if let (End::Abnormal(_), Some(will)) = (&end, will) {
             let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic, pkid: 1, payload: will.message };
-            if let Err(why) = Box::pin(self.publish(&broker, publish)).await {
-                log::warn!("{}: will of {} not published: {why}", self.peer, self.identity);
+            match Box::pin(self.publish(&broker, publish)).await {
+                Ok(true) => {}
+                Ok(false) => log::warn!("{}: will of {} not stored", self.peer, self.identity),
+                Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
             }
         }
         ctrl.close();
         writer_task.await;
         Metrics::dec(&broker.metrics.connections_open);
-        let mut state = self.slot.state();
-        if state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id) {
-            state.owner = None;
-            if self.clean {
-                state.inputs_qos = None;
-                state.persistent = false;
+        let released = {
+            let mut state = self.slot.state();
+            let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
+            if ours {
+                state.owner = None;
+                if self.clean {
+                    state.inputs_qos = None;
+                    state.persistent = false;
+                }
             }
+            ours
+        };
+        if released {
+            self.slot.bump();
         }
-        drop(state);
         self.done.fire();
     }
 
@@ -319,10 +338,13 @@ impl Session {
                 let pkid = p.pkid;
                 // Boxed: routing is the largest future of a connection; inline it would size every
                 // idle connection's task for it.
-                if let Err(why) = Box::pin(self.publish(broker, p)).await {
-                    return Some(End::Abnormal(why));
-                }
-                if qos == QoS::AtLeastOnce {
+                let accepted = match Box::pin(self.publish(broker, p)).await {
+                    Ok(accepted) => accepted,
+                    Err(why) => return Some(End::Abnormal(why)),
+                };
+                // Not accepted (store full or failing): no PUBACK, so the client keeps the
+                // message and sends it again; its in-flight window makes it back off.
+                if accepted && qos == QoS::AtLeastOnce {
                     ctrl.push(Ctrl::PubAck(pkid)).await
                 } else {
                     Ok(())
@@ -345,8 +367,9 @@ impl Session {
         sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
     }
 
-    /// Accepts one PUBLISH: authorization, properties, routing.
-    async fn publish(&self, broker: &Broker, p: Publish) -> Result<(), String> {
+    /// Accepts one PUBLISH: authorization, properties, routing into the store. `Ok(false)`: the
+    /// store did not take it (answered by withholding the PUBACK); `Err`: close the connection.
+    async fn publish(&self, broker: &Broker, p: Publish) -> Result<bool, String> {
         if p.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into());
         }
@@ -356,7 +379,7 @@ impl Session {
                 // Twin and direct-method traffic arrives with the twin work; it is accepted and
                 // acknowledged so SDKs do not stall, and logged so its absence is visible.
                 log::debug!("{}: {} sent $iothub/{rest}: twins and methods are not served yet", self.peer, self.identity);
-                return Ok(());
+                return Ok(true);
             }
             Err(e) => {
                 Metrics::inc(&broker.metrics.unauthorized_topics);
@@ -382,10 +405,13 @@ impl Session {
         Metrics::inc(&broker.metrics.messages_received);
         let msg = Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload: p.payload };
         let mut endpoints = Vec::new();
-        broker.router.route(msg, &mut endpoints).await.map_err(|_| {
-            log::warn!("{}: {}: a subscriber took nothing for {:?}; closing without acknowledging", self.peer, self.identity, super::router::BACKPRESSURE_WAIT_MAX);
-            "back-pressure timeout".to_string()
-        })
+        match broker.router.route(msg, &mut endpoints, p.qos == QoS::AtLeastOnce).await {
+            Ok(()) => Ok(true),
+            Err(failure) => {
+                log::warn!("{}: message from {} not accepted: {failure}", self.peer, self.identity);
+                Ok(false)
+            }
+        }
     }
 
     async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
@@ -412,6 +438,7 @@ impl Session {
         if let Some(qos) = inputs {
             self.slot.state().inputs_qos = Some(qos);
             ctrl.push(Ctrl::Inputs(Some(qos))).await?;
+            self.slot.bump();
         }
         Ok(())
     }
@@ -420,6 +447,7 @@ impl Session {
         if u.topics.iter().any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs)) {
             self.slot.state().inputs_qos = None;
             ctrl.push(Ctrl::Inputs(None)).await?;
+            self.slot.bump();
         }
         ctrl.push(Ctrl::UnsubAck(u.pkid)).await
     }

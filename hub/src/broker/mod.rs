@@ -4,11 +4,16 @@
 //! - `codec`: packet framing (mqttbytes in, a few hand-encoded packets out);
 //! - `connection`: CONNECT, authentication, the reading half of a connection;
 //! - `writer`: the writing half: acknowledgements and deliveries;
-//! - `session`: per-identity slots with their bounded input queues;
-//! - `router`: from a message to its endpoints.
+//! - `session`: per-identity slots with their bounded delivery queues;
+//! - `router`: from a message to its endpoints, into the store;
+//! - `pump`: from the store to a module's connection, one task per module-input endpoint;
+//! - `outbox`: from the store to the upstream link;
+//! - `queue`, `transport`: lazily allocated queues and signals, the byte streams.
 
 pub mod codec;
 mod connection;
+pub mod outbox;
+mod pump;
 mod queue;
 pub mod router;
 pub mod session;
@@ -17,7 +22,7 @@ mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use smol::Async;
@@ -25,9 +30,10 @@ use std::net::{TcpListener, TcpStream};
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
-use crate::route::RouteTable;
+use crate::route::{Endpoint, RouteTable};
+use crate::store::Store;
 
-pub use router::Router;
+pub use router::{endpoint_name, Router};
 pub use session::Sessions;
 
 /// The numeric limits of a broker; the config's `[hub]` section sets them.
@@ -59,7 +65,6 @@ impl Default for Limits {
 }
 
 /// Shared state of the hub's broker.
-#[derive(Debug)]
 pub struct Broker {
     authenticator: RwLock<Arc<Authenticator>>,
     pub router: Router,
@@ -67,20 +72,68 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     next_connection_id: AtomicU64,
+    /// Advances a store endpoint's checkpoint (module acknowledgements).
+    commit: writer::Commit,
+    device_id: String,
+    pumps: Mutex<Vec<(Endpoint, smol::Task<()>)>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("device_id", &self.device_id).field("limits", &self.limits).finish()
+    }
 }
 
 impl Broker {
-    pub fn new(device_id: &str, authenticator: Authenticator, routes: RouteTable, limits: Limits) -> Arc<Broker> {
+    /// A broker routing into `store`, with one pump per module input its routes name.
+    pub fn new(device_id: &str, authenticator: Authenticator, routes: RouteTable, limits: Limits, store: Arc<Store>) -> Arc<Broker> {
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(limits.subscriber_queue_max));
-        Arc::new(Broker {
+        let commit_store = store.clone();
+        let broker = Arc::new(Broker {
             authenticator: RwLock::new(Arc::new(authenticator)),
-            router: Router::new(device_id, routes, sessions.clone(), metrics.clone()),
+            router: Router::new(RouteTable::new(Vec::new()), store, metrics.clone()),
             sessions,
             metrics,
             limits,
             next_connection_id: AtomicU64::new(1),
-        })
+            commit: Arc::new(move |endpoint, seq| commit_store.commit(endpoint, seq)),
+            device_id: device_id.to_string(),
+            pumps: Mutex::new(Vec::new()),
+        });
+        broker.set_routes(routes);
+        broker
+    }
+
+    /// Applies a route table: module inputs it names get a pump (existing pumps stay; the
+    /// store keeps records of routes that went away until their TTL).
+    pub fn set_routes(&self, routes: RouteTable) {
+        let mut pumps = self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for route in routes.routes() {
+            let Endpoint::Module { module, input } = &route.endpoint else { continue };
+            if pumps.iter().any(|(e, _)| e == &route.endpoint) {
+                continue;
+            }
+            let endpoint = match self.router.endpoint_id(&route.endpoint) {
+                Ok(id) => id,
+                Err(e) => {
+                    log::error!("route {:?}: {e}; its module input gets nothing", route.name);
+                    continue;
+                }
+            };
+            let mut topic_prefix = String::new();
+            crate::topic::input_topic_into(&self.device_id, module, input, &mut topic_prefix);
+            let pump = pump::ModulePump {
+                store: self.router.store().clone(),
+                slot: self.sessions.slot(&format!("{}/{}", self.device_id, module)),
+                metrics: self.metrics.clone(),
+                endpoint,
+                topic_prefix,
+            };
+            pumps.push((route.endpoint.clone(), smol::spawn(pump.run())));
+        }
+        drop(pumps);
+        self.router.set_routes(routes);
     }
 
     pub fn authenticator(&self) -> Arc<Authenticator> {

@@ -1,16 +1,30 @@
-//! Sessions: one slot per identity, holding its input queue and what survives a reconnect.
+//! Sessions: one slot per identity, with its delivery queue and what survives a reconnect.
 //!
-//! The input queue belongs to the identity, not to the connection: messages routed to a module
-//! wait there while it is offline (bounded), and a reconnecting module gets them in order, as
-//! IoT Edge delivers module inputs whatever the clean-session flag. Deliveries written but not
-//! acknowledged when a connection ends are put back at the front and sent again with DUP.
+//! Messages routed to a module live in the store until the module acknowledges them; a slot
+//! only holds the few deliveries on their way from the store to the connection (its bounded
+//! mailbox). Every change of who is connected or subscribed bumps the slot's generation: the
+//! store pumps start again from the endpoint's checkpoint, and deliveries of an older generation
+//! still in the mailbox are dropped by the writer instead of being sent twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use event_listener::Event;
 use mqttbytes::QoS;
+
 use super::queue::{Queue, Signal};
+
+/// Where a delivery comes from in the store, so its acknowledgement can advance the endpoint's
+/// checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub endpoint: u16,
+    pub seq: u64,
+    /// The slot generation the delivery was made for.
+    pub generation: u64,
+}
 
 /// One message on its way to a module input.
 #[derive(Debug, Clone)]
@@ -18,6 +32,9 @@ pub struct Delivery {
     /// `devices/{d}/modules/{m}/inputs/{input}/{bag}`.
     pub topic: String,
     pub payload: Bytes,
+    pub origin: Option<Origin>,
+    /// Sent before (to an earlier connection) and not acknowledged: MQTT's DUP flag.
+    pub dup: bool,
 }
 
 /// The connection that currently owns a slot.
@@ -26,7 +43,7 @@ pub struct Owner {
     pub connection_id: u64,
     /// Fired to tell the owner to end (a newer connection took over).
     pub kick: Arc<Signal>,
-    /// Fired when the owner has ended and given back its unacknowledged deliveries.
+    /// Fired when the owner has ended.
     pub done: Arc<Signal>,
 }
 
@@ -38,38 +55,58 @@ pub struct SlotState {
     pub inputs_qos: Option<QoS>,
     /// True when the last session asked to be kept (clean session = false).
     pub persistent: bool,
-    /// Written, not acknowledged; redelivered first.
-    pub unacked: VecDeque<Delivery>,
+    /// Highest seq written per endpoint, to set DUP when it is sent again.
+    pub last_sent: Vec<(u16, u64)>,
 }
 
-/// An identity's input queue and session state.
+/// An identity's delivery queue and session state.
 #[derive(Debug)]
 pub struct Slot {
     pub mailbox: Queue<Delivery>,
     state: Mutex<SlotState>,
+    generation: AtomicU64,
+    /// Notified whenever the owner or the inputs subscription changes.
+    pub changed: Event,
 }
 
 impl Slot {
     fn new(queue_max: usize) -> Slot {
-        Slot { mailbox: Queue::new(queue_max), state: Mutex::new(SlotState::default()) }
+        Slot { mailbox: Queue::new(queue_max), state: Mutex::new(SlotState::default()), generation: AtomicU64::new(0), changed: Event::new() }
     }
 
-    /// Locks the state. A panic while holding the lock cannot leave it half-updated (every
-    /// update is a single assignment), so a poisoned lock is taken over.
+    /// Locks the state. Every update is a single assignment, so a lock poisoned by a panic
+    /// elsewhere cannot hold a half-made change and is taken over.
     pub fn state(&self) -> MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a connected client is taking deliveries: then a full queue back-pressures the
-    /// publisher; otherwise a full queue drops (the module is offline).
-    pub fn is_online(&self) -> bool {
-        let state = self.state();
-        state.owner.is_some() && state.inputs_qos.is_some()
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
-    /// Messages waiting (queued plus unacknowledged).
-    pub fn pending(&self) -> usize {
-        self.mailbox.len() + self.state().unacked.len()
+    /// Call after changing `owner` or `inputs_qos` (with the state lock released): starts a new
+    /// generation and wakes the pumps.
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify(usize::MAX);
+    }
+
+    /// The current generation while a connected client takes deliveries.
+    pub fn online_generation(&self) -> Option<u64> {
+        let state = self.state();
+        (state.owner.is_some() && state.inputs_qos.is_some()).then(|| self.generation())
+    }
+
+    pub fn last_sent(&self, endpoint: u16) -> u64 {
+        self.state().last_sent.iter().find(|(e, _)| *e == endpoint).map_or(0, |(_, s)| *s)
+    }
+
+    pub fn note_sent(&self, endpoint: u16, seq: u64) {
+        let mut state = self.state();
+        match state.last_sent.iter_mut().find(|(e, _)| *e == endpoint) {
+            Some(slot) => slot.1 = slot.1.max(seq),
+            None => state.last_sent.push((endpoint, seq)),
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The writing half of a connection: acknowledgements from the reader, and deliveries from the
-//! identity's input queue, at most `max_inflight` unacknowledged at a time.
+//! identity's mailbox, at most `max_inflight` unacknowledged at a time.
 //!
-//! It runs as its own task so that a publisher held back by a full queue elsewhere never stops
-//! its own connection from receiving.
+//! It runs as its own task so that a publisher waiting on the store never stops its own
+//! connection from receiving. An acknowledged delivery advances its endpoint's checkpoint in
+//! the store — in order: a checkpoint only moves past a seq when every earlier delivery of that
+//! endpoint in flight has been acknowledged too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use crate::metrics::Metrics;
 
 use super::codec;
 use super::queue::Queue;
-use super::session::{Delivery, Slot};
+use super::session::{Delivery, Origin, Slot};
 
 /// Items written per wake-up before the buffer goes to the socket: enough to fill a TCP
 /// segment train under load, small enough that acknowledgements are not delayed.
@@ -37,6 +39,9 @@ pub enum Ctrl {
     Inputs(Option<QoS>),
 }
 
+/// Advances an endpoint's checkpoint: `(endpoint, seq)` and everything before it is done.
+pub type Commit = Arc<dyn Fn(u16, u64) + Send + Sync>;
+
 /// Everything the writer needs.
 pub struct Writer<W> {
     pub sink: W,
@@ -46,6 +51,7 @@ pub struct Writer<W> {
     pub inputs: Option<QoS>,
     pub max_inflight: usize,
     pub metrics: Arc<Metrics>,
+    pub commit: Commit,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
 }
@@ -55,9 +61,12 @@ enum Event {
     Delivery(Delivery),
 }
 
+/// Deliveries written and not yet acknowledged, and acknowledgements waiting for an earlier
+/// delivery of the same endpoint before they may advance its checkpoint.
 struct InFlight {
     list: VecDeque<(u16, Delivery)>,
     next_pkid: u16,
+    acked_early: Vec<Origin>,
 }
 
 impl InFlight {
@@ -70,14 +79,35 @@ impl InFlight {
             }
         }
     }
+
+    /// Records that `done` is acknowledged and commits every acknowledgement no earlier
+    /// in-flight delivery of the same endpoint holds back.
+    fn acknowledge(&mut self, done: Origin, commit: &Commit) {
+        self.acked_early.push(done);
+        let list = &self.list;
+        let mut ready: Vec<(u16, u64)> = Vec::new();
+        self.acked_early.retain(|origin| {
+            let held_back = list.iter().any(|(_, d)| d.origin.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
+            if held_back {
+                return true;
+            }
+            match ready.iter_mut().find(|(e, _)| *e == origin.endpoint) {
+                Some(entry) => entry.1 = entry.1.max(origin.seq),
+                None => ready.push((origin.endpoint, origin.seq)),
+            }
+            false
+        });
+        for (endpoint, seq) in ready {
+            commit(endpoint, seq);
+        }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
-    /// Runs until the reader closes the control channel or the socket fails; then gives the
-    /// unacknowledged deliveries back to the slot.
+    /// Runs until the reader closes the control queue or the socket fails. Whatever was not
+    /// acknowledged stays in the store and comes again on the next connection.
     pub async fn run(mut self) {
-        let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1 };
-        let mut redeliver: VecDeque<Delivery> = std::mem::take(&mut self.slot.state().unacked);
+        let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1, acked_early: Vec::new() };
         loop {
             if !self.out.is_empty() {
                 if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
@@ -88,14 +118,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     self.out = BytesMut::new();
                 }
             }
-            let can_take = |inputs: Option<QoS>, inflight: &InFlight, max: usize| inputs.is_some() && inflight.list.len() < max;
-            if can_take(self.inputs, &inflight, self.max_inflight) {
-                if let Some(d) = redeliver.pop_front() {
-                    self.send(d, true, &mut inflight);
-                    continue;
-                }
-            }
-            let event = if can_take(self.inputs, &inflight, self.max_inflight) {
+            let event = if self.can_take(&inflight) {
                 let ctrl = async { Event::Ctrl(self.ctrl.pop().await) };
                 let slot = self.slot.clone();
                 let delivery = async move {
@@ -120,7 +143,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     }
                     continue;
                 }
-                if !can_take(self.inputs, &inflight, self.max_inflight) || self.out.len() >= WRITE_BUFFER_BYTES {
+                if !self.can_take(&inflight) || self.out.len() >= WRITE_BUFFER_BYTES {
                     break;
                 }
                 match self.slot.mailbox.try_pop() {
@@ -133,12 +156,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
         // Tell the reader, if it is still reading, that nothing more gets written.
         self.ctrl.close();
-        // Give back what the client never acknowledged, ahead of anything queued since.
-        let mut state = self.slot.state();
-        let mut back: VecDeque<Delivery> = inflight.list.into_iter().map(|(_, d)| d).collect();
-        back.extend(redeliver);
-        back.extend(std::mem::take(&mut state.unacked));
-        state.unacked = back;
+    }
+
+    fn can_take(&self, inflight: &InFlight) -> bool {
+        self.inputs.is_some() && inflight.list.len() < self.max_inflight
     }
 
     /// Applies one event; false when the writer must stop.
@@ -152,25 +173,76 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Ctrl::PingResp => codec::put_pingresp(&mut self.out),
                 Ctrl::Acked(pkid) => {
                     if let Some(pos) = inflight.list.iter().position(|(p, _)| *p == pkid) {
-                        inflight.list.remove(pos);
+                        if let Some((_, delivery)) = inflight.list.remove(pos) {
+                            if let Some(origin) = delivery.origin {
+                                inflight.acknowledge(origin, &self.commit);
+                            }
+                        }
                     }
                 }
                 Ctrl::Inputs(qos) => self.inputs = qos,
             },
-            Event::Delivery(d) => self.send(d, false, inflight),
+            Event::Delivery(d) => self.send(d, inflight),
         }
         true
     }
 
-    fn send(&mut self, delivery: Delivery, dup: bool, inflight: &mut InFlight) {
+    fn send(&mut self, delivery: Delivery, inflight: &mut InFlight) {
+        // Made for an earlier connection or subscription: the pump starts over from the
+        // checkpoint for this one, so sending it would duplicate it.
+        if delivery.origin.is_some_and(|o| o.generation != self.slot.generation()) {
+            return;
+        }
         let qos = self.inputs.unwrap_or(QoS::AtMostOnce);
         Metrics::inc(&self.metrics.deliveries_sent);
+        if let Some(origin) = delivery.origin {
+            self.slot.note_sent(origin.endpoint, origin.seq);
+        }
         if qos == QoS::AtMostOnce {
             codec::put_publish(&mut self.out, &delivery.topic, qos, 0, false, &delivery.payload);
+            // At most once: done as soon as it is written.
+            if let Some(origin) = delivery.origin {
+                inflight.acknowledge(origin, &self.commit);
+            }
         } else {
             let pkid = inflight.pkid();
-            codec::put_publish(&mut self.out, &delivery.topic, qos, pkid, dup, &delivery.payload);
+            codec::put_publish(&mut self.out, &delivery.topic, qos, pkid, delivery.dup, &delivery.payload);
             inflight.list.push_back((pkid, delivery));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    fn delivery(endpoint: u16, seq: u64) -> Delivery {
+        Delivery { topic: "t".into(), payload: Bytes::new(), origin: Some(Origin { endpoint, seq, generation: 0 }), dup: false }
+    }
+
+    #[test]
+    fn checkpoint_waits_for_earlier_deliveries_of_the_same_endpoint() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let sink = commits.clone();
+        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1, acked_early: Vec::new() };
+        for (pkid, (e, s)) in [(1, (7, 10)), (2, (7, 11)), (3, (8, 12)), (4, (7, 13))] {
+            inflight.list.push_back((pkid, delivery(e, s)));
+        }
+        let ack = |inflight: &mut InFlight, pkid: u16| {
+            let pos = inflight.list.iter().position(|(p, _)| *p == pkid).expect("in flight");
+            let (_, d) = inflight.list.remove(pos).expect("entry");
+            inflight.acknowledge(d.origin.expect("origin"), &commit);
+        };
+        ack(&mut inflight, 2); // 11 waits for 10
+        ack(&mut inflight, 3); // endpoint 8 is free
+        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12)]);
+        ack(&mut inflight, 1); // 10 and 11 both done
+        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12), (7, 11)]);
+        ack(&mut inflight, 4);
+        assert_eq!(commits.lock().expect("lock").last(), Some(&(7, 13)));
+        assert!(inflight.acked_early.is_empty());
     }
 }

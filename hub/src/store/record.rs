@@ -288,9 +288,10 @@ pub fn decode(buf: &[u8]) -> Result<(StoredRecord, usize), DecodeError> {
     peek(buf).map(|(view, used)| (view.to_stored(), used))
 }
 
-/// The record's total length once enough of it is present, checking the header's fixed fields
-/// as soon as their bytes are there (so garbage is `Corrupt` without waiting for more bytes).
-fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
+/// The total record length the header at the start of `buf` announces. Magic, flags and the
+/// length bounds are checked as soon as their bytes are present, so garbage is `Corrupt`
+/// without waiting for more bytes; fewer than 8 bytes of a valid prefix are `Incomplete`.
+pub fn announced_len(buf: &[u8]) -> Result<usize, DecodeError> {
     if buf.len() >= 2 && u16::from_le_bytes([buf[0], buf[1]]) != MAGIC {
         return Err(DecodeError::Corrupt("bad magic"));
     }
@@ -308,7 +309,12 @@ fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
     if body_len < BODY_BYTES_MIN {
         return Err(DecodeError::Corrupt("body too short"));
     }
-    let total = HEADER_BYTES + body_len;
+    Ok(HEADER_BYTES + body_len)
+}
+
+/// The length of the record at the start of `buf` once all of it is present.
+fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
+    let total = announced_len(buf)?;
     if buf.len() < total {
         return Err(DecodeError::Incomplete);
     }

@@ -15,7 +15,13 @@ use bytes::Bytes;
 /// to 256 KiB in memory for retransmission (32 MiB worst case, kilobytes for typical telemetry),
 /// and it must stay far below the 65,535 MQTT packet ids so an id is never in use twice.
 pub const WINDOW_MAX: usize = 128;
-const _: () = assert!(WINDOW_MAX < u16::MAX as usize / 2);
+const _: () = assert!(WINDOW_MAX < PKID_MAX as usize / 2);
+
+/// Window entries are numbered 1..=`PKID_MAX`; the one id above is left for SUBSCRIBE, so a
+/// subscription never shares an id with a message in flight.
+const PKID_MAX: u16 = u16::MAX - 1;
+/// The packet id of the link's SUBSCRIBE.
+pub const SUBSCRIBE_PKID: u16 = u16::MAX;
 
 /// One message in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +33,10 @@ pub struct Entry {
     pub payload: Bytes,
     /// Written to a connection at least once: a resend carries the DUP flag.
     pub sent: bool,
-    /// PUBACKed (or dropped as unsendable): waiting only for the entries before it.
+    /// PUBACKed (or skipped): waiting only for the entries before it.
     pub acked: bool,
+    /// Never sent because it cannot be delivered (see [`Window::push_skipped`]).
+    pub skipped: bool,
 }
 
 /// Messages released from the front of the window by one acknowledgement.
@@ -36,8 +44,10 @@ pub struct Entry {
 pub struct Released {
     /// The new checkpoint: this seq and everything before it is done.
     pub through_seq: u64,
-    /// How many entries left the window.
+    /// How many entries left the window …
     pub count: usize,
+    /// … of which this many were skipped rather than acknowledged.
+    pub skipped: usize,
 }
 
 /// At most `capacity` entries, in seq order.
@@ -86,12 +96,12 @@ impl Window {
 
     fn push_entry(&mut self, seq: u64, topic: String, payload: Bytes, acked: bool) -> u16 {
         assert!(self.room() > 0, "window overfilled");
-        assert!(self.entries.back().map_or(true, |last| last.seq < seq), "window seq {seq} out of order");
+        assert!(!matches!(self.entries.back(), Some(last) if last.seq >= seq), "window seq {seq} out of order");
         let pkid = self.next_pkid;
-        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        self.next_pkid = if self.next_pkid >= PKID_MAX { 1 } else { self.next_pkid + 1 };
         // While an entry lives, fewer than WINDOW_MAX others are numbered: ids cannot collide.
         debug_assert!(self.entries.iter().all(|e| e.pkid != pkid));
-        self.entries.push_back(Entry { seq, pkid, topic, payload, sent: false, acked });
+        self.entries.push_back(Entry { seq, pkid, topic, payload, sent: false, acked, skipped: acked });
         pkid
     }
 
@@ -111,10 +121,13 @@ impl Window {
             if !front.acked {
                 break;
             }
-            let seq = front.seq;
+            let (count, skipped) = released.map_or((0, 0), |r| (r.count, r.skipped));
+            released = Some(Released {
+                through_seq: front.seq,
+                count: count + 1,
+                skipped: skipped + usize::from(front.skipped),
+            });
             self.entries.pop_front();
-            let count = released.map_or(0, |r| r.count) + 1;
-            released = Some(Released { through_seq: seq, count });
         }
         released
     }
@@ -125,7 +138,7 @@ impl Window {
     /// earlier connection.
     pub fn send_after(&mut self, after: Option<u64>, mut write: impl FnMut(&Entry, bool)) -> Sent {
         let mut sent = Sent { last_seq: after, first_time: 0 };
-        for entry in self.entries.iter_mut().filter(|e| after.map_or(true, |a| e.seq > a)) {
+        for entry in self.entries.iter_mut().filter(|e| !matches!(after, Some(a) if e.seq <= a)) {
             sent.last_seq = Some(entry.seq);
             if entry.acked {
                 continue;
@@ -164,9 +177,9 @@ mod tests {
         let (mut window, pkids) = window_with(&[10, 11, 12, 13], 4);
         assert_eq!(window.puback(pkids[2]), None, "12 waits for 10 and 11");
         assert_eq!(window.puback(pkids[1]), None, "11 waits for 10");
-        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 12, count: 3 }));
+        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 12, count: 3, skipped: 0 }));
         assert_eq!(window.len(), 1);
-        assert_eq!(window.puback(pkids[3]), Some(Released { through_seq: 13, count: 1 }));
+        assert_eq!(window.puback(pkids[3]), Some(Released { through_seq: 13, count: 1, skipped: 0 }));
         assert!(window.is_empty());
     }
 
@@ -177,15 +190,15 @@ mod tests {
         assert_eq!(window.puback(pkids[1]), None, "a repeated ack changes nothing");
         assert_eq!(window.puback(999), None);
         assert_eq!(window.len(), 2);
-        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 2, count: 2 }));
+        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 2, count: 2, skipped: 0 }));
     }
 
     #[test]
     fn seqs_may_have_gaps_and_the_checkpoint_follows_them() {
         let (mut window, pkids) = window_with(&[5, 9, 40], 3);
-        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 5, count: 1 }));
+        assert_eq!(window.puback(pkids[0]), Some(Released { through_seq: 5, count: 1, skipped: 0 }));
         assert_eq!(window.puback(pkids[2]), None);
-        assert_eq!(window.puback(pkids[1]), Some(Released { through_seq: 40, count: 2 }));
+        assert_eq!(window.puback(pkids[1]), Some(Released { through_seq: 40, count: 2, skipped: 0 }));
     }
 
     #[test]
@@ -203,20 +216,19 @@ mod tests {
     #[test]
     fn skipped_messages_do_not_hold_the_checkpoint_back() {
         let mut window = Window::new(4);
-        assert_eq!(window.push_skipped(1), Some(Released { through_seq: 1, count: 1 }));
+        assert_eq!(window.push_skipped(1), Some(Released { through_seq: 1, count: 1, skipped: 1 }));
         let pkid = window.push(2, "t".into(), Bytes::new());
         assert_eq!(window.push_skipped(3), None, "3 waits behind 2");
-        assert_eq!(window.puback(pkid), Some(Released { through_seq: 3, count: 2 }));
+        assert_eq!(window.puback(pkid), Some(Released { through_seq: 3, count: 2, skipped: 1 }));
     }
 
     #[test]
-    fn packet_ids_wrap_past_65535_without_zero_or_collision() {
+    fn packet_ids_wrap_without_zero_or_the_subscribe_id() {
         let mut window = Window::new(2);
         let mut last = 0;
-        for seq in 1..=70_000u64 {
+        for seq in 1..=140_000u64 {
             let pkid = window.push(seq, String::new(), Bytes::new());
-            assert_ne!(pkid, 0);
-            assert_ne!(pkid, last);
+            assert!(pkid != 0 && pkid != SUBSCRIBE_PKID && pkid != last, "pkid {pkid}");
             window.puback(pkid);
             last = pkid;
         }

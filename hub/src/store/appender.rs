@@ -1,0 +1,273 @@
+//! The log's in-memory state and its append path: writing a record at the end of the active
+//! segment, rolling to a new segment, keeping the total under `max_bytes`, and deleting
+//! segments nobody needs. All of it runs under the store's log mutex.
+//!
+//! A write is one `pwrite` at the published end of the active segment. If it fails (disk full,
+//! IO error) the file is cut back to that end before the error is returned, so no partial
+//! record is ever followed by a good one; if even the cut fails, the next append retries it
+//! first. A failed append consumes no seq.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::checkpoint::Checkpoints;
+use super::config::{FsyncPolicy, FullPolicy, StoreConfig};
+use super::error::StoreError;
+use super::record::{self, NewRecord};
+use super::registry::ENDPOINTS_MAX;
+use super::retention::SegmentSummary;
+use super::segment::{self, as_u64, Segment, SegmentShared};
+use super::stats::Counters;
+
+/// What segment deletion consults: persisted checkpoints of the registered endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention<'a> {
+    pub checkpoints: &'a Checkpoints,
+    pub registered: usize,
+}
+
+/// The segments and the file being appended to.
+#[derive(Debug)]
+pub struct Log {
+    /// Oldest first; never empty; the last one is the active segment.
+    pub segments: VecDeque<Segment>,
+    /// The active segment's file.
+    pub active: Arc<File>,
+    pub next_seq: u64,
+    /// Sum of the segments' file sizes.
+    pub bytes: u64,
+    /// Sealed segments whose data the sync thread has not fsynced yet.
+    pub unsynced: Vec<(Arc<File>, PathBuf)>,
+    /// A segment file was created since the directory was last fsynced.
+    pub dir_unsynced: bool,
+    /// Per endpoint id, the last seq routed to it (for pending estimates).
+    pub last_routed: Vec<u64>,
+    /// A failed write could not be cut back; retried before the next write.
+    needs_truncate: bool,
+    /// Reused for encoding: at most one record, so at most RECORD_BYTES_MAX.
+    encode_buf: Vec<u8>,
+    /// Test hook: the next write stops after this many bytes and fails like a full disk.
+    #[cfg(test)]
+    pub fail_next_write_after: Option<usize>,
+}
+
+impl Log {
+    pub fn new(segments: VecDeque<Segment>, active: File, next_seq: u64, last_routed: Vec<u64>) -> Log {
+        debug_assert!(!segments.is_empty());
+        debug_assert_eq!(last_routed.len(), ENDPOINTS_MAX);
+        let bytes = segments.iter().map(|segment| segment.file_bytes).sum();
+        Log {
+            segments,
+            active: Arc::new(active),
+            next_seq,
+            bytes,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+            last_routed,
+            needs_truncate: false,
+            encode_buf: Vec::new(),
+            #[cfg(test)]
+            fail_next_write_after: None,
+        }
+    }
+
+    /// The last seq appended (0 when none ever was).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    fn active_segment(&self) -> &Segment {
+        // The list is never empty: open creates an active segment and deletion spares it.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_len(&self) -> u64 {
+        self.active_segment().shared.published_len()
+    }
+
+    /// Appends `record`, whose encoded size is `len`, and returns its seq.
+    pub fn append(
+        &mut self,
+        config: &StoreConfig,
+        retention: Retention<'_>,
+        counters: &Counters,
+        record: &NewRecord<'_>,
+        len: usize,
+    ) -> Result<u64, StoreError> {
+        self.repair_failed_write()?;
+        self.make_room(config, retention, counters, as_u64(len), record.enqueued_unix_ms)?;
+        if self.active_len() > 0 && self.active_len() + as_u64(len) > config.segment_bytes {
+            self.roll(config)?;
+        }
+        let seq = self.next_seq;
+        self.encode_buf.clear();
+        record::encode(seq, record, &mut self.encode_buf)?;
+        debug_assert_eq!(self.encode_buf.len(), len);
+        let offset = self.active_len();
+        if let Err(error) = self.write(offset) {
+            let path = self.active_segment().shared.path.clone();
+            if let Err(cut) = self.active.set_len(offset) {
+                log::error!("store: cannot cut {} back after a failed write: {cut}", path.display());
+                self.needs_truncate = true;
+            }
+            return Err(StoreError::io("append to", &path, error));
+        }
+        let len = as_u64(len);
+        let active = self.segments.len() - 1;
+        let segment = &mut self.segments[active];
+        segment.shared.publish(offset + len);
+        segment.file_bytes = offset + len;
+        let endpoints = record.endpoints.iter().map(|endpoint| (endpoint.id, endpoint.ttl_secs));
+        segment.summary.add(seq, record.enqueued_unix_ms, endpoints, config.default_ttl_secs);
+        for endpoint in record.endpoints {
+            if let Some(last) = self.last_routed.get_mut(usize::from(endpoint.id)) {
+                *last = seq;
+            }
+        }
+        self.bytes += len;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn write(&mut self, offset: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(prefix) = self.fail_next_write_after.take() {
+            let prefix = prefix.min(self.encode_buf.len());
+            self.active.write_all_at(&self.encode_buf[..prefix], offset)?;
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.active.write_all_at(&self.encode_buf, offset)
+    }
+
+    fn repair_failed_write(&mut self) -> Result<(), StoreError> {
+        if self.needs_truncate {
+            let len = self.active_len();
+            self.active
+                .set_len(len)
+                .map_err(|error| StoreError::io("truncate", &self.active_segment().shared.path, error))?;
+            self.needs_truncate = false;
+        }
+        Ok(())
+    }
+
+    /// Makes the total fit `len` more bytes under `max_bytes`: first by deleting segments nobody
+    /// needs, then per the full policy. The new record's enqueue time stands in for "now" when
+    /// judging expiry (same clock, and it keeps this path free of clock reads).
+    fn make_room(
+        &mut self,
+        config: &StoreConfig,
+        retention: Retention<'_>,
+        counters: &Counters,
+        len: u64,
+        now_unix_ms: u64,
+    ) -> Result<(), StoreError> {
+        if self.bytes + len <= config.max_bytes {
+            return Ok(());
+        }
+        self.reclaim(retention, counters, now_unix_ms)?;
+        if self.bytes + len <= config.max_bytes {
+            return Ok(());
+        }
+        if config.when_full == FullPolicy::RejectNew {
+            counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Full { max_bytes: config.max_bytes });
+        }
+        while self.bytes + len > config.max_bytes {
+            if self.segments.len() == 1 {
+                if self.active_len() == 0 {
+                    break; // Cannot happen: a record is at most half of max_bytes (validated).
+                }
+                self.roll(config)?;
+            }
+            let dropped = self.delete_front()?;
+            let records = dropped.summary.records;
+            counters.dropped_full.fetch_add(records, Ordering::Relaxed);
+            counters.dropped_segments.fetch_add(1, Ordering::Relaxed);
+            if let Some(last_seq) = dropped.summary.last_seq {
+                counters.dropped_through.fetch_max(last_seq, Ordering::AcqRel);
+            }
+            log::warn!(
+                "store: full at {} bytes; dropped {} with {records} records (seq {}..={})",
+                config.max_bytes,
+                dropped.shared.path.display(),
+                dropped.shared.first_seq,
+                dropped.summary.last_seq.unwrap_or(0),
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes every sealed segment whose records are all done (per persisted checkpoints) or
+    /// expired; returns how many.
+    pub fn reclaim(
+        &mut self,
+        retention: Retention<'_>,
+        counters: &Counters,
+        now_unix_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        let mut index = 0;
+        while index + 1 < self.segments.len() {
+            let summary = &self.segments[index].summary;
+            let done_through = |id| retention.checkpoints.persisted_or_done(id, retention.registered);
+            if summary.is_reclaimable(done_through, now_unix_ms) {
+                self.delete_at(index)?;
+                counters.reclaimed_segments.fetch_add(1, Ordering::Relaxed);
+                deleted += 1;
+            } else {
+                index += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn delete_front(&mut self) -> Result<Segment, StoreError> {
+        self.delete_at(0)
+    }
+
+    fn delete_at(&mut self, index: usize) -> Result<Segment, StoreError> {
+        assert!(index + 1 < self.segments.len(), "the active segment is never deleted");
+        let path = &self.segments[index].shared.path;
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => return Err(StoreError::io("delete", path, error)),
+        }
+        let Some(segment) = self.segments.remove(index) else {
+            unreachable!("index checked above");
+        };
+        segment.shared.mark_deleted();
+        self.bytes -= segment.file_bytes;
+        Ok(segment)
+    }
+
+    /// Seals the active segment and starts a new one at `next_seq`.
+    pub fn roll(&mut self, config: &StoreConfig) -> Result<(), StoreError> {
+        let path = config.dir.join(segment::file_name(self.next_seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|error| StoreError::io("create", &path, error))?;
+        self.active_segment().shared.seal();
+        let sealed_path = self.active_segment().shared.path.clone();
+        let sealed = std::mem::replace(&mut self.active, Arc::new(file));
+        if config.fsync != FsyncPolicy::Never {
+            self.unsynced.push((sealed, sealed_path));
+            self.dir_unsynced = true;
+        }
+        self.segments.push_back(Segment {
+            shared: Arc::new(SegmentShared::new(self.next_seq, path, 0, false)),
+            summary: SegmentSummary::default(),
+            file_bytes: 0,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! # The offline store
+//!
+//! A segmented, bounded, crash-safe append-only log that keeps messages for endpoints that are
+//! offline (the cloud link, a module that is not running), in the spirit of IoT Edge's store
+//! and forward but without its database: records are written once, read by one cursor per
+//! endpoint, and deleted a whole segment at a time.
+//!
+//! - **Bounded**: the segment files never exceed `max_bytes`; at the limit the oldest segment
+//!   is dropped (counted) or the new record refused, per [`FullPolicy`]. Segments every
+//!   endpoint in them has passed, or whose records all expired, are deleted within a second.
+//! - **Crash-safe**: every record carries a CRC-32C; on open a torn tail is cut off, damage in
+//!   the middle is stepped over, and the recovery report says what was lost ([`recovery`]).
+//! - **Group commit**: `append` only writes; a background thread fsyncs per [`FsyncPolicy`]
+//!   and wakes whoever waits in [`Store::durable`], one fsync for all records written before it.
+//! - **At-least-once**: endpoints commit checkpoints, persisted lazily; after a crash delivery
+//!   resumes at the last persisted checkpoint.
+//!
+//! # Layout
+//! - [`record`]: the record format (pure);
+//! - [`config`]: configuration, defaults and limits;
+//! - `segment`: segment files and the buffered cursor that reads them;
+//! - `appender`: the log state and the append path (write, roll, bound, delete);
+//! - [`recovery`]: rebuilding the log on open;
+//! - `retention`: expiry and when a segment may go (pure);
+//! - `writer`: the sync thread (group commit, housekeeping);
+//! - `reader`: [`EndpointReader`];
+//! - `registry`, `checkpoint`: endpoint ids and checkpoints, each one atomically replaced file;
+//! - `crc32c`, `fsio`, `error`, `stats`: checksum, file helpers, errors, counters.
+//!
+//! # Priorities
+//! Readers return records in log order. A record carries each endpoint's priority, so
+//! priority scheduling can be built above this layer; the simplest faithful way is IoT Edge's
+//! own: register one endpoint per (endpoint, priority), e.g. "$upstream#0", "$upstream#1", and
+//! route each message to the one for its route's priority. Each then has its own cursor and
+//! checkpoint, and the sender picks among them (with weighted fairness, so low priorities do not
+//! starve as they do in IoT Edge). One checkpoint per endpoint cannot express out-of-order
+//! delivery within one cursor, which is why this layer does not reorder.
+
+pub mod config;
+pub mod record;
+pub mod recovery;
+
+mod appender;
+mod checkpoint;
+mod crc32c;
+mod error;
+mod fsio;
+mod reader;
+mod registry;
+mod retention;
+mod segment;
+mod stats;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_listener::Event;
+
+pub use self::checkpoint::CheckpointLoad;
+pub use self::config::{FsyncPolicy, FullPolicy, StoreConfig};
+pub use self::error::StoreError;
+pub use self::reader::EndpointReader;
+pub use self::record::{EndpointRef, NewRecord, StoredRecord};
+pub use self::recovery::{Damage, RecoveryReport};
+pub use self::registry::{RegistryLoad, ENDPOINTS_MAX, ENDPOINT_NAME_BYTES_MAX};
+pub use self::stats::{EndpointStats, ReaderStats, StoreStats};
+
+use self::appender::{Log, Retention};
+use self::checkpoint::Checkpoints;
+use self::registry::Registry;
+use self::stats::Counters;
+use self::writer::{lock, Durability, Signal};
+
+/// The offline store. `Send + Sync`: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+    sync_thread: Option<JoinHandle<()>>,
+}
+
+// The store is shared across threads and tasks; readers move into tasks.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Store>();
+    shared_across_threads::<EndpointReader>();
+};
+
+/// State shared by the store, its readers and its sync thread.
+#[derive(Debug)]
+struct Inner {
+    /// Validated, with `segment_bytes` resolved.
+    config: StoreConfig,
+    log: Mutex<Log>,
+    registry: Mutex<Registry>,
+    /// Endpoints registered (ids below this are valid), readable without the registry lock.
+    registered: AtomicUsize,
+    checkpoints: Checkpoints,
+    durability: Durability,
+    signal: Signal,
+    appended: Event,
+    counters: Counters,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `config.dir` and recovers what is there.
+    pub fn open(mut config: StoreConfig) -> Result<(Store, RecoveryReport), StoreError> {
+        config.validate()?;
+        config.segment_bytes = config.effective_segment_bytes();
+        fs::create_dir_all(&config.dir).map_err(|error| StoreError::io("create", &config.dir, error))?;
+        let mut report = RecoveryReport::default();
+        let segments = recovery::list_segments(&config.dir, &mut report)?;
+        let (registry, registry_load) = Registry::load(&config.dir)?;
+        let segments = if matches!(registry_load, RegistryLoad::Loaded { .. }) {
+            segments
+        } else {
+            // Ids in records and checkpoints mean nothing without the names they stood for.
+            recovery::discard_unattributable(segments, &mut report)?;
+            checkpoint::discard(&config.dir)?;
+            Vec::new()
+        };
+        let (entries, checkpoint_load) = Checkpoints::load(&config.dir, registry.len())?;
+        let checkpoint_max = entries.iter().map(|entry| entry.1).max().unwrap_or(0);
+        let log = recovery::recover(&config, segments, checkpoint_max, &mut report)?;
+        report.registry = registry_load;
+        report.checkpoints = checkpoint_load;
+        log_report(&config, &report);
+        let inner = Arc::new(Inner {
+            durability: Durability::new(log.last_seq()),
+            log: Mutex::new(log),
+            registered: AtomicUsize::new(registry.len()),
+            registry: Mutex::new(registry),
+            checkpoints: Checkpoints::new(&entries),
+            signal: Signal::default(),
+            appended: Event::new(),
+            counters: Counters::default(),
+            config,
+        });
+        let thread_inner = Arc::clone(&inner);
+        let sync_thread = std::thread::Builder::new()
+            .name("store-sync".to_string())
+            .spawn(move || writer::run(&thread_inner))
+            .map_err(|error| StoreError::io("start the sync thread for", &inner.config.dir, error))?;
+        Ok((Store { inner, sync_thread: Some(sync_thread) }, report))
+    }
+
+    /// The id of endpoint `name`, registering it (durably) if it is new.
+    pub fn endpoint_id(&self, name: &str) -> Result<u16, StoreError> {
+        let mut registry = lock(&self.inner.registry);
+        let id = registry.register(&self.inner.config.dir, name)?;
+        self.inner.registered.store(registry.len(), Ordering::Release);
+        Ok(id)
+    }
+
+    /// The name of a registered endpoint id.
+    pub fn endpoint_name(&self, id: u16) -> Option<String> {
+        lock(&self.inner.registry).name(id).map(str::to_string)
+    }
+
+    /// Appends a record and returns its seq. Does not wait for durability (see
+    /// [`Store::durable`]). Every endpoint id must come from [`Store::endpoint_id`].
+    pub fn append(&self, record: &NewRecord<'_>) -> Result<u64, StoreError> {
+        let inner = &*self.inner;
+        let registered = inner.registered.load(Ordering::Acquire);
+        if let Some(unknown) = record.endpoints.iter().find(|endpoint| usize::from(endpoint.id) >= registered) {
+            return Err(StoreError::UnknownEndpoint(unknown.id));
+        }
+        let len = record::encoded_len(record)?;
+        let retention = Retention { checkpoints: &inner.checkpoints, registered };
+        let seq = {
+            let mut log = lock(&inner.log);
+            let seq = log.append(&inner.config, retention, &inner.counters, record, len)?;
+            inner.durability.appended(seq);
+            seq
+        };
+        inner.counters.appended.fetch_add(1, Ordering::Relaxed);
+        match inner.config.fsync {
+            FsyncPolicy::Never => inner.durability.advance(seq),
+            FsyncPolicy::Always | FsyncPolicy::IntervalMs(_) => inner.signal.pending(),
+        }
+        inner.appended.notify(usize::MAX);
+        Ok(seq)
+    }
+
+    /// Resolves when `seq` is durable per the fsync policy (`Never`: written to the OS; the
+    /// others: fsynced). Fails if the fsync covering it failed.
+    pub async fn durable(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.durability.wait(seq).await
+    }
+
+    /// [`Store::durable`] for threads.
+    pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.durability.wait_blocking(seq)
+    }
+
+    /// A cursor for `endpoint_id`, positioned after its committed checkpoint.
+    pub fn reader(&self, endpoint_id: u16) -> EndpointReader {
+        EndpointReader::new(Arc::clone(&self.inner), endpoint_id)
+    }
+
+    /// Everything up to and including `seq` is done for `endpoint_id`. Persisted lazily (within
+    /// about a second, and on close), so after a crash delivery resumes at the last persisted
+    /// checkpoint. A seq past the last appended one is clamped to it.
+    pub fn commit(&self, endpoint_id: u16, seq: u64) {
+        let last = self.inner.durability.appended_seq();
+        debug_assert!(seq <= last, "commit of seq {seq} past the last appended {last}");
+        if usize::from(endpoint_id) < self.inner.registered.load(Ordering::Acquire) {
+            self.inner.checkpoints.commit(endpoint_id, seq.min(last));
+        }
+    }
+
+    /// Notified on every append; readers at the end of the log wait on it.
+    pub fn appended(&self) -> &Event {
+        &self.inner.appended
+    }
+
+    /// Persists committed checkpoints now.
+    pub fn flush_checkpoints(&self) -> Result<(), StoreError> {
+        let registered = self.inner.registered.load(Ordering::Acquire);
+        self.inner.checkpoints.flush(&self.inner.config.dir, registered).map(|_| ())
+    }
+
+    /// Persists checkpoints, then deletes the segments that every endpoint has passed or whose
+    /// records all expired at `now_unix_ms`; returns how many. The sync thread does this every
+    /// second on its own; call it to reclaim space at once.
+    pub fn reclaim(&self, now_unix_ms: u64) -> Result<usize, StoreError> {
+        writer::reclaim_now(&self.inner, now_unix_ms)
+    }
+
+    /// A snapshot of sizes, counters and per-endpoint progress.
+    pub fn stats(&self) -> StoreStats {
+        let inner = &*self.inner;
+        let counters = &inner.counters;
+        let names: Vec<String> = {
+            let registry = lock(&inner.registry);
+            (0..registry.len())
+                .filter_map(|index| u16::try_from(index).ok())
+                .map(|id| registry.name(id).unwrap_or_default().to_string())
+                .collect()
+        };
+        let log = lock(&inner.log);
+        let records_stored: u64 = log.segments.iter().map(|segment| segment.summary.records).sum();
+        let last_seq = log.last_seq();
+        let first_seq =
+            log.segments.iter().find(|segment| segment.summary.records > 0).map(|segment| segment.shared.first_seq);
+        let endpoints = names
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, name)| Some((u16::try_from(index).ok()?, name)))
+            .map(|(id, name)| {
+                let checkpoint = inner.checkpoints.committed(id);
+                let last_routed = log.last_routed.get(usize::from(id)).copied().unwrap_or(0);
+                EndpointStats {
+                    id,
+                    name,
+                    checkpoint,
+                    persisted_checkpoint: inner.checkpoints.persisted(id),
+                    pending_estimate: last_routed.saturating_sub(checkpoint),
+                }
+            })
+            .collect();
+        StoreStats {
+            bytes_on_disk: log.bytes,
+            segments: log.segments.len(),
+            records_appended: Counters::get(&counters.appended),
+            records_stored,
+            dropped_full: Counters::get(&counters.dropped_full),
+            dropped_segments: Counters::get(&counters.dropped_segments),
+            rejected_full: Counters::get(&counters.rejected_full),
+            expired_skipped: Counters::get(&counters.expired_skipped),
+            reclaimed_segments: Counters::get(&counters.reclaimed_segments),
+            damaged_skipped: Counters::get(&counters.damaged_skipped),
+            fsyncs: Counters::get(&counters.fsyncs),
+            first_seq: if records_stored > 0 { first_seq } else { None },
+            last_seq: if records_stored > 0 { Some(last_seq) } else { None },
+            durable_seq: inner.durability.durable_seq(),
+            endpoints,
+        }
+    }
+
+    /// Stops the sync thread, makes everything appended durable (unless the policy is `Never`)
+    /// and persists checkpoints, reporting the first failure. Dropping the store does the same
+    /// and logs failures.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StoreError> {
+        let Some(thread) = self.sync_thread.take() else {
+            return Ok(());
+        };
+        self.inner.signal.stop();
+        if thread.join().is_err() {
+            log::error!("store: the sync thread panicked");
+        }
+        let synced = match self.inner.config.fsync {
+            FsyncPolicy::Never => Ok(()),
+            FsyncPolicy::Always | FsyncPolicy::IntervalMs(_) => writer::sync_now(&self.inner),
+        };
+        let flushed = self.flush_checkpoints();
+        synced.and(flushed)
+    }
+
+    /// Test hook: the next segment write stops after `bytes` bytes and fails like a full disk.
+    #[cfg(test)]
+    fn fail_next_write_after(&self, bytes: usize) {
+        lock(&self.inner.log).fail_next_write_after = Some(bytes);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            log::error!("{error} (while closing the store)");
+        }
+    }
+}
+
+fn log_report(config: &StoreConfig, report: &RecoveryReport) {
+    log::info!(
+        "store: opened {} ({} segments, {} records, {} bytes; next seq {})",
+        config.dir.display(),
+        report.segments,
+        report.records,
+        report.bytes,
+        report.next_seq
+    );
+    if report.damage_count > 0 {
+        log::warn!(
+            "store: recovery found {} damaged regions, cut {} bytes, lost {} records",
+            report.damage_count,
+            report.truncated_bytes,
+            report.records_lost
+        );
+    }
+    if let CheckpointLoad::Corrupt(reason) = &report.checkpoints {
+        log::warn!("store: checkpoints unreadable ({reason}); endpoints restart from the oldest record");
+    }
+    if let RegistryLoad::Reset(reason) = &report.registry {
+        log::error!("store: endpoint registry unreadable ({reason}); stored records were discarded");
+    }
+}

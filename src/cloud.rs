@@ -1,0 +1,138 @@
+//! Wiring of the store and the upstream link: their configuration from `[store]`, `[upstream]`
+//! and the deployment's `$edgeHub`, and their part of the status file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tinyedge_agent::manifest::Deployment;
+use tinyedge_hub::broker::outbox::StoreOutbox;
+use tinyedge_hub::broker::Broker;
+use tinyedge_hub::route::Endpoint;
+use tinyedge_hub::store::{FsyncPolicy, FullPolicy, RecoveryReport, Store, StoreConfig};
+use tinyedge_hub::upstream::{Link, UpstreamConfig};
+use tinyedge_platform::config::DEFAULT_STORE_MAX_BYTES;
+use tinyedge_platform::{Config, FsyncSetting, WhenFull};
+
+use crate::runtime::Failure;
+
+/// The edgeHub environment variable IoT Edge reads its store folder from (set through the
+/// `$edgeAgent` deployment's `systemModules.edgeHub.env`).
+const STORAGE_FOLDER_ENV: &str = "storageFolder";
+
+/// `[store]`, overridden where IoT Edge lets the deployment decide: `storeLimits.maxSizeBytes`
+/// (unless `[store] max_bytes` is set), `timeToLiveSecs`, and the edgeHub's `storageFolder`
+/// (unless `[store] dir` is set).
+pub fn store_config(config: &Config, deployment: Option<&Deployment>) -> StoreConfig {
+    let hub_desired = deployment.map(|d| &d.hub.store_and_forward);
+    let storage_folder = deployment.and_then(|d| {
+        d.agent.system_modules.iter().find(|m| m.name == "edgeHub").and_then(|m| {
+            m.env.iter().find(|(k, _)| k.eq_ignore_ascii_case(STORAGE_FOLDER_ENV)).map(|(_, v)| PathBuf::from(v))
+        })
+    });
+    let dir = config.store.dir.clone().or(storage_folder).unwrap_or_else(|| config.data_dir.join("store"));
+    let mut store = StoreConfig::new(dir);
+    store.max_bytes = config.store.max_bytes.or_else(|| hub_desired.and_then(|s| s.max_size_bytes)).unwrap_or(DEFAULT_STORE_MAX_BYTES);
+    store.fsync = match config.store.fsync {
+        FsyncSetting::Always => FsyncPolicy::Always,
+        FsyncSetting::IntervalMs(ms) => FsyncPolicy::IntervalMs(ms),
+        FsyncSetting::Never => FsyncPolicy::Never,
+    };
+    store.when_full = match config.store.when_full {
+        WhenFull::DropOldest => FullPolicy::DropOldest,
+        WhenFull::RejectNew => FullPolicy::RejectNew,
+    };
+    if let Some(saf) = hub_desired {
+        store.default_ttl_secs = saf.time_to_live_secs;
+    }
+    store
+}
+
+fn log_recovery(dir: &std::path::Path, report: &RecoveryReport) {
+    log::info!(
+        "store {}: {} record(s) in {} segment(s), {} bytes; next seq {}",
+        dir.display(),
+        report.records,
+        report.segments,
+        report.bytes,
+        report.next_seq
+    );
+    if report.truncated_bytes > 0 || report.records_lost > 0 || report.damage_count > 0 {
+        log::warn!(
+            "store recovery: truncated {} byte(s) of a torn tail, {} record(s) lost, {} damaged region(s): {:?}",
+            report.truncated_bytes,
+            report.records_lost,
+            report.damage_count,
+            report.damage
+        );
+    }
+}
+
+pub fn open_store(store_config: StoreConfig) -> Result<Arc<Store>, Failure> {
+    let dir = store_config.dir.clone();
+    let (store, report) = Store::open(store_config).map_err(|e| Failure::Runtime(e.to_string()))?;
+    log_recovery(&dir, &report);
+    Ok(Arc::new(store))
+}
+
+/// Starts the cloud link when `[upstream]` is configured; without one, `$upstream` messages
+/// stay in the store (bounded) until one is.
+pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Result<Option<Arc<Link>>, Failure> {
+    let Some(settings) = &config.upstream else {
+        log::info!("no [upstream] configured: $upstream messages are kept in the store");
+        return Ok(None);
+    };
+    let endpoint = broker.router.endpoint_id(&Endpoint::Upstream).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let outbox = Arc::new(StoreOutbox::new(broker.router.store().clone(), endpoint));
+    let mut upstream = UpstreamConfig::new(settings.url.clone(), config.iothub_hostname.clone(), config.device_id.clone(), device_key.to_vec());
+    upstream.ca = settings.ca.clone();
+    let link = Link::new(upstream, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
+    smol::spawn(link.clone().run()).detach();
+    log::info!("upstream link to {} started", link.target());
+    Ok(Some(link))
+}
+
+pub fn store_status(store: &Store) -> Value {
+    let stats = store.stats();
+    let endpoints: serde_json::Map<String, Value> = stats
+        .endpoints
+        .iter()
+        .map(|e| (e.name.clone(), json!({"checkpoint": e.checkpoint, "persisted_checkpoint": e.persisted_checkpoint, "pending_estimate": e.pending_estimate})))
+        .collect();
+    json!({
+        "bytes_on_disk": stats.bytes_on_disk,
+        "segments": stats.segments,
+        "records_appended": stats.records_appended,
+        "records_stored": stats.records_stored,
+        "dropped_full": stats.dropped_full,
+        "rejected_full": stats.rejected_full,
+        "expired_skipped": stats.expired_skipped,
+        "reclaimed_segments": stats.reclaimed_segments,
+        "fsyncs": stats.fsyncs,
+        "first_seq": stats.first_seq,
+        "last_seq": stats.last_seq,
+        "durable_seq": stats.durable_seq,
+        "endpoints": endpoints,
+    })
+}
+
+pub fn upstream_status(link: Option<&Arc<Link>>) -> Value {
+    match link {
+        None => json!({"configured": false}),
+        Some(link) => {
+            let s = link.status();
+            json!({
+                "configured": true,
+                "target": link.target().to_string(),
+                "connected": s.connected,
+                "since_unix_ms": s.since_unix_ms,
+                "last_error": s.last_error,
+                "reconnects": s.reconnects,
+                "published": s.published,
+                "acked": s.acked,
+                "dropped": s.dropped,
+            })
+        }
+    }
+}
+
