@@ -86,6 +86,8 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Re
     let outbox = Arc::new(StoreOutbox::new(broker.router.store().clone(), endpoint));
     let mut upstream = UpstreamConfig::new(settings.url.clone(), config.iothub_hostname.clone(), config.device_id.clone(), device_key.to_vec());
     upstream.ca = settings.ca.clone();
+    upstream.backoff_max = std::time::Duration::from_secs(settings.backoff_max_secs);
+    upstream.backoff_min = upstream.backoff_min.min(upstream.backoff_max);
     let link = Link::new(upstream, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
     smol::spawn(link.clone().run()).detach();
     log::info!("upstream link to {} started", link.target());

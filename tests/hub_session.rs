@@ -3,71 +3,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::*;
-use mqttbytes::v4::{self, Connect, LastWill, Packet, PubAck, Publish, Subscribe};
+use mqttbytes::v4::{self, LastWill, Packet, PubAck, Publish};
 use mqttbytes::QoS;
-
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    fn connect(port: u16, creds: &(String, String, String), keep_alive: u16, clean: bool, will: Option<LastWill>) -> Raw {
-        let mut connect = Connect::new(creds.0.clone());
-        connect.set_login(creds.1.clone(), creds.2.clone());
-        connect.keep_alive = keep_alive;
-        connect.clean_session = clean;
-        connect.last_will = will;
-        let mut raw = Raw { stream: TcpStream::connect(("127.0.0.1", port)).expect("connect"), buf: BytesMut::new() };
-        raw.stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        raw.send(|out| connect.write(out).map(|_| ()));
-        match raw.next() {
-            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, v4::ConnectReturnCode::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        raw
-    }
-
-    fn send(&mut self, encode: impl FnOnce(&mut BytesMut) -> Result<(), mqttbytes::Error>) {
-        let mut out = BytesMut::new();
-        encode(&mut out).expect("encode");
-        self.stream.write_all(&out).expect("write");
-    }
-
-    /// The next packet, or `None` when the hub closed the connection (or 10 s passed).
-    fn next(&mut self) -> Option<Packet> {
-        loop {
-            match v4::read(&mut self.buf, 1 << 20) {
-                Ok(p) => return Some(p),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {
-                    let mut chunk = [0u8; 4096];
-                    match self.stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                Err(e) => panic!("bad packet from hub: {e:?}"),
-            }
-        }
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let mut subscribe = Subscribe::new(filter, qos);
-        subscribe.pkid = 1;
-        self.send(|out| subscribe.write(out).map(|_| ()));
-        match self.next() {
-            Some(Packet::SubAck(ack)) => assert_eq!(ack.return_codes.len(), 1),
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-}
 
 fn ab_runtime() -> Runtime {
     Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "")

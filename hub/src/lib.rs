@@ -11,6 +11,9 @@
 //! - [`topic`]: which topics an identity may use, and the topics the hub delivers on;
 //! - [`auth`]: usernames, client ids and SAS tokens checked against the identities' keys;
 //! - [`broker`]: listeners, connections, sessions and routing (smol tasks around the above);
+//! - [`store`]: the offline store: a segmented, bounded, crash-safe append-only log with one
+//!   checkpoint per endpoint (format code pure, files in thin adapters);
+//! - [`upstream`]: the single MQTT connection to the cloud IoT Hub, with reconnect and backoff;
 //! - [`tls`]: the TLS listener's rustls configuration;
 //! - [`metrics`]: counters of everything accepted, routed and dropped.
 #![forbid(unsafe_code)]

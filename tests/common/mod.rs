@@ -3,7 +3,7 @@
 //! mosquitto_sub) and raw sockets. A missing client tool fails the test loudly.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
+use mqttbytes::v4::{self, Connect, LastWill, Packet, Subscribe};
+use mqttbytes::QoS;
 use tinyedge_platform::{identity, sas};
 
 pub const DEVICE: &str = "gw";
@@ -135,6 +138,36 @@ key = "{LEAF_KEY_B64}"
     }
 
     fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16) -> Runtime {
+        let log = Arc::new(Mutex::new(String::new()));
+        let child = Runtime::spawn_child(&dir, &log);
+        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
+        rt.wait_for_port(mqtt_port);
+        rt
+    }
+
+    /// Kills the runtime with SIGKILL (no chance to flush anything) and starts it again on the
+    /// same config, data and ports.
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_str("--- killed with SIGKILL, restarting ---\n");
+        self.child = Runtime::spawn_child(&self.dir, &self.log);
+        self.wait_for_port(self.mqtt_port);
+    }
+
+    /// Kills the runtime with SIGKILL and leaves it down.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the runtime again after [`Runtime::kill9`].
+    pub fn start_again(&mut self) {
+        self.child = Runtime::spawn_child(&self.dir, &self.log);
+        self.wait_for_port(self.mqtt_port);
+    }
+
+    fn spawn_child(dir: &TempDir, log: &Arc<Mutex<String>>) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tinyedge"))
             .arg("--config")
             .arg(dir.0.join("config.toml"))
@@ -143,7 +176,6 @@ key = "{LEAF_KEY_B64}"
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tinyedge");
-        let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = log.clone();
         std::thread::spawn(move || {
@@ -153,9 +185,7 @@ key = "{LEAF_KEY_B64}"
                 log.push('\n');
             }
         });
-        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
-        rt.wait_for_port(mqtt_port);
-        rt
+        child
     }
 
     fn wait_for_port(&self, port: u16) {
@@ -187,6 +217,125 @@ key = "{LEAF_KEY_B64}"
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.0.join("data")
+    }
+
+    /// `tinyedge --config … ARGS` against this runtime's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tinyedge")).arg("--config").arg(self.dir.0.join("config.toml")).args(args).output().expect("run tinyedge")
+    }
+
+    /// Waits until `tinyedge status` shows `line` (the status file is rewritten every 2 s).
+    pub fn wait_status(&self, line: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = String::from_utf8_lossy(&self.cli(&["status"]).stdout).into_owned();
+            if out.lines().any(|l| l == line) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// A mosquitto standing in for the cloud IoT Hub: persistence on, so a subscriber registered
+/// once as a persistent QoS 1 session (`cloudsub`) gets every message published while it was
+/// away, even across mosquitto restarts. Stopped on drop.
+pub struct Cloud {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Cloud {
+    /// Writes the config; the broker is not started yet (the cloud is "down").
+    pub fn new() -> Cloud {
+        let dir = TempDir::new("cloud");
+        let port = free_port();
+        std::fs::write(
+            dir.0.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 100\nuser root\n",
+                dir.0.display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        Cloud { port, dir, child: None }
+    }
+
+    pub fn start(&mut self) {
+        require_tool("mosquitto_sub");
+        let mosquitto = ["mosquitto", "/usr/sbin/mosquitto"]
+            .into_iter()
+            .find(|m| Command::new(m).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+            .expect("mosquitto is not installed: run ./test.sh (it installs Debian's mosquitto)");
+        let child = Command::new(mosquitto).arg("-c").arg(self.dir.0.join("mosquitto.conf")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM), so it saves the persistent sessions.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Registers the persistent subscriber `cloudsub` on `devices/#` (QoS 1) and disconnects.
+    pub fn register_subscriber(&self) {
+        let status = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "mqttv311", "-c", "-i", "cloudsub", "-q", "1", "-t", "devices/#", "-E"])
+            .status()
+            .expect("mosquitto_sub");
+        assert!(status.success(), "registering the cloud subscriber failed");
+    }
+
+    /// Reads `topic payload` lines as `cloudsub` until `done(lines)` or `timeout`.
+    pub fn collect_until(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "mqttv311", "-c", "-i", "cloudsub", "-q", "1", "-t", "devices/#", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -270,3 +419,61 @@ pub fn settle() {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A raw MQTT 3.1.1 client over std sockets with the mqttbytes codec (a third-party codec).
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl Raw {
+    pub fn connect(port: u16, creds: &(String, String, String), keep_alive: u16, clean: bool, will: Option<LastWill>) -> Raw {
+        let mut connect = Connect::new(creds.0.clone());
+        connect.set_login(creds.1.clone(), creds.2.clone());
+        connect.keep_alive = keep_alive;
+        connect.clean_session = clean;
+        connect.last_will = will;
+        let mut raw = Raw { stream: TcpStream::connect(("127.0.0.1", port)).expect("connect"), buf: BytesMut::new() };
+        raw.stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        raw.send(|out| connect.write(out).map(|_| ()));
+        match raw.next() {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, v4::ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    pub fn send(&mut self, encode: impl FnOnce(&mut BytesMut) -> Result<(), mqttbytes::Error>) {
+        let mut out = BytesMut::new();
+        encode(&mut out).expect("encode");
+        self.stream.write_all(&out).expect("write");
+    }
+
+    /// The next packet, or `None` when the hub closed the connection (or 10 s passed).
+    pub fn next(&mut self) -> Option<Packet> {
+        loop {
+            match v4::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    let mut chunk = [0u8; 4096];
+                    match self.stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Err(e) => panic!("bad packet from hub: {e:?}"),
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let mut subscribe = Subscribe::new(filter, qos);
+        subscribe.pkid = 1;
+        self.send(|out| subscribe.write(out).map(|_| ()));
+        match self.next() {
+            Some(Packet::SubAck(ack)) => assert_eq!(ack.return_codes.len(), 1),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+

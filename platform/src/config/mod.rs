@@ -27,6 +27,7 @@
 //! url = "mqtts://myhub.azure-devices.net:8883"
 //! ca = "extra-ca.pem"               # optional, added to the system roots
 //! protocol = "iothub"
+//! backoff_max_secs = 60             # reconnect backoff: 1 s doubling up to this, with jitter
 //! [[devices]]                       # downstream devices allowed to connect
 //! id = "sensor-7"
 //! key = "base64 key"
@@ -151,7 +152,12 @@ pub struct UpstreamSettings {
     pub ca: Option<PathBuf>,
     /// Only `"iothub"`: IoT Hub topics and SAS authentication.
     pub protocol: String,
+    /// Longest wait between reconnect attempts (exponential backoff from 1 s, with jitter).
+    pub backoff_max_secs: u64,
 }
+
+/// IoT Edge retries the cloud with exponential backoff up to 60 s.
+pub const DEFAULT_UPSTREAM_BACKOFF_MAX_SECS: u64 = 60;
 
 /// The store's default size bound.
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 256 * 1024 * 1024;

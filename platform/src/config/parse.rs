@@ -25,7 +25,10 @@ const TOP_KEYS: &[&str] = &[
     "devices",
 ];
 const STORE_KEYS: &[&str] = &["dir", "max_bytes", "fsync", "fsync_interval_ms", "when_full"];
-const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol"];
+const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol", "backoff_max_secs"];
+/// Longest reconnect backoff allowed: an hour offline after the link comes back is already
+/// more than any gateway wants.
+const BACKOFF_MAX_SECS_LIMIT: usize = 3600;
 /// Longest fsync interval: beyond a minute the "interval" stops bounding the loss window in
 /// any useful way.
 const FSYNC_INTERVAL_MS_MAX: usize = 60_000;
@@ -312,11 +315,12 @@ fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<Upstre
     let url = section.non_empty_string("url")?.ok_or_else(|| ConfigError::MissingKey { key: section.key("url") })?;
     check_url(&url).map_err(|reason| ConfigError::BadUrl { key: section.key("url"), value: url.clone(), reason })?;
     let ca = section.path("ca", base_dir)?;
+    let backoff_max_secs = section.count("backoff_max_secs", 1, BACKOFF_MAX_SECS_LIMIT)?.map_or(DEFAULT_UPSTREAM_BACKOFF_MAX_SECS, |v| v as u64);
     let protocol = section.string("protocol")?.unwrap_or_else(|| "iothub".to_owned());
     if protocol != "iothub" {
         return Err(ConfigError::BadChoice { key: section.key("protocol"), value: protocol, expected: "\"iothub\"" });
     }
-    Ok(Some(UpstreamSettings { url, ca, protocol }))
+    Ok(Some(UpstreamSettings { url, ca, protocol, backoff_max_secs }))
 }
 
 /// `mqtt://host:port` or `mqtts://host:port` (port optional: 1883 / 8883).
