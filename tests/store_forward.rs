@@ -55,10 +55,13 @@ fn messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properti
     cloud.stop();
     let rt = Runtime::start(&deployment(&["sender"], &[UP_ROUTE]), &cloud_config(&cloud, ""));
     const COUNT: usize = 10_000;
+    let t0 = std::time::Instant::now();
     publish_lines(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic("%24.on=out1&%24.ct=text%2Fplain&kind=reading"), COUNT);
     assert!(rt.wait_status("store.records_appended 10000", Duration::from_secs(20)).contains("upstream.connected false"));
+    eprintln!("TIMING published+stored {:?}", t0.elapsed());
     cloud.start();
     let lines = cloud.collect_until(Duration::from_secs(90), |l| l.len() >= COUNT);
+    eprintln!("TIMING collected {:?}", t0.elapsed());
     let got = payloads(&lines);
     let expected: Vec<String> = (0..COUNT).map(|i| format!("msg-{i}")).collect();
     assert_eq!(got.len(), COUNT, "only {} of {COUNT} arrived; log:\n{}", got.len(), rt.log());
