@@ -246,6 +246,7 @@ impl Session {
                 max_inflight: broker.limits.max_inflight,
                 metrics: broker.metrics.clone(),
                 commit: broker.commit.clone(),
+                store: broker.router.store().clone(),
                 out,
             }
             .run(),
@@ -261,8 +262,8 @@ impl Session {
         if let (End::Abnormal(_), Some(will)) = (&end, will) {
             let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic, pkid: 1, payload: will.message };
             match Box::pin(self.publish(&broker, publish)).await {
-                Ok(true) => {}
-                Ok(false) => log::warn!("{}: will of {} not stored", self.peer, self.identity),
+                Ok(Some(_)) => {}
+                Ok(None) => log::warn!("{}: will of {} not stored", self.peer, self.identity),
                 Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
             }
         }
@@ -343,11 +344,11 @@ impl Session {
                     Err(why) => return Some(End::Abnormal(why)),
                 };
                 // Not accepted (store full or failing): no PUBACK, so the client keeps the
-                // message and sends it again; its in-flight window makes it back off.
-                if accepted && qos == QoS::AtLeastOnce {
-                    ctrl.push(Ctrl::PubAck(pkid)).await
-                } else {
-                    Ok(())
+                // message and sends it again; its in-flight window makes it back off. Accepted:
+                // the writer sends the PUBACK once the store has made the record durable.
+                match accepted {
+                    Some(seq) if qos == QoS::AtLeastOnce => ctrl.push(Ctrl::PubAckAfter(pkid, seq)).await,
+                    _ => Ok(()),
                 }
             }
             Packet::PubAck(ack) => ctrl.push(Ctrl::Acked(ack.pkid)).await,
@@ -367,9 +368,10 @@ impl Session {
         sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
     }
 
-    /// Accepts one PUBLISH: authorization, properties, routing into the store. `Ok(false)`: the
+    /// Accepts one PUBLISH: authorization, properties, routing into the store. `Ok(Some(seq))`:
+    /// accepted once record `seq` is durable (0: nothing stored to wait for); `Ok(None)`: the
     /// store did not take it (answered by withholding the PUBACK); `Err`: close the connection.
-    async fn publish(&self, broker: &Broker, p: Publish) -> Result<bool, String> {
+    async fn publish(&self, broker: &Broker, p: Publish) -> Result<Option<u64>, String> {
         if p.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into());
         }
@@ -379,7 +381,7 @@ impl Session {
                 // Twin and direct-method traffic arrives with the twin work; it is accepted and
                 // acknowledged so SDKs do not stall, and logged so its absence is visible.
                 log::debug!("{}: {} sent $iothub/{rest}: twins and methods are not served yet", self.peer, self.identity);
-                return Ok(true);
+                return Ok(Some(0));
             }
             Err(e) => {
                 Metrics::inc(&broker.metrics.unauthorized_topics);
@@ -405,11 +407,11 @@ impl Session {
         Metrics::inc(&broker.metrics.messages_received);
         let msg = Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload: p.payload };
         let mut endpoints = Vec::new();
-        match broker.router.route(msg, &mut endpoints, p.qos == QoS::AtLeastOnce).await {
-            Ok(()) => Ok(true),
+        match broker.router.route(msg, &mut endpoints) {
+            Ok(seq) => Ok(Some(seq.unwrap_or(0))),
             Err(failure) => {
                 log::warn!("{}: message from {} not accepted: {failure}", self.peer, self.identity);
-                Ok(false)
+                Ok(None)
             }
         }
     }

@@ -83,16 +83,17 @@ impl Router {
         Ok(id)
     }
 
-    /// Appends `msg` for every endpoint its routes name (each once). With `durable`, returns
-    /// only once the store has made it durable per its fsync policy — the moment a QoS 1
-    /// PUBACK may go out.
-    pub async fn route(&self, msg: Message, endpoints: &mut Vec<(Endpoint, u8, u32)>, durable: bool) -> Result<(), RouteFailure> {
+    /// Appends `msg` for every endpoint its routes name (each once) and returns its seq
+    /// (`None`: no route matched). The message is accepted once the store makes that seq
+    /// durable (`Store::durable`), the moment a QoS 1 PUBACK may go out; the caller does not
+    /// wait for it here, so one connection can have many messages on their way to the disk.
+    pub fn route(&self, msg: Message, endpoints: &mut Vec<(Endpoint, u8, u32)>) -> Result<Option<u64>, RouteFailure> {
         endpoints.clear();
         self.routes().endpoints_for(&msg, endpoints);
         if endpoints.is_empty() {
             Metrics::inc(&self.metrics.messages_unrouted);
             log::debug!("message from {} matched no route", msg.source);
-            return Ok(());
+            return Ok(None);
         }
         let mut refs = Vec::with_capacity(endpoints.len());
         for (endpoint, priority, ttl_secs) in endpoints.iter() {
@@ -114,12 +115,6 @@ impl Router {
             }
         };
         Metrics::add(&self.metrics.deliveries_queued, refs.len() as u64);
-        if durable {
-            self.store.durable(seq).await.map_err(|e| {
-                Metrics::inc(&self.metrics.store_errors);
-                RouteFailure::Store(e)
-            })?;
-        }
-        Ok(())
+        Ok(Some(seq))
     }
 }

@@ -14,6 +14,7 @@ use mqttbytes::QoS;
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 use super::codec;
 use super::queue::Queue;
@@ -26,10 +27,17 @@ const WRITE_BATCH_MAX: usize = 64;
 /// a burst, so an idle connection does not keep a burst-sized allocation.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
+/// PUBACKs waiting for the store to make their message durable. The client's own in-flight
+/// window keeps this small; at the bound the writer stops taking requests from the reader, which
+/// then stops reading the client (back-pressure) until the disk catches up.
+const PENDING_PUBACKS_MAX: usize = 64;
+
 /// What the reader asks the writer to do.
 #[derive(Debug)]
 pub enum Ctrl {
-    PubAck(u16),
+    /// PUBACK `pkid` once the store's record `seq` is durable (0: nothing to wait for). In
+    /// order: MQTT wants PUBACKs in the order of the PUBLISHes.
+    PubAckAfter(u16, u64),
     SubAck(u16, Vec<u8>),
     UnsubAck(u16),
     PingResp,
@@ -52,6 +60,8 @@ pub struct Writer<W> {
     pub max_inflight: usize,
     pub metrics: Arc<Metrics>,
     pub commit: Commit,
+    /// Says when an accepted message is durable.
+    pub store: Arc<Store>,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
 }
@@ -59,6 +69,8 @@ pub struct Writer<W> {
 enum Event {
     Ctrl(Option<Ctrl>),
     Delivery(Delivery),
+    /// The oldest pending PUBACK's record is durable (or could not be made so).
+    Durable(bool),
 }
 
 /// Deliveries written and not yet acknowledged, and acknowledgements waiting for an earlier
@@ -108,7 +120,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// acknowledged stays in the store and comes again on the next connection.
     pub async fn run(mut self) {
         let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1, acked_early: Vec::new() };
+        let mut pubacks: VecDeque<(u16, u64)> = VecDeque::new();
         loop {
+            self.release_pubacks(&mut pubacks);
             if !self.out.is_empty() {
                 if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
                     break;
@@ -118,8 +132,21 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     self.out = BytesMut::new();
                 }
             }
+            let durable = async {
+                match pubacks.front() {
+                    Some(&(_, seq)) => Event::Durable(self.store.durable(seq).await.is_ok()),
+                    None => smol::future::pending().await,
+                }
+            };
+            let take_ctrl = pubacks.len() < PENDING_PUBACKS_MAX;
             let event = if self.can_take(&inflight) {
-                let ctrl = async { Event::Ctrl(self.ctrl.pop().await) };
+                let ctrl = async {
+                    if take_ctrl {
+                        Event::Ctrl(self.ctrl.pop().await)
+                    } else {
+                        smol::future::pending().await
+                    }
+                };
                 let slot = self.slot.clone();
                 let delivery = async move {
                     match slot.mailbox.pop().await {
@@ -128,20 +155,40 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         None => smol::future::pending().await,
                     }
                 };
-                smol::future::or(ctrl, delivery).await
+                smol::future::or(durable, smol::future::or(ctrl, delivery)).await
+            } else if take_ctrl {
+                smol::future::or(durable, async { Event::Ctrl(self.ctrl.pop().await) }).await
             } else {
-                Event::Ctrl(self.ctrl.pop().await)
+                durable.await
             };
+            if let Event::Durable(ok) = event {
+                if !ok {
+                    // The disk could not make it durable: no PUBACK, the client sends it again.
+                    if let Some((pkid, seq)) = pubacks.pop_front() {
+                        log::warn!("message {seq} (packet {pkid}) not acknowledged: the store could not make it durable");
+                        Metrics::inc(&self.metrics.store_errors);
+                    }
+                }
+                continue;
+            }
+            if let Event::Ctrl(Some(Ctrl::PubAckAfter(pkid, seq))) = event {
+                pubacks.push_back((pkid, seq));
+                continue;
+            }
             if !self.handle(event, &mut inflight) {
                 break;
             }
             // Batch whatever else is ready, without waiting.
             for _ in 0..WRITE_BATCH_MAX {
-                if let Some(c) = self.ctrl.try_pop() {
-                    if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
-                        break;
+                if pubacks.len() < PENDING_PUBACKS_MAX {
+                    if let Some(c) = self.ctrl.try_pop() {
+                        if let Ctrl::PubAckAfter(pkid, seq) = c {
+                            pubacks.push_back((pkid, seq));
+                        } else if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 if !self.can_take(&inflight) || self.out.len() >= WRITE_BUFFER_BYTES {
                     break;
@@ -158,6 +205,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.ctrl.close();
     }
 
+    /// Writes every pending PUBACK whose record is already durable, in order.
+    fn release_pubacks(&mut self, pubacks: &mut VecDeque<(u16, u64)>) {
+        let durable = self.store.durable_seq();
+        while let Some(&(pkid, seq)) = pubacks.front() {
+            if seq > durable {
+                break;
+            }
+            codec::put_puback(&mut self.out, pkid);
+            pubacks.pop_front();
+        }
+    }
+
     fn can_take(&self, inflight: &InFlight) -> bool {
         self.inputs.is_some() && inflight.list.len() < self.max_inflight
     }
@@ -166,8 +225,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     fn handle(&mut self, event: Event, inflight: &mut InFlight) -> bool {
         match event {
             Event::Ctrl(None) => return false,
+            Event::Durable(_) => {}
             Event::Ctrl(Some(ctrl)) => match ctrl {
-                Ctrl::PubAck(pkid) => codec::put_puback(&mut self.out, pkid),
+                // Normally queued in `run`; here only if nothing waits for the disk.
+                Ctrl::PubAckAfter(pkid, _) => codec::put_puback(&mut self.out, pkid),
                 Ctrl::SubAck(pkid, codes) => codec::put_suback(&mut self.out, pkid, &codes),
                 Ctrl::UnsubAck(pkid) => codec::put_unsuback(&mut self.out, pkid),
                 Ctrl::PingResp => codec::put_pingresp(&mut self.out),

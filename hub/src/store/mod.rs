@@ -193,6 +193,11 @@ impl Store {
         self.inner.durability.wait(seq).await
     }
 
+    /// Every record up to this seq is durable per the fsync policy (a cheap atomic read).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durability.durable_seq()
+    }
+
     /// [`Store::durable`] for threads.
     pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), StoreError> {
         self.inner.durability.wait_blocking(seq)
