@@ -132,9 +132,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     self.out = BytesMut::new();
                 }
             }
+            // Boxed, and only while a PUBACK waits: the store's wait future is large, and an
+            // idle connection's task should not be sized for it.
+            let wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> = pubacks.front().map(|&(_, seq)| {
+                let store = &self.store;
+                Box::pin(async move { store.durable(seq).await.is_ok() }) as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
+            });
             let durable = async {
-                match pubacks.front() {
-                    Some(&(_, seq)) => Event::Durable(self.store.durable(seq).await.is_ok()),
+                match wait {
+                    Some(wait) => Event::Durable(wait.await),
                     None => smol::future::pending().await,
                 }
             };
