@@ -82,8 +82,8 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Re
         log::info!("no [upstream] configured: $upstream messages are kept in the store");
         return Ok(None);
     };
-    let endpoint = broker.router.endpoint_id(&Endpoint::Upstream).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let outbox = Arc::new(StoreOutbox::new(broker.router.store().clone(), endpoint));
+    let queues = broker.router.queues_of(&Endpoint::Upstream).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let outbox = Arc::new(StoreOutbox::new(broker.router.store().clone(), &queues));
     let mut upstream = UpstreamConfig::new(settings.url.clone(), config.iothub_hostname.clone(), config.device_id.clone(), device_key.to_vec());
     upstream.ca = settings.ca.clone();
     upstream.backoff_max = std::time::Duration::from_secs(settings.backoff_max_secs);

@@ -238,3 +238,38 @@ fn corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported() {
     // The hub keeps accepting after recovery.
     assert!(mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic(""), "after", &["-q", "1"]).status.success());
 }
+
+#[test]
+fn higher_priority_routes_drain_first_without_starving_the_others() {
+    let mut cloud = Cloud::new();
+    cloud.start();
+    cloud.register_subscriber();
+    cloud.stop();
+    let routes = r#""urgent":{"route":"FROM /messages/modules/sender/outputs/alarm INTO $upstream","priority":0},"bulk":{"route":"FROM /messages/modules/sender/outputs/bulk INTO $upstream","priority":5},"#;
+    let deployment_json = deployment(&["sender"], &[("other", "FROM /messages/modules/sender/outputs/none INTO $upstream")]).replace("\"routes\":{", &format!("\"routes\":{{{routes}"));
+    let rt = Runtime::start(&deployment_json, &cloud_config(&cloud, ""));
+    let creds = module_credentials("sender", 3600);
+    // While the cloud is down: 20 bulk messages, then 20 alarms.
+    publish_lines(rt.mqtt_port, &creds, &sender_topic("%24.on=bulk"), 20);
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &rt.mqtt_port.to_string(), "-V", "mqttv311", "-q", "1", "-l"])
+        .args(["-i", &creds.0, "-u", &creds.1, "-P", &creds.2, "-t", &sender_topic("%24.on=alarm")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    child.stdin.take().expect("stdin").write_all((0..20).map(|i| format!("alarm-{i}\n")).collect::<String>().as_bytes()).expect("write");
+    assert!(child.wait().expect("wait").success());
+    cloud.start();
+    let lines = cloud.collect_until(Duration::from_secs(60), |l| l.len() >= 40);
+    let got = payloads(&lines);
+    assert_eq!(got.len(), 40, "{got:?}\n{}", rt.log());
+    // Alarms go first, but every ninth message is the oldest bulk one: nothing starves.
+    let expected_start: Vec<String> = (0..8).map(|i| format!("alarm-{i}")).chain(["msg-0".to_string()]).collect();
+    assert_eq!(&got[..9], &expected_start[..], "{got:?}");
+    let alarms: Vec<&String> = got.iter().filter(|p| p.starts_with("alarm-")).collect();
+    let bulk: Vec<&String> = got.iter().filter(|p| p.starts_with("msg-")).collect();
+    assert_eq!(alarms, (0..20).map(|i| format!("alarm-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(), "alarms in order");
+    assert_eq!(bulk, (0..20).map(|i| format!("msg-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(), "bulk in order");
+    let last_alarm = got.iter().rposition(|p| p.starts_with("alarm-")).expect("alarms");
+    assert!(last_alarm < 25, "alarms should be done early: {got:?}");
+}

@@ -104,7 +104,9 @@ pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_star
         ),
     )
     .expect("write config");
-    let child = Command::new(bin).arg("--config").arg(dir.join("tinyedge.toml")).arg("run").stderr(Stdio::null()).spawn().expect("start tinyedge");
+    // `BENCH_TINYEDGE_LOG=1` shows tinyedge's log (warnings and errors) on stderr.
+    let stderr = if std::env::var_os("BENCH_TINYEDGE_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+    let child = Command::new(bin).arg("--config").arg(dir.join("tinyedge.toml")).arg("run").stderr(stderr).spawn().expect("start tinyedge");
     before_start(child.id());
     wait_port(port);
     Broker {

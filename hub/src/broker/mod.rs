@@ -13,6 +13,7 @@
 pub mod codec;
 mod connection;
 pub mod outbox;
+pub mod priority;
 mod pump;
 mod queue;
 pub mod router;
@@ -75,7 +76,7 @@ pub struct Broker {
     /// Advances a store endpoint's checkpoint (module acknowledgements).
     commit: writer::Commit,
     device_id: String,
-    pumps: Mutex<Vec<(Endpoint, smol::Task<()>)>>,
+    pumps: Mutex<Vec<(Endpoint, Vec<(u8, u16)>, smol::Task<()>)>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -105,35 +106,37 @@ impl Broker {
         broker
     }
 
-    /// Applies a route table: module inputs it names get a pump (existing pumps stay; the
-    /// store keeps records of routes that went away until their TTL).
+    /// Applies a route table: every module input it names gets a pump over its priority
+    /// queues (a pump whose queues changed is replaced; the store keeps records of routes that
+    /// went away until their TTL).
     pub fn set_routes(&self, routes: RouteTable) {
+        let endpoints: Vec<Endpoint> = routes.routes().iter().map(|r| r.endpoint.clone()).collect();
+        self.router.set_routes(routes);
         let mut pumps = self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for route in routes.routes() {
-            let Endpoint::Module { module, input } = &route.endpoint else { continue };
-            if pumps.iter().any(|(e, _)| e == &route.endpoint) {
-                continue;
-            }
-            let endpoint = match self.router.endpoint_id(&route.endpoint) {
-                Ok(id) => id,
+        for endpoint in endpoints {
+            let Endpoint::Module { module, input } = &endpoint else { continue };
+            let queues = match self.router.queues_of(&endpoint) {
+                Ok(queues) => queues,
                 Err(e) => {
-                    log::error!("route {:?}: {e}; its module input gets nothing", route.name);
+                    log::error!("module input {module}/{input}: {e}; it gets nothing");
                     continue;
                 }
             };
+            if pumps.iter().any(|(e, q, _)| e == &endpoint && q == &queues) {
+                continue;
+            }
+            pumps.retain(|(e, _, _)| e != &endpoint);
             let mut topic_prefix = String::new();
             crate::topic::input_topic_into(&self.device_id, module, input, &mut topic_prefix);
             let pump = pump::ModulePump {
                 store: self.router.store().clone(),
                 slot: self.sessions.slot(&format!("{}/{}", self.device_id, module)),
                 metrics: self.metrics.clone(),
-                endpoint,
+                queues: queues.clone(),
                 topic_prefix,
             };
-            pumps.push((route.endpoint.clone(), smol::spawn(pump.run())));
+            pumps.push((endpoint.clone(), queues, smol::spawn(pump.run())));
         }
-        drop(pumps);
-        self.router.set_routes(routes);
     }
 
     pub fn authenticator(&self) -> Arc<Authenticator> {

@@ -4,30 +4,39 @@
 //! `devices/{d}/modules/{m}/messages/events/{bag}`, a device's to `devices/{d}/messages/events/{bag}`,
 //! the device and module taken from the `$.cdid`/`$.cmid` the hub stamped on it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use crate::message::Properties;
-use crate::store::{EndpointReader, Store, StoredRecord};
+use crate::store::{Store, StoredRecord};
 use crate::upstream::{OutMessage, Outbox};
+
+use super::priority::MergedReader;
 
 pub struct StoreOutbox {
     store: Arc<Store>,
-    endpoint: u16,
     cursor: Mutex<Cursor>,
 }
 
-/// The reader, and one record read ahead by `wait_for_more` to learn whether there is any.
+/// The merged reader over the `$upstream` priority queues, and the link's sequence numbers.
+///
+/// The link wants one increasing sequence and acknowledges "everything up to N"; records come
+/// from several queues (one per priority) in an order chosen by priority, so each handed-out
+/// message gets the next link sequence number, remembered with its queue and store seq until
+/// acknowledged (at most the link's window, 128).
 struct Cursor {
-    reader: EndpointReader,
-    peeked: Option<StoredRecord>,
+    reader: MergedReader,
+    next_link_seq: u64,
+    in_flight: VecDeque<(u64, u16, u64)>,
 }
 
 impl StoreOutbox {
-    pub fn new(store: Arc<Store>, endpoint: u16) -> StoreOutbox {
-        let cursor = Mutex::new(Cursor { reader: store.reader(endpoint), peeked: None });
-        StoreOutbox { store, endpoint, cursor }
+    /// `queues`: (priority, store endpoint id) of the `$upstream` queues.
+    pub fn new(store: Arc<Store>, queues: &[(u8, u16)]) -> StoreOutbox {
+        let cursor = Mutex::new(Cursor { reader: MergedReader::new(&store, queues), next_link_seq: 1, in_flight: VecDeque::new() });
+        StoreOutbox { store, cursor }
     }
 
     fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
@@ -55,25 +64,25 @@ pub fn upstream_topic(record: &StoredRecord) -> Option<String> {
 }
 
 impl Outbox for StoreOutbox {
-    fn next_batch(&self, after: u64, max: usize) -> Vec<OutMessage> {
+    /// The link asks for what follows the last message it was given (it keeps and resends its
+    /// own unacknowledged window), so `after` only tells where a fresh link starts: at 0.
+    fn next_batch(&self, _after: u64, max: usize) -> Vec<OutMessage> {
         let mut cursor = self.cursor();
-        let peeked_next = cursor.peeked.as_ref().is_some_and(|p| p.seq > after);
-        if !peeked_next && cursor.reader.position() != after {
-            cursor.reader.seek_after(after);
-            cursor.peeked = None;
-        }
         let mut batch = Vec::new();
         while batch.len() < max {
-            let next = match cursor.peeked.take() {
-                Some(record) => Ok(Some(record)),
-                None => cursor.reader.next(now_unix_ms()),
-            };
-            match next {
-                Ok(Some(record)) => match upstream_topic(&record) {
-                    Some(topic) => batch.push(OutMessage { seq: record.seq, topic, payload: record.payload }),
+            match cursor.reader.next(now_unix_ms()) {
+                Ok(Some((queue, record))) => match upstream_topic(&record) {
+                    Some(topic) => {
+                        let link_seq = cursor.next_link_seq;
+                        cursor.next_link_seq += 1;
+                        cursor.in_flight.push_back((link_seq, queue, record.seq));
+                        batch.push(OutMessage { seq: link_seq, topic, payload: record.payload });
+                    }
                     None => {
                         log::warn!("$upstream record {} has no sender properties; skipped", record.seq);
-                        self.store.commit(self.endpoint, record.seq);
+                        let link_seq = cursor.next_link_seq;
+                        cursor.next_link_seq += 1;
+                        cursor.in_flight.push_back((link_seq, queue, record.seq));
                     }
                 },
                 Ok(None) => break,
@@ -87,16 +96,10 @@ impl Outbox for StoreOutbox {
     }
 
     fn wait_for_more(&self, _after: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        // Listen first, then read one ahead: an append in between is not missed. Any append
-        // wakes the link (spurious wake-ups are allowed); it then asks again.
+        // Listen first, then read ahead: an append in between is not missed. Any append wakes
+        // the link (spurious wake-ups are allowed); it then asks again.
         let listener = self.store.appended().listen();
-        let ready = {
-            let mut cursor = self.cursor();
-            if cursor.peeked.is_none() {
-                cursor.peeked = cursor.reader.next(now_unix_ms()).ok().flatten();
-            }
-            cursor.peeked.is_some()
-        };
+        let ready = self.cursor().reader.has_next(now_unix_ms()).unwrap_or(false);
         Box::pin(async move {
             if !ready {
                 listener.await;
@@ -104,12 +107,19 @@ impl Outbox for StoreOutbox {
         })
     }
 
-    fn acked(&self, seq: u64) {
-        self.store.commit(self.endpoint, seq);
+    fn acked(&self, link_seq: u64) {
+        let mut cursor = self.cursor();
+        while cursor.in_flight.front().is_some_and(|(s, _, _)| *s <= link_seq) {
+            if let Some((_, queue, seq)) = cursor.in_flight.pop_front() {
+                self.store.commit(queue, seq);
+            }
+        }
     }
 
+    /// Link sequence numbers start afresh with every process; the queues themselves resume
+    /// from their checkpoints.
     fn resume_after(&self) -> u64 {
-        self.store.reader(self.endpoint).position()
+        0
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoredRecord};
 
+use super::priority::MergedReader;
 use super::queue::PushError;
 use super::session::{Delivery, Origin, Slot};
 
@@ -25,7 +26,8 @@ pub struct ModulePump {
     pub store: Arc<Store>,
     pub slot: Arc<Slot>,
     pub metrics: Arc<Metrics>,
-    pub endpoint: u16,
+    /// (priority, store endpoint id) of each of the endpoint's priority queues.
+    pub queues: Vec<(u8, u16)>,
     /// `devices/{d}/modules/{m}/inputs/{input}/`, the bag is appended per record.
     pub topic_prefix: String,
 }
@@ -55,9 +57,9 @@ impl ModulePump {
 
     /// Delivers from the checkpoint on until the slot's generation changes.
     async fn deliver(&self, generation: u64) {
-        let mut reader = self.store.reader(self.endpoint);
+        let mut reader = MergedReader::new(&self.store, &self.queues);
         loop {
-            let record = match reader.next(now_unix_ms()) {
+            let (endpoint, record) = match reader.next(now_unix_ms()) {
                 Ok(Some(record)) => record,
                 Ok(None) => {
                     // Listen first, then look again: an append between the two is not missed.
@@ -83,27 +85,27 @@ impl ModulePump {
                     continue;
                 }
             };
-            if self.slot.generation() != generation || !self.hand_over(record, generation).await {
+            if self.slot.generation() != generation || !self.hand_over(endpoint, record, generation).await {
                 return;
             }
         }
     }
 
     async fn read_failed(&self, error: &crate::store::StoreError) {
-        log::error!("delivery from the store to endpoint {} paused: {error}", self.endpoint);
+        log::error!("delivery from the store to {} paused: {error}", self.topic_prefix);
         smol::Timer::after(READ_RETRY_DELAY).await;
     }
 
     /// Queues one record for the connection; false when the generation changed meanwhile.
-    async fn hand_over(&self, record: StoredRecord, generation: u64) -> bool {
+    async fn hand_over(&self, endpoint: u16, record: StoredRecord, generation: u64) -> bool {
         let mut topic = String::with_capacity(self.topic_prefix.len() + record.properties.len());
         topic.push_str(&self.topic_prefix);
         topic.push_str(&record.properties);
-        let dup = self.slot.last_sent(self.endpoint) >= record.seq;
+        let dup = self.slot.last_sent(endpoint) >= record.seq;
         let delivery = Delivery {
             topic,
             payload: record.payload,
-            origin: Some(Origin { endpoint: self.endpoint, seq: record.seq, generation }),
+            origin: Some(Origin { endpoint, seq: record.seq, generation }),
             dup,
         };
         match self.slot.mailbox.try_push(delivery) {

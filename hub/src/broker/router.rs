@@ -28,11 +28,12 @@ impl std::fmt::Display for RouteFailure {
     }
 }
 
-/// The store's name of an endpoint.
-pub fn endpoint_name(endpoint: &Endpoint) -> String {
+/// The store's name of an endpoint's queue for one route priority (`$upstream#0`,
+/// `module:filter/input1#10`; 10 is "no priority given").
+pub fn endpoint_name(endpoint: &Endpoint, priority: u8) -> String {
     match endpoint {
-        Endpoint::Upstream => "$upstream".to_string(),
-        Endpoint::Module { module, input } => format!("module:{module}/{input}"),
+        Endpoint::Upstream => format!("$upstream#{priority}"),
+        Endpoint::Module { module, input } => format!("module:{module}/{input}#{priority}"),
     }
 }
 
@@ -40,7 +41,7 @@ pub fn endpoint_name(endpoint: &Endpoint) -> String {
 pub struct Router {
     routes: RwLock<Arc<RouteTable>>,
     store: Arc<Store>,
-    endpoint_ids: Mutex<HashMap<Endpoint, u16>>,
+    endpoint_ids: Mutex<HashMap<(Endpoint, u8), u16>>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,15 +73,23 @@ impl Router {
         &self.store
     }
 
-    /// The store id of `endpoint`, registered on first use.
-    pub fn endpoint_id(&self, endpoint: &Endpoint) -> Result<u16, StoreError> {
+    /// The store id of `endpoint`'s queue for `priority`, registered on first use.
+    pub fn endpoint_id(&self, endpoint: &Endpoint, priority: u8) -> Result<u16, StoreError> {
         let mut ids = self.endpoint_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(id) = ids.get(endpoint) {
+        if let Some(id) = ids.get(&(endpoint.clone(), priority)) {
             return Ok(*id);
         }
-        let id = self.store.endpoint_id(&endpoint_name(endpoint))?;
-        ids.insert(endpoint.clone(), id);
+        let id = self.store.endpoint_id(&endpoint_name(endpoint, priority))?;
+        ids.insert((endpoint.clone(), priority), id);
         Ok(id)
+    }
+
+    /// The (priority, store id) of every queue the current routes give `endpoint`.
+    pub fn queues_of(&self, endpoint: &Endpoint) -> Result<Vec<(u8, u16)>, StoreError> {
+        let mut priorities: Vec<u8> = self.routes().routes().iter().filter(|r| &r.endpoint == endpoint).map(|r| r.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        priorities.into_iter().map(|p| self.endpoint_id(endpoint, p).map(|id| (p, id))).collect()
     }
 
     /// Appends `msg` for every endpoint its routes name (each once) and returns its seq
@@ -97,7 +106,7 @@ impl Router {
         }
         let mut refs = Vec::with_capacity(endpoints.len());
         for (endpoint, priority, ttl_secs) in endpoints.iter() {
-            let id = self.endpoint_id(endpoint).map_err(RouteFailure::Store)?;
+            let id = self.endpoint_id(endpoint, *priority).map_err(RouteFailure::Store)?;
             refs.push(EndpointRef { id, priority: *priority, ttl_secs: *ttl_secs });
         }
         let mut bag = String::new();
