@@ -161,6 +161,12 @@ mqtt_login() {
             password=*) LOGIN[2]="${line#password=}" ;;
         esac
     done <<<"${output}"
+    # The values are single-quoted for `eval`; strip the quotes.
+    local i
+    for i in 0 1 2; do
+        LOGIN[i]="${LOGIN[i]#\'}"
+        LOGIN[i]="${LOGIN[i]%\'}"
+    done
     [[ -n "${LOGIN[0]}" && -n "${LOGIN[1]}" && -n "${LOGIN[2]}" ]]
 }
 

@@ -65,6 +65,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Prints a command's output; a closed pipe (`tinyedge status | head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+}
+
 fn main() -> ExitCode {
     let cli = match parse_args(std::env::args().skip(1)) {
         Ok(cli) => cli,
@@ -76,11 +83,11 @@ fn main() -> ExitCode {
     let words: Vec<&str> = cli.command.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["help"] => {
-            println!("{USAGE}");
+            out(USAGE);
             return ExitCode::SUCCESS;
         }
         ["version"] => {
-            println!("tinyedge {}", env!("CARGO_PKG_VERSION"));
+            out(&format!("tinyedge {}", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         _ => {}
@@ -94,12 +101,12 @@ fn main() -> ExitCode {
     };
     let result = match words.as_slice() {
         ["run"] => runtime::run(config),
-        ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| println!("{s}")),
-        ["status"] => status::render(&config.data_dir, None).map(|s| println!("{s}")).map_err(runtime::Failure::Runtime),
-        ["store", "stats"] => status::render(&config.data_dir, Some("store")).map(|s| println!("{s}")).map_err(runtime::Failure::Runtime),
-        ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| println!("{s}")),
+        ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| out(&s)),
+        ["status"] => status::render(&config.data_dir, None).map(|s| out(&s)).map_err(runtime::Failure::Runtime),
+        ["store", "stats"] => status::render(&config.data_dir, Some("store")).map(|s| out(&s)).map_err(runtime::Failure::Runtime),
+        ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| out(&s)),
         ["identity", "mqtt-login", id, ttl] => match ttl.parse() {
-            Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| println!("{s}")),
+            Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
             Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
         [] => Err(runtime::Failure::Usage("no command given".into())),

@@ -93,7 +93,9 @@ pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Fa
         None => device.clone(),
     };
     let username = format!("{}/{client_id}/?api-version=2021-04-12", config.iothub_hostname);
-    Ok(format!("client_id={client_id}\nusername={username}\npassword={token}"))
+    // Single-quoted so `eval "$(tinyedge identity mqtt-login ID)"` sets three shell variables;
+    // none of the values can contain a quote (ids, host names and URL-encoded tokens).
+    Ok(format!("client_id='{client_id}'\nusername='{username}'\npassword='{token}'"))
 }
 
 fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::Async<std::net::TcpListener>, Failure> {

@@ -78,3 +78,20 @@ fn a_second_connection_with_the_same_client_id_takes_over() {
     assert!(old_lines.is_empty(), "the old connection was closed: {old_lines:?}");
     assert!(rt.wait_log("closing its previous connection"));
 }
+
+#[test]
+fn mqtt_login_output_drives_mosquitto_clients_from_a_shell() {
+    let rt = Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "");
+    let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 15, &[]);
+    settle();
+    let script = format!(
+        r#"eval "$('{bin}' --config '{config}' identity mqtt-login a)" && mosquitto_pub -h 127.0.0.1 -p {port} -V mqttv311 -q 1 -i "$client_id" -u "$username" -P "$password" -t 'devices/{DEVICE}/modules/a/messages/events/' -m from-shell"#,
+        bin = env!("CARGO_BIN_EXE_tinyedge"),
+        config = rt.dir.0.join("config.toml").display(),
+        port = rt.mqtt_port
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), rt.log());
+    let (ok, lines, err) = sub.finish();
+    assert!(ok && lines.len() == 1 && lines[0].ends_with(" from-shell"), "{lines:?} {err}");
+}
