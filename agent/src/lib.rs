@@ -8,6 +8,11 @@
 //! - [`manifest`]: parse and validate IoT Edge deployment manifests (`$edgeAgent` modules,
 //!   `$edgeHub` routes, module twins) into typed values, with IoT Edge's status codes and the
 //!   JSON path of every error (pure code).
+//! - [`plan`]: the reconcile planner and the restart policy with IoT Edge's backoff (pure code).
+//! - [`container`]: Docker `createOptions` turned into a container configuration for the OCI
+//!   runtime, and the IoT Edge environment of a module (pure code).
 #![forbid(unsafe_code)]
 
+pub mod container;
 pub mod manifest;
+pub mod plan;

@@ -1,0 +1,1 @@
+//! Container configuration from createOptions (being written).
