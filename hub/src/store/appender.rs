@@ -8,7 +8,7 @@
 //! first. A failed append consumes no seq.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -248,14 +248,7 @@ impl Log {
 
     /// Seals the active segment and starts a new one at `next_seq`.
     pub fn roll(&mut self, config: &StoreConfig) -> Result<(), StoreError> {
-        let path = config.dir.join(segment::file_name(self.next_seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|error| StoreError::io("create", &path, error))?;
+        let (path, file) = segment::create(&config.dir, self.next_seq)?;
         self.active_segment().shared.seal();
         let sealed_path = self.active_segment().shared.path.clone();
         let sealed = std::mem::replace(&mut self.active, Arc::new(file));

@@ -193,14 +193,7 @@ fn open_active(
             kept.pop_back();
         }
     }
-    let path = config.dir.join(segment::file_name(next_seq));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|error| StoreError::io("create", &path, error))?;
+    let (path, file) = segment::create(&config.dir, next_seq)?;
     kept.push_back(Segment {
         shared: Arc::new(SegmentShared::new(next_seq, path, 0, false)),
         summary: SegmentSummary::default(),

@@ -32,6 +32,19 @@ pub fn file_name(first_seq: u64) -> String {
     format!("{PREFIX}{first_seq:0SEQ_DIGITS$}{SUFFIX}")
 }
 
+/// Creates (or empties) the file of a new segment starting at `first_seq` in `dir`.
+pub fn create(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), super::StoreError> {
+    let path = dir.join(file_name(first_seq));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|error| super::StoreError::io("create", &path, error))?;
+    Ok((path, file))
+}
+
 /// The first seq named by a segment file name, or `None` for any other file.
 pub fn parse_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
