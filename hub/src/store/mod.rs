@@ -50,6 +50,7 @@ mod registry;
 mod retention;
 mod segment;
 mod stats;
+mod tail;
 mod writer;
 
 #[cfg(test)]
@@ -105,6 +106,8 @@ struct Inner {
     signal: Signal,
     appended: Event,
     counters: Counters,
+    /// The newest records, for readers that keep up (see `tail`).
+    tail: Mutex<tail::TailCache>,
 }
 
 impl Store {
@@ -139,6 +142,7 @@ impl Store {
             signal: Signal::default(),
             appended: Event::new(),
             counters: Counters::default(),
+            tail: Mutex::new(tail::TailCache::default()),
             config,
         });
         let thread_inner = Arc::clone(&inner);
@@ -176,6 +180,8 @@ impl Store {
             let mut log = lock(&inner.log);
             let seq = log.append(&inner.config, retention, &inner.counters, record, len)?;
             inner.durability.appended(seq);
+            // Under the log lock, so the cache receives seqs in order.
+            lock(&inner.tail).push(seq, record);
             seq
         };
         inner.counters.appended.fetch_add(1, Ordering::Relaxed);

@@ -15,6 +15,7 @@ use super::record::StoredRecord;
 use super::retention::is_expired;
 use super::segment::{SegmentCursor, SegmentShared, Step};
 use super::stats::ReaderStats;
+use super::tail::Lookup;
 use super::writer::lock;
 use super::Inner;
 
@@ -84,6 +85,9 @@ impl EndpointReader {
     ///
     /// [`Store::appended`]: super::Store::appended
     pub fn next(&mut self, now_unix_ms: u64) -> Result<Option<StoredRecord>, StoreError> {
+        if let Some(answer) = self.from_tail(now_unix_ms) {
+            return Ok(answer);
+        }
         loop {
             if self.current.as_ref().is_some_and(|open| open.shared.is_deleted()) {
                 self.abandon_current();
@@ -144,6 +148,36 @@ impl EndpointReader {
                 }
             }
         }
+    }
+
+    /// The answer from the tail cache when it reaches back to this reader (`None`: read the
+    /// disk). Records passed over here are skipped on disk too, by their seq.
+    fn from_tail(&mut self, now_unix_ms: u64) -> Option<Option<StoredRecord>> {
+        let last_appended = self.inner.durability.appended_seq();
+        let tail = lock(&self.inner.tail);
+        let records = match tail.after(self.scanned, last_appended) {
+            Lookup::Covered(records) => records,
+            Lookup::Miss => return None,
+        };
+        let default_ttl_secs = self.inner.config.default_ttl_secs;
+        let mut expired = 0u64;
+        let mut found = None;
+        let start = self.scanned;
+        for record in records.iter().filter(|r| r.seq > start) {
+            self.scanned = record.seq;
+            let Some(endpoint) = record.endpoint(self.endpoint_id) else { continue };
+            if is_expired(record.enqueued_unix_ms, endpoint.ttl_secs, default_ttl_secs, now_unix_ms) {
+                expired += 1;
+                continue;
+            }
+            self.position = record.seq;
+            found = Some(StoredRecord::clone(record));
+            break;
+        }
+        drop(tail);
+        self.stats.expired_skipped += expired;
+        self.inner.counters.expired_skipped.fetch_add(expired, Ordering::Relaxed);
+        Some(found)
     }
 
     fn abandon_current(&mut self) {
