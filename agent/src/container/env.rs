@@ -104,7 +104,10 @@ pub(crate) fn merge(
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut positions: HashMap<String, usize> = HashMap::new();
     for (name, value) in create_env.iter().chain(manifest_env).chain(edge_env) {
-        match positions.get(name).and_then(|&position| merged.get_mut(position)) {
+        match positions
+            .get(name)
+            .and_then(|&position| merged.get_mut(position))
+        {
             Some(entry) => entry.1.clone_from(value),
             None => {
                 positions.insert(name.clone(), merged.len());

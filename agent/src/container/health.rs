@@ -109,7 +109,11 @@ fn parse_test(value: &Value, path: &str) -> Result<Option<HealthTest>, CreateOpt
 }
 
 /// Sets `target` from a nanosecond count; `0` keeps the default.
-fn set_duration(target: &mut Duration, value: &Value, path: &str) -> Result<(), CreateOptionsError> {
+fn set_duration(
+    target: &mut Duration,
+    value: &Value,
+    path: &str,
+) -> Result<(), CreateOptionsError> {
     let nanoseconds = json::unsigned(value, path)?;
     let duration = Duration::from_nanos(nanoseconds);
     if duration.is_zero() {

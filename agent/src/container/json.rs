@@ -119,8 +119,13 @@ pub(crate) fn string_or_list(
     if value.is_string() {
         return Ok(vec![string(value, path)?]);
     }
-    let items = array(value, path, max)
-        .map_err(|e| if value.is_array() { e } else { expected(path, "a string or an array of strings", value) })?;
+    let items = array(value, path, max).map_err(|e| {
+        if value.is_array() {
+            e
+        } else {
+            expected(path, "a string or an array of strings", value)
+        }
+    })?;
     strings(items, path)
 }
 
@@ -135,7 +140,9 @@ pub(crate) fn strings(items: &[Value], path: &str) -> Result<Vec<String>, Create
 
 /// The boolean at `path`.
 pub(crate) fn boolean(value: &Value, path: &str) -> Result<bool, CreateOptionsError> {
-    value.as_bool().ok_or_else(|| expected(path, "true or false", value))
+    value
+        .as_bool()
+        .ok_or_else(|| expected(path, "true or false", value))
 }
 
 /// The integer at `path`. Docker's Go structs refuse `1.5` and `"1"` for integer fields; so do we.
@@ -148,14 +155,22 @@ pub(crate) fn integer(value: &Value, path: &str) -> Result<i64, CreateOptionsErr
 /// The non-negative integer at `path`.
 pub(crate) fn unsigned(value: &Value, path: &str) -> Result<u64, CreateOptionsError> {
     let number = integer(value, path)?;
-    u64::try_from(number).map_err(|_| error(path, format!("expected a non-negative integer, got {number}")))
+    u64::try_from(number).map_err(|_| {
+        error(
+            path,
+            format!("expected a non-negative integer, got {number}"),
+        )
+    })
 }
 
 /// An absolute path (starts with `/`), as Linux mount and device paths must be.
 pub(crate) fn absolute_path(value: &Value, path: &str) -> Result<String, CreateOptionsError> {
     let text = string(value, path)?;
     if !text.starts_with('/') {
-        return Err(error(path, format!("expected an absolute path, got {}", quote(&text))));
+        return Err(error(
+            path,
+            format!("expected an absolute path, got {}", quote(&text)),
+        ));
     }
     Ok(text)
 }

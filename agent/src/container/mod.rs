@@ -154,7 +154,11 @@ impl ContainerConfig {
         let (entrypoint, cmd) = match self.entrypoint.as_deref() {
             Some(entrypoint) if !entrypoint.is_empty() => (entrypoint, given_cmd),
             given => {
-                let cmd = if given_cmd.is_empty() { image_cmd } else { given_cmd };
+                let cmd = if given_cmd.is_empty() {
+                    image_cmd
+                } else {
+                    given_cmd
+                };
                 (given.unwrap_or(image_entrypoint), cmd)
             }
         };
@@ -269,10 +273,18 @@ pub struct CreateOptionsError {
 impl fmt::Display for CreateOptionsError {
     /// One line: `createOptions.<path>: <message>`.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let separator = if self.path.is_empty() || self.path.starts_with('[') { "" } else { "." };
+        let separator = if self.path.is_empty() || self.path.starts_with('[') {
+            ""
+        } else {
+            "."
+        };
         // serde_json's messages are one line already; this keeps that true for any message.
         let message = self.message.replace(['\n', '\r'], " ");
-        write!(formatter, "createOptions{separator}{}: {message}", self.path)
+        write!(
+            formatter,
+            "createOptions{separator}{}: {message}",
+            self.path
+        )
     }
 }
 

@@ -35,7 +35,9 @@ pub(crate) fn apply(
                 config.healthcheck = health::parse(value, &path, &mut config.unsupported)?;
             }
             "HostConfig" => host_config::apply(value, &path, volumes_dir, config)?,
-            _ => config.unsupported.push(format!("{path}: {}", ignored_reason(key))),
+            _ => config
+                .unsupported
+                .push(format!("{path}: {}", ignored_reason(key))),
         }
     }
     Ok(())
@@ -90,7 +92,10 @@ fn labels(value: &Value, path: &str) -> Result<Vec<(String, String)>, CreateOpti
         .map(|(name, label)| {
             let label_path = json::child(path, name);
             if name.contains('\0') {
-                return Err(json::error(&label_path, "label name contains a NUL character"));
+                return Err(json::error(
+                    &label_path,
+                    "label name contains a NUL character",
+                ));
             }
             Ok((name.clone(), json::string(label, &label_path)?))
         })

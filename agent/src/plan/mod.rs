@@ -14,9 +14,11 @@
 //! - [`restart`]: the restart policy with IoT Edge's backoff and intensive care.
 
 pub mod restart;
-pub mod state;
 #[cfg(test)]
 mod restart_tests;
+pub mod state;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -136,16 +138,20 @@ pub fn plan(
             result.commands.push(stop(&state.name));
         }
         result.commands.push(remove(&state.name));
-        result
-            .reasons
-            .push((state.name.clone(), "not in the deployment: removing".to_owned()));
+        result.reasons.push((
+            state.name.clone(),
+            "not in the deployment: removing".to_owned(),
+        ));
     }
 
     let decisions: Vec<(&ModuleSpec, Decision)> = startup_ordered(desired)
         .into_iter()
         .map(|spec| {
             let state = actual.iter().find(|state| state.name == spec.name);
-            (spec, decide(spec, state, image_present, settings, now_unix_ms))
+            (
+                spec,
+                decide(spec, state, image_present, settings, now_unix_ms),
+            )
         })
         .collect();
 
@@ -360,7 +366,10 @@ fn decide_running(
             }
         }
         Some(due) => format!("unhealthy: backoff, restart due at {due} ms"),
-        None => format!("unhealthy: restart budget spent after {} restarts", state.restart_count),
+        None => format!(
+            "unhealthy: restart budget spent after {} restarts",
+            state.restart_count
+        ),
     };
     Decision {
         reason: Some(reason),

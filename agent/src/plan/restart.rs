@@ -82,7 +82,9 @@ pub fn should_restart(policy: RestartPolicy, state: &ModuleState) -> bool {
 pub fn cool_off(settings: &RestartSettings, restart_count: u32) -> Duration {
     2u32.checked_pow(restart_count)
         .and_then(|factor| settings.cool_off_unit.checked_mul(factor))
-        .map_or(settings.cool_off_max, |cool_off| cool_off.min(settings.cool_off_max))
+        .map_or(settings.cool_off_max, |cool_off| {
+            cool_off.min(settings.cool_off_max)
+        })
 }
 
 /// The `runtimeStatus` to report for a module, rules in order:

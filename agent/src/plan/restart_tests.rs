@@ -51,9 +51,21 @@ fn each_policy_restarts_what_it_promises() {
         (Always, true, true, true),
     ];
     for (policy, clean, crash, sick) in table {
-        assert_eq!(should_restart(policy, &exited(0)), clean, "{policy:?} exit 0");
-        assert_eq!(should_restart(policy, &exited(1)), crash, "{policy:?} exit 1");
-        assert_eq!(should_restart(policy, &unhealthy()), sick, "{policy:?} unhealthy");
+        assert_eq!(
+            should_restart(policy, &exited(0)),
+            clean,
+            "{policy:?} exit 0"
+        );
+        assert_eq!(
+            should_restart(policy, &exited(1)),
+            crash,
+            "{policy:?} exit 1"
+        );
+        assert_eq!(
+            should_restart(policy, &unhealthy()),
+            sick,
+            "{policy:?} unhealthy"
+        );
     }
 }
 
@@ -84,7 +96,9 @@ fn healthy_or_unchecked_running_module_is_not_restarted() {
 #[test]
 fn backoff_doubles_from_ten_seconds_up_to_five_minutes() {
     let settings = RestartSettings::default();
-    let seconds: Vec<u64> = (0..7).map(|count| cool_off(&settings, count).as_secs()).collect();
+    let seconds: Vec<u64> = (0..7)
+        .map(|count| cool_off(&settings, count).as_secs())
+        .collect();
     assert_eq!(seconds, [10, 20, 40, 80, 160, 300, 300]);
 }
 
@@ -147,7 +161,10 @@ fn crashing_module_is_in_backoff_until_the_budget_is_spent_then_failed() {
     state.restart_count = settings.max_restart_count;
     let status = runtime_status(RestartPolicy::OnFailure, &state, &settings, NOW);
     assert_eq!(status, RuntimeStatus::Failed);
-    assert_eq!(restart_due(RestartPolicy::OnFailure, &state, &settings, NOW), None);
+    assert_eq!(
+        restart_due(RestartPolicy::OnFailure, &state, &settings, NOW),
+        None
+    );
 }
 
 #[test]
@@ -191,7 +208,15 @@ fn runtime_status_names_match_iot_edge() {
     .collect();
     assert_eq!(
         names,
-        ["unknown", "backoff", "running", "unhealthy", "stopped", "failed", "dead"]
+        [
+            "unknown",
+            "backoff",
+            "running",
+            "unhealthy",
+            "stopped",
+            "failed",
+            "dead"
+        ]
     );
 }
 
@@ -215,8 +240,14 @@ fn counts_reset_after_intensive_care_only() {
     assert!(!reset_counts_due(&state, &settings, NOW), "not running");
     state.running = true;
     state.last_start_unix_ms = Some(NOW + 10_000);
-    assert!(!reset_counts_due(&state, &settings, NOW), "started in the future");
+    assert!(
+        !reset_counts_due(&state, &settings, NOW),
+        "started in the future"
+    );
     state.last_start_unix_ms = Some(0);
     state.reset_restart_counts();
-    assert!(!reset_counts_due(&state, &settings, NOW), "nothing to reset");
+    assert!(
+        !reset_counts_due(&state, &settings, NOW),
+        "nothing to reset"
+    );
 }
