@@ -258,7 +258,12 @@ pub fn memory(b: &Broker) -> Memory {
     Memory { idle_rss, idle_anon, per_connection_kib: rss.saturating_sub(idle_rss) as f64 / IDLE_CONNECTIONS as f64 }
 }
 
+/// Builds the release `tinyedge` and returns its path; `BENCH_TINYEDGE_BIN` names another
+/// binary instead (e.g. the `profiling` build, for perf).
 pub fn build_tinyedge(root: &Path) -> PathBuf {
+    if let Some(bin) = std::env::var_os("BENCH_TINYEDGE_BIN") {
+        return PathBuf::from(bin);
+    }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
         .args(["build", "--release", "-p", "tinyedge"])

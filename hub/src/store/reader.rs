@@ -162,8 +162,11 @@ impl EndpointReader {
         let default_ttl_secs = self.inner.config.default_ttl_secs;
         let mut expired = 0u64;
         let mut found = None;
+        // Cached seqs are consecutive (every append goes through the cache), so the first
+        // record after `scanned` is found by index, not by a scan.
+        let skip = records.front().map_or(0, |front| usize::try_from((self.scanned + 1).saturating_sub(front.seq)).unwrap_or(usize::MAX));
         let start = self.scanned;
-        for record in records.iter().filter(|r| r.seq > start) {
+        for record in records.iter().skip(skip).filter(|r| r.seq > start) {
             self.scanned = record.seq;
             let Some(endpoint) = record.endpoint(self.endpoint_id) else { continue };
             if is_expired(record.enqueued_unix_ms, endpoint.ttl_secs, default_ttl_secs, now_unix_ms) {
