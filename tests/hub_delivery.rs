@@ -77,6 +77,7 @@ fn a_second_connection_with_the_same_client_id_takes_over() {
     let (_, old_lines, _) = first.finish();
     assert!(old_lines.is_empty(), "the old connection was closed: {old_lines:?}");
     assert!(rt.wait_log("closing its previous connection"));
+    assert!(rt.wait_log("taken over by a new connection"), "{}", rt.log());
 }
 
 #[test]

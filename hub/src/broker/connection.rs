@@ -18,7 +18,7 @@ use crate::topic::{self, Inbound, SubscriptionKind};
 use super::codec;
 use super::transport::Reader;
 use super::queue::{Queue, Signal};
-use super::session::{Owner, Slot};
+use super::session::{Kick, Owner, Slot};
 use super::writer::{Ctrl, Writer};
 use super::Broker;
 
@@ -60,7 +60,7 @@ async fn fill<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     keep_alive: Option<Duration>,
     token_left: Duration,
-    kicked: &Signal,
+    kicked: Option<&Signal>,
 ) -> Wake {
     let start = buf.len();
     let read = async { Wake::Read(reader.read_into(buf, start, READ_CHUNK_BYTES).await) };
@@ -75,8 +75,13 @@ async fn fill<R: AsyncRead + Unpin>(
         expired
     };
     let kick = async {
-        kicked.wait().await;
-        Wake::Kicked
+        match kicked {
+            Some(signal) => {
+                signal.wait().await;
+                Wake::Kicked
+            }
+            None => smol::future::pending().await,
+        }
     };
     let wake = smol::future::or(read, smol::future::or(kick, timer)).await;
     let filled = match &wake {
@@ -95,7 +100,6 @@ where
 {
     let mut buf = BytesMut::new();
     let limits = broker.limits.clone();
-    let never_kicked = Signal::default();
     // The first packet must be a CONNECT, within the connect timeout.
     let connect = loop {
         if let Some(level) = codec::connect_protocol_level(&buf).filter(|level| *level != 4) {
@@ -121,7 +125,7 @@ where
                 return;
             }
         }
-        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, &never_kicked).await {
+        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, None).await {
             Wake::Read(Ok(n)) if n > 0 => {}
             Wake::Read(_) => return,
             _ => {
@@ -135,7 +139,7 @@ where
     let Some(auth) = Box::pin(accept(&broker, &connect, &peer, &mut writer)).await else {
         return;
     };
-    let session = Box::pin(Session::open(&broker, auth, &connect, peer)).await;
+    let session = Box::pin(Session::open(&broker, auth, &connect, peer, reader.probe.clone())).await;
     // Keep only what outlives CONNECT: the block drops credentials and client id now, not when
     // the connection ends (a partial move would keep the rest alive until then).
     let (will, keep_alive) = {
@@ -183,7 +187,7 @@ struct Session {
     token_expiry: u64,
     slot: Arc<Slot>,
     connection_id: u64,
-    kicked: Arc<Signal>,
+    kicked: Arc<Kick>,
     done: Arc<Signal>,
     session_present: bool,
     clean: bool,
@@ -192,9 +196,10 @@ struct Session {
 
 impl Session {
     /// Takes the identity's slot over from any earlier connection (MQTT client-id takeover).
-    async fn open(broker: &Broker, auth: Authenticated, connect: &Connect, peer: String) -> Session {
+    /// `socket`: the plain TCP socket, so a takeover can shut it down (`None` for TLS).
+    async fn open(broker: &Broker, auth: Authenticated, connect: &Connect, peer: String, socket: Option<Arc<smol::Async<std::net::TcpStream>>>) -> Session {
         let slot = broker.sessions.slot(&auth.identity.client_id());
-        let kicked = Arc::new(Signal::default());
+        let kicked = Arc::new(Kick::new(socket));
         let done = Arc::new(Signal::default());
         let connection_id = broker.next_connection_id();
         let previous = slot.state().owner.replace(Owner { connection_id, kick: kicked.clone(), done: done.clone() });
@@ -320,7 +325,8 @@ impl Session {
                 }
             }
             let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
-            match fill(reader, buf, keep_alive, token_left, &self.kicked).await {
+            match fill(reader, buf, keep_alive, token_left, self.kicked.signal()).await {
+                Wake::Read(_) if self.kicked.taken_over() => return End::Abnormal("taken over by a new connection".into()),
                 Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),

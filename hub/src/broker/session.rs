@@ -7,7 +7,7 @@
 //! still in the mailbox are dropped by the writer instead of being sent twice.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -15,6 +15,43 @@ use event_listener::Event;
 use mqttbytes::QoS;
 
 use super::queue::{Queue, Signal};
+
+/// How a newer connection of the same identity ends this one. A plain TCP connection is ended
+/// by shutting its socket down, which its reader sees as end of stream: no wake-up registration
+/// per idle connection. A TLS connection (whose socket sits inside the TLS stream) is told
+/// through a signal its reader waits on.
+#[derive(Debug, Default)]
+pub struct Kick {
+    taken_over: AtomicBool,
+    socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
+    signal: Signal,
+}
+
+impl Kick {
+    pub fn new(socket: Option<Arc<smol::Async<std::net::TcpStream>>>) -> Kick {
+        Kick { taken_over: AtomicBool::new(false), socket, signal: Signal::default() }
+    }
+
+    /// Ends the connection that owns this kick.
+    pub fn fire(&self) {
+        self.taken_over.store(true, Ordering::SeqCst);
+        match &self.socket {
+            Some(socket) => {
+                let _ = socket.get_ref().shutdown(std::net::Shutdown::Both);
+            }
+            None => self.signal.fire(),
+        }
+    }
+
+    pub fn taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::SeqCst)
+    }
+
+    /// The signal to wait on, for connections that cannot be shut down from outside.
+    pub fn signal(&self) -> Option<&Signal> {
+        self.socket.is_none().then_some(&self.signal)
+    }
+}
 
 /// Where a delivery comes from in the store, so its acknowledgement can advance the endpoint's
 /// checkpoint.
@@ -42,7 +79,7 @@ pub struct Delivery {
 pub struct Owner {
     pub connection_id: u64,
     /// Fired to tell the owner to end (a newer connection took over).
-    pub kick: Arc<Signal>,
+    pub kick: Arc<Kick>,
     /// Fired when the owner has ended.
     pub done: Arc<Signal>,
 }
