@@ -35,7 +35,8 @@ const BUDGET_BINARY_BYTES: u64 = 6 * 1024 * 1024;
 const BUDGET_IDLE_RSS_KIB: u64 = 4 * 1024;
 const BUDGET_PER_CONNECTION_KIB: f64 = 4.0;
 
-const CROSS_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-musl"];
+const CROSS_TARGETS: &[&str] =
+    &["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-musl"];
 
 struct LoadResult {
     peak_rss_kib: u64,
@@ -161,7 +162,8 @@ impl Cgroup {
         let cpu = PathBuf::from("/sys/fs/cgroup/cpu").join(name);
         std::fs::create_dir_all(&memory).map_err(|e| format!("{}: {e}", memory.display()))?;
         std::fs::create_dir_all(&cpu).map_err(|e| format!("{}: {e}", cpu.display()))?;
-        let write = |path: PathBuf, value: String| std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()));
+        let write =
+            |path: PathBuf, value: String| std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()));
         write(memory.join("memory.limit_in_bytes"), CGROUP_MEMORY_BYTES.to_string())?;
         // No swap beyond the limit where the kernel offers the knob.
         let _ = std::fs::write(memory.join("memory.memsw.limit_in_bytes"), CGROUP_MEMORY_BYTES.to_string());
@@ -232,7 +234,13 @@ fn bar_chart_svg(title: &str, unit: &str, labels: &[&str], series: &[(&str, &str
     let bar_w = group_w * 0.8 / series.len() as f64;
     let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n");
     let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{title}</text>", width / 2.0);
-    let _ = writeln!(svg, "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", height - bottom, width - 20.0, height - bottom);
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        height - bottom,
+        width - 20.0,
+        height - bottom
+    );
     for tick in 0..=4 {
         let v = max * f64::from(tick) / 4.0;
         let y = height - bottom - plot_h * f64::from(tick) / 4.0;
@@ -246,7 +254,12 @@ fn bar_chart_svg(title: &str, unit: &str, labels: &[&str], series: &[(&str, &str
             let x = gx + bar_w * s as f64;
             let _ = writeln!(svg, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.0}</text>", height - bottom - h, bar_w * 0.95, x + bar_w / 2.0, height - bottom - h - 3.0);
         }
-        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", gx + group_w * 0.4, height - bottom + 18.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            gx + group_w * 0.4,
+            height - bottom + 18.0
+        );
     }
     for (s, (name, color, _)) in series.iter().enumerate() {
         let y = height - 18.0;
@@ -269,13 +282,22 @@ fn line_chart_svg(title: &str, x_unit: &str, y_unit: &str, series: &[(&str, &str
     let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{title}</text>", width / 2.0);
     for tick in 0..=4 {
         let (vx, vy) = (max_x * f64::from(tick) / 4.0, max_y * f64::from(tick) / 4.0);
-        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{vx:.0}</text>", px(vx), height - bottom + 16.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{vx:.0}</text>",
+            px(vx),
+            height - bottom + 16.0
+        );
         let _ = writeln!(svg, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{vy:.0}</text><line x1=\"{left}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#ddd\"/>", left - 5.0, py(vy) + 4.0, py(vy), width - 30.0, py(vy));
     }
     let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_unit}</text><text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{y_unit}</text>", left + plot_w / 2.0, height - bottom + 34.0, top + plot_h / 2.0, top + plot_h / 2.0);
     for (s, (name, color, points)) in series.iter().enumerate() {
         let path: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
-        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
         let x = left + 150.0 * s as f64;
         let _ = writeln!(svg, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>", height - 28.0, x + 16.0, height - 18.0);
     }
@@ -309,7 +331,8 @@ fn main() {
     let mo = start_mosquitto_with(&mo_dir, "max_queued_messages 0\nmax_queued_bytes 0\n");
     let mem = [memory(&te), memory(&mo)];
     eprintln!("memory: done");
-    let load = [routing_load(&te, ROUTING_RATE_PER_SEC, ROUTING_SECS), routing_load(&mo, ROUTING_RATE_PER_SEC, ROUTING_SECS)];
+    let load =
+        [routing_load(&te, ROUTING_RATE_PER_SEC, ROUTING_SECS), routing_load(&mo, ROUTING_RATE_PER_SEC, ROUTING_SECS)];
     eprintln!("routing load: done");
     let stored = [store_fill(&te, STORED_MESSAGES), store_fill(&mo, STORED_MESSAGES)];
     eprintln!("store fill: done");
@@ -327,12 +350,34 @@ fn main() {
     let _ = writeln!(md, "# Footprint — {date}\n\nMachine: {machine}, {} cores, Linux x86_64. Same run for both brokers; mosquitto {}.\n", std::thread::available_parallelism().map_or(1, |n| n.get()), mosquitto_version());
     let _ = writeln!(md, "| stripped binary | size | budget 6 MiB |\n|---|---|---|");
     for (target, bytes) in &sizes {
-        let _ = writeln!(md, "| {target} | {:.2} MiB ({bytes} B) | {} |", *bytes as f64 / 1048576.0, verdict(*bytes <= BUDGET_BINARY_BYTES));
+        let _ = writeln!(
+            md,
+            "| {target} | {:.2} MiB ({bytes} B) | {} |",
+            *bytes as f64 / 1048576.0,
+            verdict(*bytes <= BUDGET_BINARY_BYTES)
+        );
     }
     let _ = writeln!(md, "\n| figure | tinyedge | mosquitto | budget (tinyedge) |\n|---|---|---|---|");
-    let _ = writeln!(md, "| idle RSS | {} | {} | ≤ 4 MiB: {} |", mib(mem[0].idle_rss), mib(mem[1].idle_rss), verdict(mem[0].idle_rss <= BUDGET_IDLE_RSS_KIB));
-    let _ = writeln!(md, "| idle anonymous memory (heap, stacks) | {} | {} | |", mib(mem[0].idle_anon), mib(mem[1].idle_anon));
-    let _ = writeln!(md, "| per idle MQTT connection ({IDLE_CONNECTIONS} connected) | {:.2} KiB | {:.2} KiB | ≤ 4 KiB: {} |", mem[0].per_connection_kib, mem[1].per_connection_kib, verdict(mem[0].per_connection_kib <= BUDGET_PER_CONNECTION_KIB));
+    let _ = writeln!(
+        md,
+        "| idle RSS | {} | {} | ≤ 4 MiB: {} |",
+        mib(mem[0].idle_rss),
+        mib(mem[1].idle_rss),
+        verdict(mem[0].idle_rss <= BUDGET_IDLE_RSS_KIB)
+    );
+    let _ = writeln!(
+        md,
+        "| idle anonymous memory (heap, stacks) | {} | {} | |",
+        mib(mem[0].idle_anon),
+        mib(mem[1].idle_anon)
+    );
+    let _ = writeln!(
+        md,
+        "| per idle MQTT connection ({IDLE_CONNECTIONS} connected) | {:.2} KiB | {:.2} KiB | ≤ 4 KiB: {} |",
+        mem[0].per_connection_kib,
+        mem[1].per_connection_kib,
+        verdict(mem[0].per_connection_kib <= BUDGET_PER_CONNECTION_KIB)
+    );
     let _ = writeln!(
         md,
         "| routing {ROUTING_RATE_PER_SEC} msg/s for {ROUTING_SECS} s (64 B, QoS 0 in, QoS 1 out): peak RSS | {} | {} | |",
@@ -340,10 +385,19 @@ fn main() {
         mib(load[1].peak_rss_kib)
     );
     let _ = writeln!(md, "| … CPU seconds used | {:.1} s | {:.1} s | |", load[0].cpu_secs, load[1].cpu_secs);
-    let _ = writeln!(md, "| … delivered / sent | {} / {} | {} / {} | |", load[0].delivered, load[0].sent, load[1].delivered, load[1].sent);
+    let _ = writeln!(
+        md,
+        "| … delivered / sent | {} / {} | {} / {} | |",
+        load[0].delivered, load[0].sent, load[1].delivered, load[1].sent
+    );
     for (i, (n, _)) in stored[0].iter().enumerate() {
         let other = stored[1].get(i).map_or(0, |s| s.1);
-        let _ = writeln!(md, "| RSS with {n} messages stored for an offline receiver | {} | {} | flat |", mib(stored[0][i].1), mib(other));
+        let _ = writeln!(
+            md,
+            "| RSS with {n} messages stored for an offline receiver | {} | {} | flat |",
+            mib(stored[0][i].1),
+            mib(other)
+        );
     }
     match &constrained {
         Ok(c) => {
@@ -371,8 +425,26 @@ fn main() {
         "KiB",
         &["idle", "1000 idle conns", "routing 10k msg/s", "100k stored"],
         &[
-            ("tinyedge", "#2b7bb9", vec![mem[0].idle_rss as f64, mem[0].idle_rss as f64 + mem[0].per_connection_kib * IDLE_CONNECTIONS as f64, load[0].peak_rss_kib as f64, stored[0].last().map_or(0.0, |s| s.1 as f64)]),
-            ("mosquitto", "#d9822b", vec![mem[1].idle_rss as f64, mem[1].idle_rss as f64 + mem[1].per_connection_kib * IDLE_CONNECTIONS as f64, load[1].peak_rss_kib as f64, stored[1].last().map_or(0.0, |s| s.1 as f64)]),
+            (
+                "tinyedge",
+                "#2b7bb9",
+                vec![
+                    mem[0].idle_rss as f64,
+                    mem[0].idle_rss as f64 + mem[0].per_connection_kib * IDLE_CONNECTIONS as f64,
+                    load[0].peak_rss_kib as f64,
+                    stored[0].last().map_or(0.0, |s| s.1 as f64),
+                ],
+            ),
+            (
+                "mosquitto",
+                "#d9822b",
+                vec![
+                    mem[1].idle_rss as f64,
+                    mem[1].idle_rss as f64 + mem[1].per_connection_kib * IDLE_CONNECTIONS as f64,
+                    load[1].peak_rss_kib as f64,
+                    stored[1].last().map_or(0.0, |s| s.1 as f64),
+                ],
+            ),
         ],
     );
     std::fs::write(results.join("footprint-memory.svg"), memory_svg).expect("write svg");
@@ -381,7 +453,10 @@ fn main() {
         "RSS while messages wait for an offline receiver",
         "messages stored",
         "RSS KiB",
-        &[("tinyedge (on-disk log)", "#2b7bb9", to_points(&stored[0])), ("mosquitto (in memory)", "#d9822b", to_points(&stored[1]))],
+        &[
+            ("tinyedge (on-disk log)", "#2b7bb9", to_points(&stored[0])),
+            ("mosquitto (in memory)", "#d9822b", to_points(&stored[1])),
+        ],
     );
     std::fs::write(results.join("footprint-store.svg"), store_svg).expect("write svg");
     println!("{md}");

@@ -143,7 +143,10 @@ fn main() {
             for b in &brokers {
                 let t = throughput(b, qos, size);
                 let (p50, p99) = latency(b, qos, size);
-                eprintln!("{} qos{qname} {size}B: {:.0} msg/s ({} delivered), p50 {p50:.0} us, p99 {p99:.0} us", b.name, t.msgs_per_sec, t.delivered);
+                eprintln!(
+                    "{} qos{qname} {size}B: {:.0} msg/s ({} delivered), p50 {p50:.0} us, p99 {p99:.0} us",
+                    b.name, t.msgs_per_sec, t.delivered
+                );
                 cells.push((t, p50, p99));
             }
             rows.push((qname, size, cells));
@@ -153,7 +156,11 @@ fn main() {
         .ok()
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string)))
         .unwrap_or_else(|| "unknown CPU".into());
-    println!("Routing benchmark, {} msgs per run, publisher window {PUBLISH_WINDOW} at QoS 1; {machine}, {} cores", MESSAGES, std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "Routing benchmark, {} msgs per run, publisher window {PUBLISH_WINDOW} at QoS 1; {machine}, {} cores",
+        MESSAGES,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!();
     println!("| QoS | payload | tinyedge (fsync 10 ms) msg/s | tinyedge (fsync never) msg/s | mosquitto msg/s | ratios to mosquitto | p50/p99 µs: tinyedge, never, mosquitto |");
     println!("|---|---|---|---|---|---|---|");
@@ -170,12 +177,21 @@ fn main() {
             tn.msgs_per_sec / mo.msgs_per_sec
         );
     }
-    println!("\nDelivered per run: {}", rows.iter().flat_map(|(_, _, c)| c.iter().map(|(t, _, _)| t.delivered.to_string())).collect::<Vec<_>>().join(", "));
+    println!(
+        "\nDelivered per run: {}",
+        rows.iter()
+            .flat_map(|(_, _, c)| c.iter().map(|(t, _, _)| t.delivered.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!();
     println!("| memory (fresh process) | tinyedge | mosquitto |");
     println!("|---|---|---|");
     println!("| idle RSS | {} KiB | {} KiB |", mem[0].idle_rss, mem[2].idle_rss);
     println!("| idle anonymous (heap, stacks) | {} KiB | {} KiB |", mem[0].idle_anon, mem[2].idle_anon);
-    println!("| per idle MQTT connection ({IDLE_CONNECTIONS} connected) | {:.2} KiB | {:.2} KiB |", mem[0].per_connection_kib, mem[2].per_connection_kib);
+    println!(
+        "| per idle MQTT connection ({IDLE_CONNECTIONS} connected) | {:.2} KiB | {:.2} KiB |",
+        mem[0].per_connection_kib, mem[2].per_connection_kib
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,7 +51,13 @@ fn store_run(dir: &Path, policy: FsyncPolicy, payload_bytes: usize) -> (Duration
                 let refs = [EndpointRef { id: endpoint, priority: 0, ttl_secs: 0 }];
                 let mut last = 0;
                 for i in 0..RECORDS_PER_APPENDER {
-                    let record = NewRecord { enqueued_unix_ms: now_ms(), endpoints: &refs, source: SOURCE, properties: PROPERTIES, payload: &payload };
+                    let record = NewRecord {
+                        enqueued_unix_ms: now_ms(),
+                        endpoints: &refs,
+                        source: SOURCE,
+                        properties: PROPERTIES,
+                        payload: &payload,
+                    };
                     last = store.append(&record).expect("append");
                     if (i + 1) % GROUP == 0 {
                         store.wait_durable_blocking(last).expect("durable");
@@ -74,7 +80,9 @@ fn store_run(dir: &Path, policy: FsyncPolicy, payload_bytes: usize) -> (Duration
 /// like the store's: `Always` — every group of 16 per thread; interval — at most every n ms;
 /// never — not at all.
 fn raw_run(dir: &Path, policy: FsyncPolicy, record_bytes: usize) -> Duration {
-    let file = Arc::new(std::sync::Mutex::new(OpenOptions::new().create(true).append(true).open(dir.join("raw.log")).expect("raw file")));
+    let file = Arc::new(std::sync::Mutex::new(
+        OpenOptions::new().create(true).append(true).open(dir.join("raw.log")).expect("raw file"),
+    ));
     let last_sync = Arc::new(std::sync::Mutex::new(Instant::now() - Duration::from_secs(1)));
     let start = Instant::now();
     let threads: Vec<_> = (0..APPENDERS)
@@ -135,7 +143,11 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut replay_rows = Vec::new();
     for payload in [64usize, 1024] {
-        for (name, policy) in [("always", FsyncPolicy::Always), ("interval_ms = 10", FsyncPolicy::IntervalMs(10)), ("never", FsyncPolicy::Never)] {
+        for (name, policy) in [
+            ("always", FsyncPolicy::Always),
+            ("interval_ms = 10", FsyncPolicy::IntervalMs(10)),
+            ("never", FsyncPolicy::Never),
+        ] {
             let dir = temp_dir(&format!("{payload}-{}", name.replace(' ', "")));
             let (elapsed, bytes, fsyncs) = store_run(&dir.join("store"), policy, payload);
             let record_bytes = (bytes as usize / total).max(1);
@@ -156,6 +168,11 @@ fn main() {
     }
     println!("\n| replay (open + read all) | records | time | msgs/s | MB/s |\n|---|---|---|---|---|");
     for (payload, count, t, bytes) in replay_rows {
-        println!("| {payload} B | {count} | {:.0} ms | {:.0} | {:.1} |", t.as_secs_f64() * 1000.0, count as f64 / t.as_secs_f64(), bytes as f64 / t.as_secs_f64() / 1e6);
+        println!(
+            "| {payload} B | {count} | {:.0} ms | {:.0} | {:.1} |",
+            t.as_secs_f64() * 1000.0,
+            count as f64 / t.as_secs_f64(),
+            bytes as f64 / t.as_secs_f64() / 1e6
+        );
     }
 }

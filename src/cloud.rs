@@ -32,7 +32,11 @@ pub fn store_config(config: &Config, deployment: Option<&Deployment>) -> StoreCo
     });
     let dir = config.store.dir.clone().or(storage_folder).unwrap_or_else(|| config.data_dir.join("store"));
     let mut store = StoreConfig::new(dir);
-    store.max_bytes = config.store.max_bytes.or_else(|| hub_desired.and_then(|s| s.max_size_bytes)).unwrap_or(DEFAULT_STORE_MAX_BYTES);
+    store.max_bytes = config
+        .store
+        .max_bytes
+        .or_else(|| hub_desired.and_then(|s| s.max_size_bytes))
+        .unwrap_or(DEFAULT_STORE_MAX_BYTES);
     store.fsync = match config.store.fsync {
         FsyncSetting::Always => FsyncPolicy::Always,
         FsyncSetting::IntervalMs(ms) => FsyncPolicy::IntervalMs(ms),
@@ -84,7 +88,12 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Re
     };
     let queues = broker.router.queues_of(&Endpoint::Upstream).map_err(|e| Failure::Runtime(e.to_string()))?;
     let outbox = Arc::new(StoreOutbox::new(broker.router.store().clone(), &queues));
-    let mut upstream = UpstreamConfig::new(settings.url.clone(), config.iothub_hostname.clone(), config.device_id.clone(), device_key.to_vec());
+    let mut upstream = UpstreamConfig::new(
+        settings.url.clone(),
+        config.iothub_hostname.clone(),
+        config.device_id.clone(),
+        device_key.to_vec(),
+    );
     upstream.ca = settings.ca.clone();
     upstream.backoff_max = std::time::Duration::from_secs(settings.backoff_max_secs);
     upstream.backoff_min = upstream.backoff_min.min(upstream.backoff_max);
@@ -137,4 +146,3 @@ pub fn upstream_status(link: Option<&Arc<Link>>) -> Value {
         }
     }
 }
-

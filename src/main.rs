@@ -103,7 +103,9 @@ fn main() -> ExitCode {
         ["run"] => runtime::run(config),
         ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| out(&s)),
         ["status"] => status::render(&config.data_dir, None).map(|s| out(&s)).map_err(runtime::Failure::Runtime),
-        ["store", "stats"] => status::render(&config.data_dir, Some("store")).map(|s| out(&s)).map_err(runtime::Failure::Runtime),
+        ["store", "stats"] => {
+            status::render(&config.data_dir, Some("store")).map(|s| out(&s)).map_err(runtime::Failure::Runtime)
+        }
         ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| out(&s)),
         ["identity", "mqtt-login", id, ttl] => match ttl.parse() {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),

@@ -42,7 +42,10 @@ fn authenticator(config: &Config, deployment: Option<&Deployment>, device_key: &
     let mut auth = Authenticator::new(&config.iothub_hostname, &config.hostname);
     auth.insert(Identity::device(&config.device_id), device_key.to_vec());
     for module in deployment.map(|d| d.agent.modules.as_slice()).unwrap_or_default() {
-        auth.insert(Identity::module(&config.device_id, &module.name), identity::derive_module_key(device_key, &module.name));
+        auth.insert(
+            Identity::module(&config.device_id, &module.name),
+            identity::derive_module_key(device_key, &module.name),
+        );
     }
     for device in &config.devices {
         auth.insert(Identity::device(&device.id), device.key.clone());
@@ -69,7 +72,9 @@ fn credentials_of(config: &Config, id: &str) -> Result<(String, Option<String>, 
     }
     let deployment = load_deployment(config)?;
     if !deployment.as_ref().is_some_and(|d| d.module(id).is_some()) {
-        return Err(Failure::Usage(format!("{id:?} is neither a module of the deployment nor a device in [[devices]]")));
+        return Err(Failure::Usage(format!(
+            "{id:?} is neither a module of the deployment nor a device in [[devices]]"
+        )));
     }
     let key = identity::derive_module_key(&device_key(config)?, id);
     Ok((config.device_id.clone(), Some(id.to_string()), key))
@@ -85,7 +90,8 @@ pub fn connection_string(config: &Config, id: &str) -> Result<String, Failure> {
 /// MQTT tools that cannot sign tokens themselves (mosquitto_pub, MQTT Explorer).
 pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Failure> {
     let (device, module, key) = credentials_of(config, id)?;
-    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + ttl_secs;
+    let expiry =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + ttl_secs;
     let resource = identity::sas_resource(&config.iothub_hostname, &device, module.as_deref());
     let token = tinyedge_platform::sas::generate(&resource, &key, expiry);
     let client_id = match &module {
@@ -99,7 +105,8 @@ pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Fa
 }
 
 fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::Async<std::net::TcpListener>, Failure> {
-    smol::Async::<std::net::TcpListener>::bind(addr).map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
+    smol::Async::<std::net::TcpListener>::bind(addr)
+        .map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
 }
 
 fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure> {
@@ -173,7 +180,12 @@ pub fn run(config: Config) -> Result<(), Failure> {
         return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
     }
     smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
-    log::info!("tinyedge {} running as device {:?} (data in {})", env!("CARGO_PKG_VERSION"), config.device_id, Path::new(&config.data_dir).display());
+    log::info!(
+        "tinyedge {} running as device {:?} (data in {})",
+        env!("CARGO_PKG_VERSION"),
+        config.device_id,
+        Path::new(&config.data_dir).display()
+    );
     smol::block_on(async {
         for server in servers {
             server.await;

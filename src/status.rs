@@ -81,7 +81,10 @@ mod tests {
     fn written_status_renders_as_key_value_lines() {
         let dir = std::env::temp_dir().join(format!("tinyedge-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let doc = document(vec![("hub", serde_json::json!({"connections_open": 2, "messages_received": 5})), ("upstream", serde_json::json!({"connected": false}))]);
+        let doc = document(vec![
+            ("hub", serde_json::json!({"connections_open": 2, "messages_received": 5})),
+            ("upstream", serde_json::json!({"connected": false})),
+        ]);
         write(&dir, &doc).expect("write");
         let all = render(&dir, None).expect("render");
         assert!(all.contains("hub.connections_open 2"), "{all}");

@@ -7,7 +7,12 @@ use std::process::{Command, Output};
 use common::*;
 
 fn tinyedge(dir: &TempDir, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinyedge")).current_dir(&dir.0).args(args).env_remove("TINYEDGE_CONFIG").output().expect("run tinyedge")
+    Command::new(env!("CARGO_BIN_EXE_tinyedge"))
+        .current_dir(&dir.0)
+        .args(args)
+        .env_remove("TINYEDGE_CONFIG")
+        .output()
+        .expect("run tinyedge")
 }
 
 fn config_error(config: &str) -> (i32, String) {
@@ -50,7 +55,10 @@ fn missing_config_file_names_the_file() {
 #[test]
 fn invalid_deployment_is_refused_with_the_field_named() {
     let dir = TempDir::new("cli");
-    let bad = deployment(&["m1"], &[]).replace("\"restartPolicy\":\"always\",\"settings\":{\"image\":\"busybox", "\"restartPolicy\":\"sometimes\",\"settings\":{\"image\":\"busybox");
+    let bad = deployment(&["m1"], &[]).replace(
+        "\"restartPolicy\":\"always\",\"settings\":{\"image\":\"busybox",
+        "\"restartPolicy\":\"sometimes\",\"settings\":{\"image\":\"busybox",
+    );
     std::fs::write(dir.0.join("deployment.json"), bad).expect("write");
     std::fs::write(dir.0.join("config.toml"), "deployment = \"deployment.json\"\n").expect("write");
     let out = tinyedge(&dir, &["--config", "config.toml", "run"]);
@@ -79,7 +87,8 @@ fn connection_string_of_a_module_carries_its_derived_key() {
     let out = tinyedge(&dir, &["--config", "config.toml", "identity", "connection-string", "filter"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     use base64::Engine as _;
-    let key = base64::engine::general_purpose::STANDARD.encode(tinyedge_platform::identity::derive_module_key(&DEVICE_KEY, "filter"));
+    let key = base64::engine::general_purpose::STANDARD
+        .encode(tinyedge_platform::identity::derive_module_key(&DEVICE_KEY, "filter"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("HostName={HUB};DeviceId={DEVICE};ModuleId=filter;SharedAccessKey={key};GatewayHostName=gateway.local")

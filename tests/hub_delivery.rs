@@ -11,14 +11,26 @@ fn inputs(module: &str) -> String {
 
 #[test]
 fn tls_listener_serves_clients_that_trust_the_edge_ca() {
-    let rt = Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "");
+    let rt = Runtime::start(
+        &deployment(
+            &["a", "b"],
+            &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)],
+        ),
+        "",
+    );
     let ca = rt.data_dir().join("certs/edge-ca.pem");
     assert!(ca.is_file(), "edge CA missing");
     let ca = ca.to_string_lossy().into_owned();
     let port = rt.mqtts_port;
     let sub = Sub::start(port, &module_credentials("b", 3600), &inputs("b"), 1, 15, &["--cafile", &ca, "-q", "1"]);
     settle();
-    let out = mosquitto_pub(port, &module_credentials("a", 3600), &format!("devices/{DEVICE}/modules/a/messages/events/"), "over tls", &["--cafile", &ca, "-q", "1"]);
+    let out = mosquitto_pub(
+        port,
+        &module_credentials("a", 3600),
+        &format!("devices/{DEVICE}/modules/a/messages/events/"),
+        "over tls",
+        &["--cafile", &ca, "-q", "1"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, lines, err) = sub.finish();
     assert!(ok, "{err}\n{}", rt.log());
@@ -30,15 +42,33 @@ fn tls_listener_serves_clients_that_trust_the_edge_ca() {
 fn untrusted_server_certificate_is_rejected_by_clients() {
     let rt = Runtime::start(&deployment(&["a"], &[]), "");
     // The system trust store does not hold the edge CA: verification must fail.
-    let out = mosquitto_pub(rt.mqtts_port, &module_credentials("a", 3600), &format!("devices/{DEVICE}/modules/a/messages/events/"), "x", &["--capath", "/etc/ssl/certs"]);
+    let out = mosquitto_pub(
+        rt.mqtts_port,
+        &module_credentials("a", 3600),
+        &format!("devices/{DEVICE}/modules/a/messages/events/"),
+        "x",
+        &["--capath", "/etc/ssl/certs"],
+    );
     assert!(!out.status.success());
 }
 
 #[test]
 fn messages_for_an_offline_module_wait_and_arrive_in_order() {
-    let rt = Runtime::start(&deployment(&["a", "late"], &[("r", r#"FROM /messages/modules/a/outputs/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)]), "");
+    let rt = Runtime::start(
+        &deployment(
+            &["a", "late"],
+            &[("r", r#"FROM /messages/modules/a/outputs/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)],
+        ),
+        "",
+    );
     for i in 0..5 {
-        let out = mosquitto_pub(rt.mqtt_port, &module_credentials("a", 3600), &format!("devices/{DEVICE}/modules/a/messages/events/%24.on=o"), &format!("msg-{i}"), &["-q", "1"]);
+        let out = mosquitto_pub(
+            rt.mqtt_port,
+            &module_credentials("a", 3600),
+            &format!("devices/{DEVICE}/modules/a/messages/events/%24.on=o"),
+            &format!("msg-{i}"),
+            &["-q", "1"],
+        );
         assert!(out.status.success());
     }
     let sub = Sub::start(rt.mqtt_port, &module_credentials("late", 3600), &inputs("late"), 5, 15, &["-q", "1"]);
@@ -50,27 +80,50 @@ fn messages_for_an_offline_module_wait_and_arrive_in_order() {
 
 #[test]
 fn downstream_device_telemetry_routes_by_connection_device_id() {
-    let route = format!(r#"FROM /messages/* WHERE $connectionDeviceId = '{LEAF}' AND NOT is_defined($connectionModuleId) INTO BrokeredEndpoint("/modules/m/inputs/fromleaf")"#);
+    let route = format!(
+        r#"FROM /messages/* WHERE $connectionDeviceId = '{LEAF}' AND NOT is_defined($connectionModuleId) INTO BrokeredEndpoint("/modules/m/inputs/fromleaf")"#
+    );
     let rt = Runtime::start(&deployment(&["m"], &[("leaf", &route), ("up", "FROM /messages/* INTO $upstream")]), "");
     let sub = Sub::start(rt.mqtt_port, &module_credentials("m", 3600), &inputs("m"), 1, 15, &[]);
     settle();
-    let out = mosquitto_pub(rt.mqtt_port, &leaf_credentials(), &format!("devices/{LEAF}/messages/events/kind=reading"), "21.5", &["-q", "1"]);
+    let out = mosquitto_pub(
+        rt.mqtt_port,
+        &leaf_credentials(),
+        &format!("devices/{LEAF}/messages/events/kind=reading"),
+        "21.5",
+        &["-q", "1"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, lines, err) = sub.finish();
     assert!(ok, "{err}\n{}", rt.log());
     assert_eq!(lines.len(), 1);
     assert!(lines[0].starts_with(&format!("devices/{DEVICE}/modules/m/inputs/fromleaf/")), "{lines:?}");
-    assert!(lines[0].contains("%24.cdid=sensor-7") && lines[0].contains("kind=reading") && !lines[0].contains("%24.cmid"), "{lines:?}");
+    assert!(
+        lines[0].contains("%24.cdid=sensor-7") && lines[0].contains("kind=reading") && !lines[0].contains("%24.cmid"),
+        "{lines:?}"
+    );
 }
 
 #[test]
 fn a_second_connection_with_the_same_client_id_takes_over() {
-    let rt = Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "");
+    let rt = Runtime::start(
+        &deployment(
+            &["a", "b"],
+            &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)],
+        ),
+        "",
+    );
     let first = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 6, &[]);
     settle();
     let second = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 15, &[]);
     settle();
-    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("a", 3600), &format!("devices/{DEVICE}/modules/a/messages/events/"), "to the newest", &["-q", "1"]);
+    let out = mosquitto_pub(
+        rt.mqtt_port,
+        &module_credentials("a", 3600),
+        &format!("devices/{DEVICE}/modules/a/messages/events/"),
+        "to the newest",
+        &["-q", "1"],
+    );
     assert!(out.status.success());
     let (_, lines, _) = second.finish();
     assert_eq!(lines.len(), 1, "the new connection gets the message\n{}", rt.log());
@@ -82,7 +135,13 @@ fn a_second_connection_with_the_same_client_id_takes_over() {
 
 #[test]
 fn mqtt_login_output_drives_mosquitto_clients_from_a_shell() {
-    let rt = Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "");
+    let rt = Runtime::start(
+        &deployment(
+            &["a", "b"],
+            &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)],
+        ),
+        "",
+    );
     let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &inputs("b"), 1, 15, &[]);
     settle();
     let script = format!(

@@ -23,7 +23,14 @@ const JSON_BAG: &str = "%24.ct=application%2Fjson&%24.ce=utf-8&%24.on=out1&%24.m
 #[test]
 fn output_reaches_input_through_a_route_with_body_and_property_conditions() {
     let rt = two_modules();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("receiver", 3600), &format!("devices/{DEVICE}/modules/receiver/inputs/#"), 1, 15, &["-q", "1"]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("receiver", 3600),
+        &format!("devices/{DEVICE}/modules/receiver/inputs/#"),
+        1,
+        15,
+        &["-q", "1"],
+    );
     settle();
     let sender = module_credentials("sender", 3600);
     // Not matching: body too cold; then property missing; then matching.
@@ -42,7 +49,15 @@ fn output_reaches_input_through_a_route_with_body_and_property_conditions() {
     assert_eq!(payload, r#"{"temperature":35.5}"#);
     assert!(topic.starts_with(&format!("devices/{DEVICE}/modules/receiver/inputs/hot/")), "{topic}");
     // System and application properties pass through, with the sender stamped by the hub.
-    for prop in ["%24.ct=application%2Fjson", "%24.ce=utf-8", "%24.mid=m-1", "%24.on=out1", "%24.cdid=gw", "%24.cmid=sender", "alert=yes"] {
+    for prop in [
+        "%24.ct=application%2Fjson",
+        "%24.ce=utf-8",
+        "%24.mid=m-1",
+        "%24.on=out1",
+        "%24.cdid=gw",
+        "%24.cmid=sender",
+        "alert=yes",
+    ] {
         assert!(topic.contains(prop), "{prop} missing in {topic}");
     }
 }
@@ -50,9 +65,22 @@ fn output_reaches_input_through_a_route_with_body_and_property_conditions() {
 #[test]
 fn non_matching_message_is_not_delivered() {
     let rt = two_modules();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("receiver", 3600), &format!("devices/{DEVICE}/modules/receiver/inputs/#"), 1, 3, &[]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("receiver", 3600),
+        &format!("devices/{DEVICE}/modules/receiver/inputs/#"),
+        1,
+        3,
+        &[],
+    );
     settle();
-    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &events("sender", JSON_BAG), r#"{"temperature":99}"#, &["-q", "1"]);
+    let out = mosquitto_pub(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &events("sender", JSON_BAG),
+        r#"{"temperature":99}"#,
+        &["-q", "1"],
+    );
     assert!(out.status.success());
     let (_, lines, _) = sub.finish();
     assert!(lines.is_empty(), "unexpected delivery: {lines:?}");
@@ -61,9 +89,22 @@ fn non_matching_message_is_not_delivered() {
 #[test]
 fn module_cannot_subscribe_to_another_modules_input() {
     let rt = two_modules();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("sender", 3600), &format!("devices/{DEVICE}/modules/receiver/inputs/#"), 1, 5, &[]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &format!("devices/{DEVICE}/modules/receiver/inputs/#"),
+        1,
+        5,
+        &[],
+    );
     settle();
-    mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &events("sender", &format!("{JSON_BAG}&alert=yes")), r#"{"temperature":50}"#, &["-q", "1"]);
+    mosquitto_pub(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &events("sender", &format!("{JSON_BAG}&alert=yes")),
+        r#"{"temperature":50}"#,
+        &["-q", "1"],
+    );
     let (_, lines, err) = sub.finish();
     assert!(lines.is_empty(), "sender read the receiver's input: {lines:?}");
     assert!(err.contains("denied"), "mosquitto_sub should report the refused subscription: {err}");
@@ -73,10 +114,23 @@ fn module_cannot_subscribe_to_another_modules_input() {
 #[test]
 fn module_cannot_publish_as_another_identity() {
     let rt = two_modules();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("receiver", 3600), &format!("devices/{DEVICE}/modules/receiver/inputs/#"), 1, 4, &[]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("receiver", 3600),
+        &format!("devices/{DEVICE}/modules/receiver/inputs/#"),
+        1,
+        4,
+        &[],
+    );
     settle();
     // The sender publishes on the receiver's events topic, pretending to be the receiver.
-    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &events("receiver", &format!("{JSON_BAG}&alert=yes")), r#"{"temperature":50}"#, &["-q", "1"]);
+    let out = mosquitto_pub(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &events("receiver", &format!("{JSON_BAG}&alert=yes")),
+        r#"{"temperature":50}"#,
+        &["-q", "1"],
+    );
     assert!(!out.status.success(), "publishing as another module must fail");
     let (_, lines, _) = sub.finish();
     assert!(lines.is_empty(), "{lines:?}");
@@ -126,7 +180,14 @@ fn raw_connect(port: u16, creds: &(String, String, String)) -> TcpStream {
 #[test]
 fn malformed_packet_drops_only_that_client() {
     let rt = two_modules();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("receiver", 3600), &format!("devices/{DEVICE}/modules/receiver/inputs/#"), 1, 15, &["-q", "1"]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("receiver", 3600),
+        &format!("devices/{DEVICE}/modules/receiver/inputs/#"),
+        1,
+        15,
+        &["-q", "1"],
+    );
     settle();
     let mut bad = raw_connect(rt.mqtt_port, &module_credentials("sender", 3600));
     // A SUBSCRIBE with a reserved-flags violation and a length that runs past the body.
@@ -140,7 +201,13 @@ fn malformed_packet_drops_only_that_client() {
     assert!(big.read_to_end(&mut rest).is_ok());
     assert!(rt.wait_log("exceeds the limit"), "{}", rt.log());
     // Everyone else keeps being served.
-    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &events("sender", &format!("{JSON_BAG}&alert=yes")), r#"{"temperature":31}"#, &["-q", "1"]);
+    let out = mosquitto_pub(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &events("sender", &format!("{JSON_BAG}&alert=yes")),
+        r#"{"temperature":31}"#,
+        &["-q", "1"],
+    );
     assert!(out.status.success());
     let (ok, lines, err) = sub.finish();
     assert!(ok && lines.len() == 1, "{lines:?} {err}\n{}", rt.log());

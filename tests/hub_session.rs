@@ -11,7 +11,13 @@ use mqttbytes::v4::{self, LastWill, Packet, PubAck, Publish};
 use mqttbytes::QoS;
 
 fn ab_runtime() -> Runtime {
-    Runtime::start(&deployment(&["a", "b"], &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)]), "")
+    Runtime::start(
+        &deployment(
+            &["a", "b"],
+            &[("ab", r#"FROM /messages/modules/a/* INTO BrokeredEndpoint("/modules/b/inputs/in")"#)],
+        ),
+        "",
+    )
 }
 
 fn a_events() -> String {
@@ -21,7 +27,14 @@ fn a_events() -> String {
 #[test]
 fn will_message_is_routed_when_a_client_vanishes() {
     let rt = ab_runtime();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &format!("devices/{DEVICE}/modules/b/inputs/#"), 1, 15, &[]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("b", 3600),
+        &format!("devices/{DEVICE}/modules/b/inputs/#"),
+        1,
+        15,
+        &[],
+    );
     settle();
     let will = LastWill::new(a_events() + "kind=will", "a went away", QoS::AtLeastOnce, false);
     let raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, Some(will));
@@ -36,7 +49,14 @@ fn will_message_is_routed_when_a_client_vanishes() {
 #[test]
 fn graceful_disconnect_does_not_send_the_will() {
     let rt = ab_runtime();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("b", 3600), &format!("devices/{DEVICE}/modules/b/inputs/#"), 1, 3, &[]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("b", 3600),
+        &format!("devices/{DEVICE}/modules/b/inputs/#"),
+        1,
+        3,
+        &[],
+    );
     settle();
     let will = LastWill::new(a_events(), "should not appear", QoS::AtMostOnce, false);
     let mut raw = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, Some(will));
@@ -101,7 +121,24 @@ fn mqtt5_connect_is_refused_with_unacceptable_protocol() {
     require_tool("mosquitto_pub");
     let (id, user, pass) = module_credentials("a", 3600);
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &rt.mqtt_port.to_string(), "-V", "mqttv5", "-i", &id, "-u", &user, "-P", &pass, "-t", &a_events(), "-m", "x"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &rt.mqtt_port.to_string(),
+            "-V",
+            "mqttv5",
+            "-i",
+            &id,
+            "-u",
+            &user,
+            "-P",
+            &pass,
+            "-t",
+            &a_events(),
+            "-m",
+            "x",
+        ])
         .stderr(Stdio::piped())
         .output()
         .expect("mosquitto_pub");

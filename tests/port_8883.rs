@@ -63,7 +63,8 @@ fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
     );
     let dir = TempDir::new("sdk");
     let route = r#"FROM /messages/modules/sender/outputs/out1 WHERE $body.temperature > 40 AND alert = 'yes' INTO BrokeredEndpoint("/modules/receiver/inputs/alerts")"#;
-    std::fs::write(dir.0.join("deployment.json"), deployment(&["sender", "receiver"], &[("alerts", route)])).expect("write");
+    std::fs::write(dir.0.join("deployment.json"), deployment(&["sender", "receiver"], &[("alerts", route)]))
+        .expect("write");
     std::fs::write(
         dir.0.join("config.toml"),
         format!(
@@ -107,5 +108,8 @@ fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
     let out = out.expect("ran");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "SDK script failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.trim(), r#"input=alerts body={"temperature": 42.5} message_id=sdk-1 content_type=application/json alert=yes"#);
+    assert_eq!(
+        stdout.trim(),
+        r#"input=alerts body={"temperature": 42.5} message_id=sdk-1 content_type=application/json alert=yes"#
+    );
 }

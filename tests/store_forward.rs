@@ -56,8 +56,15 @@ fn messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properti
     let rt = Runtime::start(&deployment(&["sender"], &[UP_ROUTE]), &cloud_config(&cloud, ""));
     const COUNT: usize = 10_000;
     let t0 = std::time::Instant::now();
-    publish_lines(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic("%24.on=out1&%24.ct=text%2Fplain&kind=reading"), COUNT);
-    assert!(rt.wait_status("store.records_appended 10000", Duration::from_secs(20)).contains("upstream.connected false"));
+    publish_lines(
+        rt.mqtt_port,
+        &module_credentials("sender", 3600),
+        &sender_topic("%24.on=out1&%24.ct=text%2Fplain&kind=reading"),
+        COUNT,
+    );
+    assert!(rt
+        .wait_status("store.records_appended 10000", Duration::from_secs(20))
+        .contains("upstream.connected false"));
     eprintln!("TIMING published+stored {:?}", t0.elapsed());
     cloud.start();
     let lines = cloud.collect_until(Duration::from_secs(90), |l| l.len() >= COUNT);
@@ -68,7 +75,8 @@ fn messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properti
     assert_eq!(got, expected, "not in order");
     let (topic, _) = lines[0].split_once(' ').expect("topic");
     assert!(topic.starts_with(&format!("devices/{DEVICE}/modules/sender/messages/events/")), "{topic}");
-    for prop in ["%24.on=out1", "%24.ct=text%2Fplain", "kind=reading", &format!("%24.cdid={DEVICE}"), "%24.cmid=sender"] {
+    for prop in ["%24.on=out1", "%24.ct=text%2Fplain", "kind=reading", &format!("%24.cdid={DEVICE}"), "%24.cmid=sender"]
+    {
         assert!(topic.contains(prop), "{prop} missing in {topic}");
     }
     let status = rt.wait_status("upstream.connected true", Duration::from_secs(10));
@@ -120,11 +128,18 @@ fn every_acknowledged_message_survives_a_sigkill_and_arrives_upstream() {
     rt.start_again();
     cloud.start();
     let highest = acked.iter().copied().max().unwrap_or(0);
-    let lines = cloud.collect_until(Duration::from_secs(60), |l| l.iter().any(|line| line.ends_with(&format!(" msg-{highest}"))));
+    let lines = cloud
+        .collect_until(Duration::from_secs(60), |l| l.iter().any(|line| line.ends_with(&format!(" msg-{highest}"))));
     let got = payloads(&lines);
     let seen: HashSet<usize> = got.iter().filter_map(|p| p.strip_prefix("msg-").and_then(|n| n.parse().ok())).collect();
     let missing: Vec<usize> = acked.iter().copied().filter(|n| !seen.contains(n)).collect();
-    assert!(missing.is_empty(), "{} acknowledged message(s) lost, e.g. {:?}\nlog:\n{}", missing.len(), &missing[..missing.len().min(10)], rt.log());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged message(s) lost, e.g. {:?}\nlog:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        rt.log()
+    );
     // In order: first arrivals never go backwards.
     let mut first_seen = HashSet::new();
     let mut last = None;
@@ -140,7 +155,10 @@ fn every_acknowledged_message_survives_a_sigkill_and_arrives_upstream() {
 fn store_stays_within_max_bytes_and_reports_drops() {
     // Everything goes to a module that never connects; the store must drop the oldest.
     let rt = Runtime::start(
-        &deployment(&["sender", "away"], &[("away", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/away/inputs/in")"#)]),
+        &deployment(
+            &["sender", "away"],
+            &[("away", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/away/inputs/in")"#)],
+        ),
         "[store]\nmax_bytes = 1048576\n",
     );
     let payload = "x".repeat(1000);
@@ -163,7 +181,11 @@ fn store_stays_within_max_bytes_and_reports_drops() {
     assert!(bytes <= 1_048_576, "store holds {bytes} bytes, over its 1 MiB bound");
     assert!(bytes > 500_000, "store should be near its bound, holds {bytes}");
     let status = rt.wait_status("hub.messages_received 3000", Duration::from_secs(10));
-    let dropped = status.lines().find_map(|l| l.strip_prefix("store.dropped_full ")).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let dropped = status
+        .lines()
+        .find_map(|l| l.strip_prefix("store.dropped_full "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     assert!(dropped > 1000, "drops not reported: {status}");
     assert!(rt.log().contains("drop"), "drops not logged:\n{}", rt.log());
 }
@@ -174,14 +196,24 @@ fn expired_messages_are_not_sent() {
     cloud.start();
     cloud.register_subscriber();
     cloud.stop();
-    let routes = [("short", r#"{"route":"FROM /messages/modules/sender/outputs/short INTO $upstream","timeToLiveSecs":1}"#)];
+    let routes =
+        [("short", r#"{"route":"FROM /messages/modules/sender/outputs/short INTO $upstream","timeToLiveSecs":1}"#)];
     // An object route needs raw JSON in the deployment: build it by hand around the helper's output.
-    let deployment_json = deployment(&["sender"], &[("long", "FROM /messages/modules/sender/outputs/long INTO $upstream")])
-        .replace("\"routes\":{", &format!("\"routes\":{{\"{}\":{},", routes[0].0, routes[0].1));
+    let deployment_json =
+        deployment(&["sender"], &[("long", "FROM /messages/modules/sender/outputs/long INTO $upstream")])
+            .replace("\"routes\":{", &format!("\"routes\":{{\"{}\":{},", routes[0].0, routes[0].1));
     let rt = Runtime::start(&deployment_json, &cloud_config(&cloud, ""));
     let creds = module_credentials("sender", 3600);
     for i in 0..5 {
-        assert!(mosquitto_pub(rt.mqtt_port, &creds, &sender_topic("%24.on=short"), &format!("short-{i}"), &["-q", "1"]).status.success());
+        assert!(mosquitto_pub(
+            rt.mqtt_port,
+            &creds,
+            &sender_topic("%24.on=short"),
+            &format!("short-{i}"),
+            &["-q", "1"]
+        )
+        .status
+        .success());
     }
     std::thread::sleep(Duration::from_millis(2500));
     assert!(mosquitto_pub(rt.mqtt_port, &creds, &sender_topic("%24.on=long"), "long-0", &["-q", "1"]).status.success());
@@ -194,23 +226,49 @@ fn expired_messages_are_not_sent() {
 
 #[test]
 fn queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects() {
-    let mut rt = Runtime::start(&deployment(&["sender", "late"], &[("r", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)]), "[store]\nfsync = \"always\"\n");
+    let mut rt = Runtime::start(
+        &deployment(
+            &["sender", "late"],
+            &[("r", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)],
+        ),
+        "[store]\nfsync = \"always\"\n",
+    );
     publish_lines(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic(""), 200);
     rt.kill9_and_restart();
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("late", 3600), &format!("devices/{DEVICE}/modules/late/inputs/#"), 200, 20, &["-q", "1"]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("late", 3600),
+        &format!("devices/{DEVICE}/modules/late/inputs/#"),
+        200,
+        20,
+        &["-q", "1"],
+    );
     let (ok, lines, err) = sub.finish();
     assert!(ok, "{err}\n{}", rt.log());
     let expected: Vec<String> = (0..200).map(|i| format!("msg-{i}")).collect();
     assert_eq!(payloads(&lines), expected);
     // Acknowledged deliveries are not sent again on the next connection.
-    let again = Sub::start(rt.mqtt_port, &module_credentials("late", 3600), &format!("devices/{DEVICE}/modules/late/inputs/#"), 1, 3, &["-q", "1"]);
+    let again = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("late", 3600),
+        &format!("devices/{DEVICE}/modules/late/inputs/#"),
+        1,
+        3,
+        &["-q", "1"],
+    );
     let (_, lines, _) = again.finish();
     assert!(lines.is_empty(), "delivered twice: {lines:?}");
 }
 
 #[test]
 fn corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported() {
-    let mut rt = Runtime::start(&deployment(&["sender", "late"], &[("r", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)]), "[store]\nfsync = \"always\"\n");
+    let mut rt = Runtime::start(
+        &deployment(
+            &["sender", "late"],
+            &[("r", r#"FROM /messages/modules/sender/* INTO BrokeredEndpoint("/modules/late/inputs/in")"#)],
+        ),
+        "[store]\nfsync = \"always\"\n",
+    );
     publish_lines(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic(""), 50);
     rt.kill9();
     let store_dir = rt.data_dir().join("store");
@@ -230,13 +288,22 @@ fn corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported() {
     std::fs::write(&last, &bytes).expect("corrupt segment");
     rt.start_again();
     assert!(rt.wait_log("store recovery"), "recovery not reported:\n{}", rt.log());
-    let sub = Sub::start(rt.mqtt_port, &module_credentials("late", 3600), &format!("devices/{DEVICE}/modules/late/inputs/#"), 49, 20, &["-q", "1"]);
+    let sub = Sub::start(
+        rt.mqtt_port,
+        &module_credentials("late", 3600),
+        &format!("devices/{DEVICE}/modules/late/inputs/#"),
+        49,
+        20,
+        &["-q", "1"],
+    );
     let (ok, lines, err) = sub.finish();
     assert!(ok, "{err}\n{}", rt.log());
     let expected: Vec<String> = (0..49).map(|i| format!("msg-{i}")).collect();
     assert_eq!(payloads(&lines), expected, "everything before the damaged record is kept");
     // The hub keeps accepting after recovery.
-    assert!(mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic(""), "after", &["-q", "1"]).status.success());
+    assert!(mosquitto_pub(rt.mqtt_port, &module_credentials("sender", 3600), &sender_topic(""), "after", &["-q", "1"])
+        .status
+        .success());
 }
 
 #[test]
@@ -246,7 +313,9 @@ fn higher_priority_routes_drain_first_without_starving_the_others() {
     cloud.register_subscriber();
     cloud.stop();
     let routes = r#""urgent":{"route":"FROM /messages/modules/sender/outputs/alarm INTO $upstream","priority":0},"bulk":{"route":"FROM /messages/modules/sender/outputs/bulk INTO $upstream","priority":5},"#;
-    let deployment_json = deployment(&["sender"], &[("other", "FROM /messages/modules/sender/outputs/none INTO $upstream")]).replace("\"routes\":{", &format!("\"routes\":{{{routes}"));
+    let deployment_json =
+        deployment(&["sender"], &[("other", "FROM /messages/modules/sender/outputs/none INTO $upstream")])
+            .replace("\"routes\":{", &format!("\"routes\":{{{routes}"));
     let rt = Runtime::start(&deployment_json, &cloud_config(&cloud, ""));
     let creds = module_credentials("sender", 3600);
     // While the cloud is down: 20 bulk messages, then 20 alarms.
@@ -257,7 +326,12 @@ fn higher_priority_routes_drain_first_without_starving_the_others() {
         .stdin(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub");
-    child.stdin.take().expect("stdin").write_all((0..20).map(|i| format!("alarm-{i}\n")).collect::<String>().as_bytes()).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all((0..20).map(|i| format!("alarm-{i}\n")).collect::<String>().as_bytes())
+        .expect("write");
     assert!(child.wait().expect("wait").success());
     cloud.start();
     let lines = cloud.collect_until(Duration::from_secs(60), |l| l.len() >= 40);
@@ -268,8 +342,16 @@ fn higher_priority_routes_drain_first_without_starving_the_others() {
     assert_eq!(&got[..9], &expected_start[..], "{got:?}");
     let alarms: Vec<&String> = got.iter().filter(|p| p.starts_with("alarm-")).collect();
     let bulk: Vec<&String> = got.iter().filter(|p| p.starts_with("msg-")).collect();
-    assert_eq!(alarms, (0..20).map(|i| format!("alarm-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(), "alarms in order");
-    assert_eq!(bulk, (0..20).map(|i| format!("msg-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(), "bulk in order");
+    assert_eq!(
+        alarms,
+        (0..20).map(|i| format!("alarm-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(),
+        "alarms in order"
+    );
+    assert_eq!(
+        bulk,
+        (0..20).map(|i| format!("msg-{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>(),
+        "bulk in order"
+    );
     let last_alarm = got.iter().rposition(|p| p.starts_with("alarm-")).expect("alarms");
     assert!(last_alarm < 25, "alarms should be done early: {got:?}");
 }

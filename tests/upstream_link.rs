@@ -27,9 +27,7 @@ use tinyedge_platform::sas;
 
 const HUB: &str = "testhub.azure-devices.net";
 const DEVICE: &str = "edge-gw";
-const KEY: [u8; 32] = [
-    9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2,
-];
+const KEY: [u8; 32] = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2];
 /// The longest any single expectation may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
 /// The persistent subscriber's client id (its session survives broker restarts).
@@ -256,7 +254,12 @@ impl Broker {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             assert!(exited.is_none(), "mosquitto exited ({exited:?}); log:\n{}", self.log());
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {} in 10 s; log:\n{}", self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {} in 10 s; log:\n{}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -302,7 +305,20 @@ impl Subscriber {
     fn start(port: u16, out: &Path) -> Subscriber {
         let file = File::options().create(true).append(true).open(out).expect("subscriber output file");
         let child = Command::new(tool("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-t", "devices/#", "-q", "1", "-c", "-i", SUBSCRIBER_ID])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-v",
+                "-t",
+                "devices/#",
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                SUBSCRIBER_ID,
+            ])
             .stdout(Stdio::from(file))
             .stderr(Stdio::null())
             .spawn()
@@ -434,7 +450,11 @@ fn connects_with_the_iot_hub_client_id_and_username() {
         || broker.log().contains(&expected),
         || format!("expected {expected:?}\n{}", status_evidence(&running.link, &outbox, &broker.log())),
     );
-    wait_until("the link reports connected", || running.link.status().connected, || format!("{:?}", running.link.status()));
+    wait_until(
+        "the link reports connected",
+        || running.link.status().connected,
+        || format!("{:?}", running.link.status()),
+    );
     let status: LinkStatus = running.link.status();
     assert!(status.since_unix_ms > 0 && status.last_error.is_none(), "{status:?}");
 }
@@ -494,7 +514,11 @@ fn broker_restart_mid_stream_loses_nothing_acked_and_keeps_the_order() {
             }
         })
     };
-    wait_until("300 messages are acked", || outbox.acked_through() >= 300, || status_evidence(&running.link, &outbox, &broker.log()));
+    wait_until(
+        "300 messages are acked",
+        || outbox.acked_through() >= 300,
+        || status_evidence(&running.link, &outbox, &broker.log()),
+    );
     subscriber.stop();
     // Hang the broker until the link has a full window in flight, then kill it: messages are
     // unacknowledged at the moment of the crash, some of them possibly already stored.
@@ -711,7 +735,12 @@ fn serve_one(mut stream: TcpStream, script: Script, record: &Mutex<Vec<Seen>>) {
             (Packet::Connect(connect), None) => {
                 let login = connect.login.clone().expect("the link sends a username and password");
                 let mut seen = record.lock().expect("seen");
-                seen.push(Seen { client_id: connect.client_id.clone(), username: login.username, password: login.password, ..Seen::default() });
+                seen.push(Seen {
+                    client_id: connect.client_id.clone(),
+                    username: login.username,
+                    password: login.password,
+                    ..Seen::default()
+                });
                 index = Some(seen.len() - 1);
                 let code = match script {
                     Script::Refuse(code) => code,
@@ -750,7 +779,11 @@ fn password_is_a_device_sas_token_renewed_before_it_expires() {
     let mut short_lived = config(format!("mqtt://127.0.0.1:{}", hub.port));
     short_lived.token_ttl_secs = 5;
     let running = start_link(short_lived, outbox.clone());
-    wait_until("the link reconnected with a fresh token", || hub.seen().len() >= 2, || format!("{:?}\n{:?}", hub.seen(), running.link.status()));
+    wait_until(
+        "the link reconnected with a fresh token",
+        || hub.seen().len() >= 2,
+        || format!("{:?}\n{:?}", hub.seen(), running.link.status()),
+    );
 
     let seen = hub.seen();
     let mut expiries = Vec::new();

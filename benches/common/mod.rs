@@ -96,7 +96,9 @@ pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_star
     let port = free_port();
     std::fs::write(dir.join("deployment.json"), DEPLOYMENT).expect("write deployment");
     // Downstream devices leaf-0.. for the idle-connection measurement, all with the device key.
-    let leaves: String = (0..IDLE_CONNECTIONS).map(|i| format!("[[devices]]\nid = \"leaf-{i}\"\nkey = \"{DEVICE_KEY_B64}\"\n")).collect();
+    let leaves: String = (0..IDLE_CONNECTIONS)
+        .map(|i| format!("[[devices]]\nid = \"leaf-{i}\"\nkey = \"{DEVICE_KEY_B64}\"\n"))
+        .collect();
     std::fs::write(
         dir.join("tinyedge.toml"),
         format!(
@@ -106,7 +108,13 @@ pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_star
     .expect("write config");
     // `BENCH_TINYEDGE_LOG=1` shows tinyedge's log (warnings and errors) on stderr.
     let stderr = if std::env::var_os("BENCH_TINYEDGE_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
-    let child = Command::new(bin).arg("--config").arg(dir.join("tinyedge.toml")).arg("run").stderr(stderr).spawn().expect("start tinyedge");
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(dir.join("tinyedge.toml"))
+        .arg("run")
+        .stderr(stderr)
+        .spawn()
+        .expect("start tinyedge");
     before_start(child.id());
     wait_port(port);
     Broker {
@@ -146,9 +154,23 @@ pub fn start_mosquitto_with(dir: &Path, extra_conf: &str) -> Broker {
     // As root, mosquitto would switch to the `mosquitto` user, which cannot read this temp dir.
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\nuser root\n{extra_conf}"))
         .expect("write mosquitto.conf");
-    let child = Command::new("mosquitto").arg("-c").arg(&conf).stderr(Stdio::null()).stdout(Stdio::null()).spawn().expect("start mosquitto (apt-get install mosquitto)");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mosquitto (apt-get install mosquitto)");
     wait_port(port);
-    Broker { name: "mosquitto", child, port, creds: anonymous, leaf_creds: anonymous, pub_topic: "bench/in".into(), sub_topic: "bench/#".into() }
+    Broker {
+        name: "mosquitto",
+        child,
+        port,
+        creds: anonymous,
+        leaf_creds: anonymous,
+        pub_topic: "bench/in".into(),
+        sub_topic: "bench/#".into(),
+    }
 }
 
 /// `mosquitto -h` prints its version on the first line.

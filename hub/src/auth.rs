@@ -186,7 +186,10 @@ impl Authenticator {
         if ok {
             Ok(())
         } else {
-            Err(AuthError::AudienceMismatch { expected: format!("{}{}", self.iothub_hostname, path), got: resource.to_string() })
+            Err(AuthError::AudienceMismatch {
+                expected: format!("{}{}", self.iothub_hostname, path),
+                got: resource.to_string(),
+            })
         }
     }
 }
@@ -211,7 +214,10 @@ mod tests {
 
     #[test]
     fn usernames_name_device_or_module() {
-        assert_eq!(parse_username("h/gw/m1/?api-version=2019-10-01&DeviceClientType=x"), Ok(Identity::module("gw", "m1")));
+        assert_eq!(
+            parse_username("h/gw/m1/?api-version=2019-10-01&DeviceClientType=x"),
+            Ok(Identity::module("gw", "m1"))
+        );
         assert_eq!(parse_username("h/sensor/?api-version=2019-10-01"), Ok(Identity::device("sensor")));
         assert_eq!(parse_username("h/gw/m1/api-version=2019-10-01"), Ok(Identity::module("gw", "m1")));
         assert!(parse_username("h/gw/m1/").is_err());
@@ -222,7 +228,8 @@ mod tests {
     #[test]
     fn valid_module_token_is_accepted() {
         let t = token("hub.example.net/devices/gw/modules/m1", KEY, NOW + 60);
-        let ok = authenticator().authenticate("gw/m1", Some("hub.example.net/gw/m1/?api-version=2019-10-01"), Some(&t), NOW);
+        let ok =
+            authenticator().authenticate("gw/m1", Some("hub.example.net/gw/m1/?api-version=2019-10-01"), Some(&t), NOW);
         assert_eq!(ok, Ok(Authenticated { identity: Identity::module("gw", "m1"), token_expiry: NOW + 60 }));
     }
 
@@ -242,7 +249,10 @@ mod tests {
     #[test]
     fn wrong_key_is_refused() {
         let t = token("hub.example.net/devices/gw/modules/m1", b"another key", NOW + 60);
-        assert!(matches!(authenticator().authenticate("gw/m1", Some("h/gw/m1/?api-version=1"), Some(&t), NOW), Err(AuthError::Token(_))));
+        assert!(matches!(
+            authenticator().authenticate("gw/m1", Some("h/gw/m1/?api-version=1"), Some(&t), NOW),
+            Err(AuthError::Token(_))
+        ));
     }
 
     #[test]
@@ -270,6 +280,9 @@ mod tests {
             authenticator().authenticate("gw/m9", Some("h/gw/m9/?api-version=1"), Some(&t), NOW),
             Err(AuthError::UnknownIdentity(_))
         ));
-        assert_eq!(authenticator().authenticate("gw/m1", Some("h/gw/m1/?api-version=1"), None, NOW), Err(AuthError::MissingCredentials));
+        assert_eq!(
+            authenticator().authenticate("gw/m1", Some("h/gw/m1/?api-version=1"), None, NOW),
+            Err(AuthError::MissingCredentials)
+        );
     }
 }

@@ -131,10 +131,7 @@ impl Properties {
 
 /// Maps a route's system-property name (`contentType`) to its wire name (`$.ct`).
 fn wire_name(route_name: &str) -> Option<&'static str> {
-    SYSTEM_PROPERTIES
-        .iter()
-        .find(|(_, name)| name.eq_ignore_ascii_case(route_name))
-        .map(|(wire, _)| *wire)
+    SYSTEM_PROPERTIES.iter().find(|(_, name)| name.eq_ignore_ascii_case(route_name)).map(|(wire, _)| *wire)
 }
 
 /// A message accepted from a device or module, ready to be routed.

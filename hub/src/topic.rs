@@ -138,14 +138,22 @@ mod tests {
             assert_eq!(classify_publish(topic, &me), Err(TopicError::NotOwnTopic), "{topic}");
         }
         let device = Identity::device("sensor");
-        assert_eq!(classify_publish("devices/sensor/modules/x/messages/events/", &device), Err(TopicError::NotOwnTopic));
+        assert_eq!(
+            classify_publish("devices/sensor/modules/x/messages/events/", &device),
+            Err(TopicError::NotOwnTopic)
+        );
         assert_eq!(classify_publish("devices/sensor2/messages/events/", &device), Err(TopicError::NotOwnTopic));
     }
 
     #[test]
     fn non_iot_hub_topics_are_refused() {
         let me = module("gw", "m1");
-        for topic in ["a/b", "devices/gw/modules/m1/inputs/x/", "devices/gw/modules/m1/messages/events/a/b", "devices/gw/modules/m1/messages/eventsX"] {
+        for topic in [
+            "a/b",
+            "devices/gw/modules/m1/inputs/x/",
+            "devices/gw/modules/m1/messages/events/a/b",
+            "devices/gw/modules/m1/messages/eventsX",
+        ] {
             assert!(classify_publish(topic, &me).is_err(), "{topic}");
         }
     }
@@ -165,7 +173,10 @@ mod tests {
         assert_eq!(classify_subscription("#", &me), Err(TopicError::Unknown));
         assert_eq!(classify_subscription("devices/+/modules/+/inputs/#", &me), Err(TopicError::NotOwnTopic));
         let device = Identity::device("sensor");
-        assert_eq!(classify_subscription("devices/sensor/messages/devicebound/#", &device), Ok(SubscriptionKind::DeviceBound));
+        assert_eq!(
+            classify_subscription("devices/sensor/messages/devicebound/#", &device),
+            Ok(SubscriptionKind::DeviceBound)
+        );
     }
 
     #[test]

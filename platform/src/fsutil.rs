@@ -22,9 +22,7 @@ pub(crate) enum Access {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |name| name.to_string_lossy());
+    let name = path.file_name().map_or_else(|| "file".into(), |name| name.to_string_lossy());
     let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.tmp.{}.{counter}", std::process::id()))
 }
@@ -38,19 +36,12 @@ fn open_new(path: &Path, access: Access) -> io::Result<fs::File> {
     };
     // The mode is applied at creation, so a private key is never readable by others, not even
     // for the instant between create and chmod.
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+    fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
 }
 
 #[cfg(not(unix))]
 fn open_new(path: &Path, _access: Access) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
+    fs::OpenOptions::new().write(true).create_new(true).open(path)
 }
 
 /// Writes `contents` to `path` atomically (temp file, fsync, rename), replacing any old file.
@@ -112,14 +103,10 @@ pub(crate) mod testdir {
 
     impl TestDir {
         pub(crate) fn new(label: &str) -> Self {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
             let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "tinyedge-platform-{label}-{}-{counter}-{nanos}",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("tinyedge-platform-{label}-{}-{counter}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&path).expect("create test dir");
             TestDir(path)
         }
@@ -158,10 +145,7 @@ mod tests {
         let dir = TestDir::new("fsutil-mode");
         let path = dir.path().join("secret");
         write_atomic(&path, b"k", Access::OwnerOnly).unwrap();
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -170,9 +154,6 @@ mod tests {
         let path = dir.path().join("big");
         fs::write(&path, [0u8; 11]).unwrap();
         assert_eq!(read_bounded(&path, 11).unwrap().len(), 11);
-        assert_eq!(
-            read_bounded(&path, 10).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert_eq!(read_bounded(&path, 10).unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -39,8 +39,7 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() {
         return Err("it must not be empty");
     }
-    let allowed =
-        |byte: u8| byte.is_ascii_alphanumeric() || ID_SPECIAL_CHARS.as_bytes().contains(&byte);
+    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || ID_SPECIAL_CHARS.as_bytes().contains(&byte);
     if !id.bytes().all(allowed) {
         return Err("only ASCII letters, digits and -.%_*?!(),:=@$' are allowed");
     }
@@ -90,9 +89,7 @@ pub fn connection_string(
     key: &[u8],
     gateway_hostname: &str,
 ) -> String {
-    let module_part = module_id
-        .map(|module_id| format!(";ModuleId={module_id}"))
-        .unwrap_or_default();
+    let module_part = module_id.map(|module_id| format!(";ModuleId={module_id}")).unwrap_or_default();
     format!(
         "HostName={iothub_hostname};DeviceId={device_id}{module_part};SharedAccessKey={};GatewayHostName={gateway_hostname}",
         BASE64.encode(key)
@@ -104,10 +101,7 @@ pub fn check_key_length(key: &[u8]) -> Result<(), String> {
     if (KEY_MIN_BYTES..=KEY_MAX_BYTES).contains(&key.len()) {
         Ok(())
     } else {
-        Err(format!(
-            "decodes to {} bytes; IoT Hub keys are {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes",
-            key.len()
-        ))
+        Err(format!("decodes to {} bytes; IoT Hub keys are {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes", key.len()))
     }
 }
 
@@ -127,8 +121,7 @@ pub fn load_or_create_device_key(data_dir: &Path) -> io::Result<Vec<u8>> {
     let key = try_generate_key()?;
     let mut contents = BASE64.encode(&key);
     contents.push('\n');
-    fsutil::write_atomic(&path, contents.as_bytes(), Access::OwnerOnly)
-        .map_err(|error| with_path(&path, error))?;
+    fsutil::write_atomic(&path, contents.as_bytes(), Access::OwnerOnly).map_err(|error| with_path(&path, error))?;
     Ok(key)
 }
 
@@ -136,17 +129,12 @@ fn parse_key_file(path: &Path, contents: &[u8]) -> io::Result<Vec<u8>> {
     let invalid = |reason: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "{} is not a valid device key: {reason}; fix or delete it",
-                path.display()
-            ),
+            format!("{} is not a valid device key: {reason}; fix or delete it", path.display()),
         )
     };
     // Tolerate the trailing newline an editor adds.
     let text = contents.trim_ascii();
-    let key = BASE64
-        .decode(text)
-        .map_err(|_| invalid("not standard base64".to_owned()))?;
+    let key = BASE64.decode(text).map_err(|_| invalid("not standard base64".to_owned()))?;
     check_key_length(&key).map_err(invalid)?;
     Ok(key)
 }
@@ -172,10 +160,7 @@ mod tests {
             ("$edgeHub", "/jqbty8AosGE9dBheT1gojjpV8Uo1UJ2dV+dn5lD0RY="),
         ];
         for (module_id, expected) in table {
-            assert_eq!(
-                BASE64.encode(derive_module_key(DEVICE_KEY, module_id)),
-                expected
-            );
+            assert_eq!(BASE64.encode(derive_module_key(DEVICE_KEY, module_id)), expected);
         }
     }
 
@@ -183,10 +168,7 @@ mod tests {
     fn module_keys_differ_per_module_and_device() {
         let a = derive_module_key(DEVICE_KEY, "a");
         assert_ne!(a, derive_module_key(DEVICE_KEY, "b"));
-        assert_ne!(
-            a,
-            derive_module_key(b"another-device-key-0123456789abc", "a")
-        );
+        assert_ne!(a, derive_module_key(b"another-device-key-0123456789abc", "a"));
         assert_eq!(a.len(), 32);
     }
 
@@ -229,10 +211,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = fs::metadata(data_dir.join(DEVICE_KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(data_dir.join(DEVICE_KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -240,11 +219,7 @@ mod tests {
     #[test]
     fn existing_device_key_file_is_read() {
         let dir = TestDir::new("identity-existing");
-        fs::write(
-            dir.path().join(DEVICE_KEY_FILE),
-            "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=\n",
-        )
-        .unwrap();
+        fs::write(dir.path().join(DEVICE_KEY_FILE), "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=\n").unwrap();
         assert_eq!(load_or_create_device_key(dir.path()).unwrap(), DEVICE_KEY);
     }
 
@@ -257,10 +232,7 @@ mod tests {
             fs::write(&path, contents).unwrap();
             let error = load_or_create_device_key(dir.path()).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{contents:?}");
-            assert!(
-                error.to_string().contains(&path.display().to_string()),
-                "{error}"
-            );
+            assert!(error.to_string().contains(&path.display().to_string()), "{error}");
             // The bad file is left for the operator to inspect, never overwritten.
             assert_eq!(fs::read_to_string(&path).unwrap(), contents);
         }

@@ -25,4 +25,6 @@ pub mod sas;
 pub mod urlenc;
 pub mod utc;
 
-pub use config::{Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull};
+pub use config::{
+    Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull,
+};

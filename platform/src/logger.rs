@@ -48,10 +48,7 @@ pub fn init(level: LevelFilter) {
 
 /// The level to use: the environment's if it is set and valid, else the configured one.
 /// `Err` carries the configured level back when the environment value is not a level name.
-pub fn effective_level(
-    configured: LevelFilter,
-    env_value: Option<&str>,
-) -> Result<LevelFilter, LevelFilter> {
+pub fn effective_level(configured: LevelFilter, env_value: Option<&str>) -> Result<LevelFilter, LevelFilter> {
     match env_value.map(str::trim) {
         None | Some("") => Ok(configured),
         Some(value) => value.parse().map_err(|_| configured),
@@ -60,12 +57,7 @@ pub fn effective_level(
 
 /// Formats one log line, newline included. Line breaks inside the message are escaped so that
 /// text from the network cannot forge extra log lines.
-pub fn format_line(
-    time: &UtcDateTime,
-    level: Level,
-    target: &str,
-    message: &std::fmt::Arguments<'_>,
-) -> String {
+pub fn format_line(time: &UtcDateTime, level: Level, target: &str, message: &std::fmt::Arguments<'_>) -> String {
     let target = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
     let mut line = String::with_capacity(128);
     // Writing into a String cannot fail.
@@ -73,9 +65,7 @@ pub fn format_line(
     let message_start = line.len();
     let _ = write!(line, "{message}");
     if line[message_start..].contains(['\n', '\r']) {
-        let escaped = line[message_start..]
-            .replace('\n', "\\n")
-            .replace('\r', "\\r");
+        let escaped = line[message_start..].replace('\n', "\\n").replace('\r', "\\r");
         line.truncate(message_start);
         line.push_str(&escaped);
     }
@@ -92,12 +82,7 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format_line(
-            &UtcDateTime::now(),
-            record.level(),
-            record.target(),
-            record.args(),
-        );
+        let line = format_line(&UtcDateTime::now(), record.level(), record.target(), record.args());
         // Nowhere left to report a failing stderr, so the error is dropped.
         let _ = io::stderr().lock().write_all(line.as_bytes());
     }
@@ -117,32 +102,17 @@ mod tests {
 
     #[test]
     fn line_has_time_padded_level_short_target_and_message() {
-        let line = format_line(
-            &time(),
-            Level::Info,
-            "tinyedge_hub::broker",
-            &format_args!("client {} connected", "d1"),
-        );
-        assert_eq!(
-            line,
-            "2026-11-27T17:03:47.123Z INFO  hub::broker: client d1 connected\n"
-        );
+        let line =
+            format_line(&time(), Level::Info, "tinyedge_hub::broker", &format_args!("client {} connected", "d1"));
+        assert_eq!(line, "2026-11-27T17:03:47.123Z INFO  hub::broker: client d1 connected\n");
         let line = format_line(&time(), Level::Error, "rustls::conn", &format_args!("x"));
         assert_eq!(line, "2026-11-27T17:03:47.123Z ERROR rustls::conn: x\n");
     }
 
     #[test]
     fn line_breaks_in_messages_are_escaped() {
-        let line = format_line(
-            &time(),
-            Level::Warn,
-            "t",
-            &format_args!("a\nINFO forged\r\n"),
-        );
-        assert_eq!(
-            line,
-            "2026-11-27T17:03:47.123Z WARN  t: a\\nINFO forged\\r\\n\n"
-        );
+        let line = format_line(&time(), Level::Warn, "t", &format_args!("a\nINFO forged\r\n"));
+        assert_eq!(line, "2026-11-27T17:03:47.123Z WARN  t: a\\nINFO forged\\r\\n\n");
     }
 
     #[test]
@@ -156,11 +126,7 @@ mod tests {
             (Some("loud"), Err(LevelFilter::Info)),
         ];
         for (env_value, expected) in table {
-            assert_eq!(
-                effective_level(LevelFilter::Info, env_value),
-                expected,
-                "{env_value:?}"
-            );
+            assert_eq!(effective_level(LevelFilter::Info, env_value), expected, "{env_value:?}");
         }
     }
 

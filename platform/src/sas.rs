@@ -61,16 +61,12 @@ impl fmt::Display for SasError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SasError::TooLong { len, max } => {
-                write!(
-                    f,
-                    "SAS token is {len} bytes, longer than the {max}-byte limit"
-                )
+                write!(f, "SAS token is {len} bytes, longer than the {max}-byte limit")
             }
             SasError::Malformed(reason) => write!(f, "SAS token is malformed: {reason}"),
-            SasError::Expired { expiry, now } => write!(
-                f,
-                "SAS token expired at unix time {expiry} (now {now}); the client must renew it"
-            ),
+            SasError::Expired { expiry, now } => {
+                write!(f, "SAS token expired at unix time {expiry} (now {now}); the client must renew it")
+            }
             SasError::BadSignature => {
                 write!(f, "SAS token signature does not match the identity's key")
             }
@@ -85,25 +81,19 @@ impl std::error::Error for SasError {}
 /// Unknown fields are ignored, as IoT Hub tolerates them; known fields may appear only once.
 pub fn parse(token: &str) -> Result<SasToken<'_>, SasError> {
     if token.len() > SAS_TOKEN_MAX_BYTES {
-        return Err(SasError::TooLong {
-            len: token.len(),
-            max: SAS_TOKEN_MAX_BYTES,
-        });
+        return Err(SasError::TooLong { len: token.len(), max: SAS_TOKEN_MAX_BYTES });
     }
     let fields = token
         .strip_prefix(SAS_SCHEME_PREFIX)
-        .ok_or(SasError::Malformed(
-            "does not start with \"SharedAccessSignature \"",
-        ))?;
+        .ok_or(SasError::Malformed("does not start with \"SharedAccessSignature \""))?;
 
     let mut resource_raw = None;
     let mut signature_raw = None;
     let mut expiry_raw = None;
     let mut key_name = None;
     for field in fields.split('&') {
-        let (name, value) = field.split_once('=').ok_or(Malformed(
-            "a field has no '=' (expected name=value pairs joined by '&')",
-        ))?;
+        let (name, value) =
+            field.split_once('=').ok_or(Malformed("a field has no '=' (expected name=value pairs joined by '&')"))?;
         let slot = match name {
             "sr" => &mut resource_raw,
             "sig" => &mut signature_raw,
@@ -125,20 +115,12 @@ pub fn parse(token: &str) -> Result<SasToken<'_>, SasError> {
         .into_owned();
     let signature = decode_signature(signature_raw.ok_or(Malformed("missing the sig field"))?)?;
     let expiry = parse_expiry(expiry_raw.ok_or(Malformed("missing the se (expiry) field"))?)?;
-    Ok(SasToken {
-        resource_raw,
-        resource,
-        signature,
-        expiry,
-        key_name,
-    })
+    Ok(SasToken { resource_raw, resource, signature, expiry, key_name })
 }
 
 fn decode_signature(raw: &str) -> Result<Vec<u8>, SasError> {
     let text = urlenc::decode(raw).map_err(|_| Malformed("the sig field has a bad %-escape"))?;
-    let signature = BASE64
-        .decode(text.as_bytes())
-        .map_err(|_| Malformed("the sig field is not base64"))?;
+    let signature = BASE64.decode(text.as_bytes()).map_err(|_| Malformed("the sig field is not base64"))?;
     if signature.len() != SIGNATURE_BYTES {
         return Err(Malformed("the sig field is not a 32-byte HMAC-SHA256"));
     }
@@ -148,12 +130,9 @@ fn decode_signature(raw: &str) -> Result<Vec<u8>, SasError> {
 fn parse_expiry(raw: &str) -> Result<u64, SasError> {
     // `u64::from_str` would accept a leading '+'; clients only ever send plain digits.
     if raw.is_empty() || raw.len() > EXPIRY_MAX_DIGITS || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Malformed(
-            "the se field is not a unix time in decimal seconds",
-        ));
+        return Err(Malformed("the se field is not a unix time in decimal seconds"));
     }
-    raw.parse()
-        .map_err(|_| Malformed("the se field is too large"))
+    raw.parse().map_err(|_| Malformed("the se field is too large"))
 }
 
 /// The string-to-sign: encoded resource, newline, decimal expiry.
@@ -197,10 +176,7 @@ pub fn verify(token: &SasToken<'_>, key: &[u8], now_unix: u64) -> Result<(), Sas
     let message = signed_message(token.resource_raw, token.expiry);
     hmac::verify(&key, message.as_bytes(), &token.signature).map_err(|_| SasError::BadSignature)?;
     if now_unix > token.expiry {
-        return Err(SasError::Expired {
-            expiry: token.expiry,
-            now: now_unix,
-        });
+        return Err(SasError::Expired { expiry: token.expiry, now: now_unix });
     }
     Ok(())
 }
@@ -234,11 +210,9 @@ mod tests {
 
     #[test]
     fn python_sdk_tokens_verify() {
-        for (token, uri, expiry) in [
-            (TOKEN_1, URI_1, EXPIRY_1),
-            (TOKEN_2_SDK, URI_2, EXPIRY_2),
-            (TOKEN_2_STRICT, URI_2, EXPIRY_2),
-        ] {
+        for (token, uri, expiry) in
+            [(TOKEN_1, URI_1, EXPIRY_1), (TOKEN_2_SDK, URI_2, EXPIRY_2), (TOKEN_2_STRICT, URI_2, EXPIRY_2)]
+        {
             let parsed = parse(token).unwrap();
             assert_eq!(parsed.resource, uri);
             assert_eq!(parsed.expiry, expiry);
@@ -250,10 +224,7 @@ mod tests {
     #[test]
     fn sign_is_base64_hmac_of_encoded_resource_and_expiry() {
         let resource_raw = urlenc::encode(URI_1);
-        assert_eq!(
-            sign(KEY, &resource_raw, EXPIRY_1),
-            "8X2hAk2tL7wjOLN5WDj9TlNqDQGz84++OEq3DkNe9wQ="
-        );
+        assert_eq!(sign(KEY, &resource_raw, EXPIRY_1), "8X2hAk2tL7wjOLN5WDj9TlNqDQGz84++OEq3DkNe9wQ=");
     }
 
     #[test]
@@ -261,10 +232,7 @@ mod tests {
         let token = "SharedAccessSignature skn=iothubowner&se=1767225600&sig=8X2hAk2tL7wjOLN5WDj9TlNqDQGz84%2B%2BOEq3DkNe9wQ%3D&sr=myhub.azure-devices.net%2Fdevices%2Fgateway-1%2Fmodules%2Ffilter";
         let parsed = parse(token).unwrap();
         assert_eq!(parsed.key_name, Some("iothubowner"));
-        assert_eq!(
-            parsed.resource_raw,
-            "myhub.azure-devices.net%2Fdevices%2Fgateway-1%2Fmodules%2Ffilter"
-        );
+        assert_eq!(parsed.resource_raw, "myhub.azure-devices.net%2Fdevices%2Fgateway-1%2Fmodules%2Ffilter");
         assert_eq!(verify(&parsed, KEY, 0), Ok(()));
     }
 
@@ -283,13 +251,7 @@ mod tests {
     #[test]
     fn expired_token_is_refused() {
         let parsed = parse(TOKEN_1).unwrap();
-        assert_eq!(
-            verify(&parsed, KEY, EXPIRY_1 + 1),
-            Err(SasError::Expired {
-                expiry: EXPIRY_1,
-                now: EXPIRY_1 + 1
-            })
-        );
+        assert_eq!(verify(&parsed, KEY, EXPIRY_1 + 1), Err(SasError::Expired { expiry: EXPIRY_1, now: EXPIRY_1 + 1 }));
     }
 
     #[test]
@@ -297,10 +259,7 @@ mod tests {
         let parsed = parse(TOKEN_1).unwrap();
         let other_key = b"abcdefghijklmnopqrstuvwxyz123457";
         assert_eq!(verify(&parsed, other_key, 0), Err(SasError::BadSignature));
-        assert_eq!(
-            verify(&parsed, other_key, u64::MAX),
-            Err(SasError::BadSignature)
-        );
+        assert_eq!(verify(&parsed, other_key, u64::MAX), Err(SasError::BadSignature));
     }
 
     #[test]
@@ -310,10 +269,7 @@ mod tests {
         // Same resource, encoded differently: the signature covers the encoding, as in edgeHub.
         let lower_hex = TOKEN_1.replace("%2F", "%2f");
         for token in [other_resource, later_expiry, lower_hex] {
-            assert_eq!(
-                verify(&parse(&token).unwrap(), KEY, 0),
-                Err(SasError::BadSignature)
-            );
+            assert_eq!(verify(&parse(&token).unwrap(), KEY, 0), Err(SasError::BadSignature));
         }
     }
 
@@ -341,32 +297,19 @@ mod tests {
             "SharedAccessSignature sr=a&sig=%Z&se=1".to_owned(),
         ];
         for token in &table {
-            assert!(
-                matches!(parse(token), Err(SasError::Malformed(_))),
-                "{token:?}"
-            );
+            assert!(matches!(parse(token), Err(SasError::Malformed(_))), "{token:?}");
         }
     }
 
     #[test]
     fn overlong_token_is_refused_before_parsing() {
         let token = format!("{TOKEN_1}&pad={}", "x".repeat(SAS_TOKEN_MAX_BYTES));
-        assert!(matches!(
-            parse(&token),
-            Err(SasError::TooLong {
-                max: SAS_TOKEN_MAX_BYTES,
-                ..
-            })
-        ));
+        assert!(matches!(parse(&token), Err(SasError::TooLong { max: SAS_TOKEN_MAX_BYTES, .. })));
     }
 
     #[test]
     fn generated_tokens_round_trip() {
-        for resource in [
-            "h/devices/d",
-            "h/devices/d/modules/$edgeHub",
-            "h/devices/ü &=%/modules/x",
-        ] {
+        for resource in ["h/devices/d", "h/devices/d/modules/$edgeHub", "h/devices/ü &=%/modules/x"] {
             let token = generate(resource, KEY, 42);
             let parsed = parse(&token).unwrap();
             assert_eq!(parsed.resource, resource);
@@ -377,10 +320,7 @@ mod tests {
     #[test]
     fn errors_display_on_one_line() {
         let errors = [
-            SasError::TooLong {
-                len: 5000,
-                max: SAS_TOKEN_MAX_BYTES,
-            },
+            SasError::TooLong { len: 5000, max: SAS_TOKEN_MAX_BYTES },
             SasError::Malformed("missing the sig field"),
             SasError::Expired { expiry: 1, now: 2 },
             SasError::BadSignature,

@@ -23,10 +23,9 @@ pub enum UrlDecodeError {
 impl fmt::Display for UrlDecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UrlDecodeError::BadEscape { offset } => write!(
-                f,
-                "percent-encoding: '%' at byte {offset} is not followed by two hex digits"
-            ),
+            UrlDecodeError::BadEscape { offset } => {
+                write!(f, "percent-encoding: '%' at byte {offset} is not followed by two hex digits")
+            }
             UrlDecodeError::InvalidUtf8 => {
                 write!(f, "percent-encoding: decoded bytes are not valid UTF-8")
             }
@@ -105,9 +104,7 @@ pub fn decode(s: &str) -> Result<Cow<'_, str>, UrlDecodeError> {
         }
         index += 3;
     }
-    String::from_utf8(out)
-        .map(Cow::Owned)
-        .map_err(|_| UrlDecodeError::InvalidUtf8)
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| UrlDecodeError::InvalidUtf8)
 }
 
 #[cfg(test)]
@@ -120,10 +117,7 @@ mod tests {
         let table = [
             ("", ""),
             ("AZaz09-._~", "AZaz09-._~"),
-            (
-                "a b+c/d?e=f&g~h_i.j-k%é€😀",
-                "a%20b%2Bc%2Fd%3Fe%3Df%26g~h_i.j-k%25%C3%A9%E2%82%AC%F0%9F%98%80",
-            ),
+            ("a b+c/d?e=f&g~h_i.j-k%é€😀", "a%20b%2Bc%2Fd%3Fe%3Df%26g~h_i.j-k%25%C3%A9%E2%82%AC%F0%9F%98%80"),
             (
                 "myhub.azure-devices.net/devices/gateway-1/modules/filter",
                 "myhub.azure-devices.net%2Fdevices%2Fgateway-1%2Fmodules%2Ffilter",
@@ -156,28 +150,14 @@ mod tests {
 
     #[test]
     fn decode_borrows_when_nothing_to_decode() {
-        assert!(matches!(
-            decode("no-escapes+here").unwrap(),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(decode("no-escapes+here").unwrap(), Cow::Borrowed(_)));
     }
 
     #[test]
     fn decode_rejects_bad_escapes() {
-        let table = [
-            ("%", 0),
-            ("abc%", 3),
-            ("%2", 0),
-            ("x%g0", 1),
-            ("%0g", 0),
-            ("ok%41%", 5),
-        ];
+        let table = [("%", 0), ("abc%", 3), ("%2", 0), ("x%g0", 1), ("%0g", 0), ("ok%41%", 5)];
         for (input, offset) in table {
-            assert_eq!(
-                decode(input),
-                Err(UrlDecodeError::BadEscape { offset }),
-                "{input:?}"
-            );
+            assert_eq!(decode(input), Err(UrlDecodeError::BadEscape { offset }), "{input:?}");
         }
     }
 

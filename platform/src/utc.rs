@@ -72,9 +72,7 @@ impl fmt::Display for UtcDateTime {
 
 /// Days since the current unix day (UTC), for date arithmetic such as certificate validity.
 pub fn unix_days_now() -> i64 {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     i64::try_from(seconds / SECONDS_PER_DAY).unwrap_or(i64::MAX)
 }
 
@@ -89,16 +87,11 @@ pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let shifted = days.saturating_add(EPOCH_SHIFT_DAYS);
     let era = shifted.div_euclid(DAYS_PER_ERA);
     let day_of_era = shifted.rem_euclid(DAYS_PER_ERA); // [0, 146096]
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // [0, 365]
     let month_from_march = (5 * day_of_year + 2) / 153; // [0, 11]
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1; // [1, 31]
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     // month and day are bounded as commented above, so the narrowing is lossless.
     (year, month as u8, day as u8)
@@ -148,18 +141,12 @@ mod tests {
         // python3: datetime(2026,11,27,17,3,47,123000, tzinfo=timezone.utc).timestamp()
         let time = UtcDateTime::from_unix_millis(1_795_799_027_123);
         assert_eq!(time.to_string(), "2026-11-27T17:03:47.123Z");
-        assert_eq!(
-            UtcDateTime::from_unix_millis(0).to_string(),
-            "1970-01-01T00:00:00.000Z"
-        );
+        assert_eq!(UtcDateTime::from_unix_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
     fn clock_before_epoch_reads_as_epoch() {
         let before = UNIX_EPOCH - std::time::Duration::from_secs(10);
-        assert_eq!(
-            UtcDateTime::from_system_time(before),
-            UtcDateTime::from_unix_millis(0)
-        );
+        assert_eq!(UtcDateTime::from_system_time(before), UtcDateTime::from_unix_millis(0));
     }
 }

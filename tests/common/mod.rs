@@ -21,7 +21,8 @@ pub const HUB: &str = "testhub.azure-devices.net";
 /// base64 of 32 bytes: the edge device key used by every test config.
 pub const DEVICE_KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub const DEVICE_KEY: [u8; 32] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+    31,
 ];
 pub const LEAF: &str = "sensor-7";
 pub const LEAF_KEY_B64: &str = "c2Vuc29yLTcta2V5LXNlY3JldC0xMjM0NTY3ODkwYWI=";
@@ -60,7 +61,10 @@ pub fn unix_now() -> u64 {
 /// Fails the test unless the named tool is on PATH.
 pub fn require_tool(tool: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-    assert!(matches!(found, Ok(true)), "{tool} is not installed: run the test command from README.md (it installs mosquitto-clients)");
+    assert!(
+        matches!(found, Ok(true)),
+        "{tool} is not installed: run the test command from README.md (it installs mosquitto-clients)"
+    );
 }
 
 /// A running `tinyedge run`, killed on drop. Its stderr is collected for assertions.
@@ -150,7 +154,10 @@ key = "{LEAF_KEY_B64}"
     pub fn kill9_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_str("--- killed with SIGKILL, restarting ---\n");
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_str("--- killed with SIGKILL, restarting ---\n");
         self.child = Runtime::spawn_child(&self.dir, &self.log);
         self.wait_for_port(self.mqtt_port);
     }
@@ -221,7 +228,12 @@ key = "{LEAF_KEY_B64}"
 
     /// `tinyedge --config … ARGS` against this runtime's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tinyedge")).arg("--config").arg(self.dir.0.join("config.toml")).args(args).output().expect("run tinyedge")
+        Command::new(env!("CARGO_BIN_EXE_tinyedge"))
+            .arg("--config")
+            .arg(self.dir.0.join("config.toml"))
+            .args(args)
+            .output()
+            .expect("run tinyedge")
     }
 
     /// Waits until `tinyedge status` shows `line` (the status file is rewritten every 2 s).
@@ -268,7 +280,13 @@ impl Cloud {
             .into_iter()
             .find(|m| Command::new(m).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
             .expect("mosquitto is not installed: run ./test.sh (it installs Debian's mosquitto)");
-        let child = Command::new(mosquitto).arg("-c").arg(self.dir.0.join("mosquitto.conf")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start mosquitto");
+        let child = Command::new(mosquitto)
+            .arg("-c")
+            .arg(self.dir.0.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -288,7 +306,22 @@ impl Cloud {
     /// Registers the persistent subscriber `cloudsub` on `devices/#` (QoS 1) and disconnects.
     pub fn register_subscriber(&self) {
         let status = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "mqttv311", "-c", "-i", "cloudsub", "-q", "1", "-t", "devices/#", "-E"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-V",
+                "mqttv311",
+                "-c",
+                "-i",
+                "cloudsub",
+                "-q",
+                "1",
+                "-t",
+                "devices/#",
+                "-E",
+            ])
             .status()
             .expect("mosquitto_sub");
         assert!(status.success(), "registering the cloud subscriber failed");
@@ -297,7 +330,22 @@ impl Cloud {
     /// Reads `topic payload` lines as `cloudsub` until `done(lines)` or `timeout`.
     pub fn collect_until(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "mqttv311", "-c", "-i", "cloudsub", "-q", "1", "-t", "devices/#", "-v"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-V",
+                "mqttv311",
+                "-c",
+                "-i",
+                "cloudsub",
+                "-q",
+                "1",
+                "-t",
+                "devices/#",
+                "-v",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -363,7 +411,13 @@ pub fn leaf_credentials() -> (String, String, String) {
 }
 
 /// `mosquitto_pub` with the given credentials; returns its output.
-pub fn mosquitto_pub(port: u16, creds: &(String, String, String), topic: &str, message: &str, extra: &[&str]) -> Output {
+pub fn mosquitto_pub(
+    port: u16,
+    creds: &(String, String, String),
+    topic: &str,
+    message: &str,
+    extra: &[&str],
+) -> Output {
     require_tool("mosquitto_pub");
     Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
@@ -381,7 +435,14 @@ pub struct Sub {
 }
 
 impl Sub {
-    pub fn start(port: u16, creds: &(String, String, String), topic: &str, count: usize, timeout_secs: u32, extra: &[&str]) -> Sub {
+    pub fn start(
+        port: u16,
+        creds: &(String, String, String),
+        topic: &str,
+        count: usize,
+        timeout_secs: u32,
+        extra: &[&str],
+    ) -> Sub {
         require_tool("mosquitto_sub");
         let child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311", "-v"])
@@ -427,7 +488,13 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub fn connect(port: u16, creds: &(String, String, String), keep_alive: u16, clean: bool, will: Option<LastWill>) -> Raw {
+    pub fn connect(
+        port: u16,
+        creds: &(String, String, String),
+        keep_alive: u16,
+        clean: bool,
+        will: Option<LastWill>,
+    ) -> Raw {
         let mut connect = Connect::new(creds.0.clone());
         connect.set_login(creds.1.clone(), creds.2.clone());
         connect.keep_alive = keep_alive;
@@ -476,4 +543,3 @@ impl Raw {
         }
     }
 }
-

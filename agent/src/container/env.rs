@@ -84,10 +84,7 @@ pub(crate) fn parse(
             continue;
         };
         if name.is_empty() {
-            return Err(json::error(
-                &item_path,
-                format!("expected \"NAME=value\", got {}", json::quote(&entry)),
-            ));
+            return Err(json::error(&item_path, format!("expected \"NAME=value\", got {}", json::quote(&entry))));
         }
         env.push((name.to_owned(), variable.to_owned()));
     }
@@ -104,10 +101,7 @@ pub(crate) fn merge(
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut positions: HashMap<String, usize> = HashMap::new();
     for (name, value) in create_env.iter().chain(manifest_env).chain(edge_env) {
-        match positions
-            .get(name)
-            .and_then(|&position| merged.get_mut(position))
-        {
+        match positions.get(name).and_then(|&position| merged.get_mut(position)) {
             Some(entry) => entry.1.clone_from(value),
             None => {
                 positions.insert(name.clone(), merged.len());

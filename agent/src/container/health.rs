@@ -50,8 +50,8 @@ pub(crate) fn parse(
             "StartPeriod" => set_duration(&mut check.start_period, field, &field_path)?,
             "Retries" => {
                 let retries = json::unsigned(field, &field_path)?;
-                let retries = u32::try_from(retries)
-                    .map_err(|_| json::error(&field_path, format!("{retries} is too large")))?;
+                let retries =
+                    u32::try_from(retries).map_err(|_| json::error(&field_path, format!("{retries} is too large")))?;
                 if retries > 0 {
                     check.retries = retries;
                 }
@@ -109,11 +109,7 @@ fn parse_test(value: &Value, path: &str) -> Result<Option<HealthTest>, CreateOpt
 }
 
 /// Sets `target` from a nanosecond count; `0` keeps the default.
-fn set_duration(
-    target: &mut Duration,
-    value: &Value,
-    path: &str,
-) -> Result<(), CreateOptionsError> {
+fn set_duration(target: &mut Duration, value: &Value, path: &str) -> Result<(), CreateOptionsError> {
     let nanoseconds = json::unsigned(value, path)?;
     let duration = Duration::from_nanos(nanoseconds);
     if duration.is_zero() {

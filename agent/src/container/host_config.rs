@@ -11,9 +11,7 @@ use serde_json::Value;
 
 use super::json;
 use super::mounts;
-use super::{
-    ContainerConfig, CpuQuota, CreateOptionsError, Device, Network, DEVICES_MAX, PORT_BINDINGS_MAX,
-};
+use super::{ContainerConfig, CpuQuota, CreateOptionsError, Device, Network, DEVICES_MAX, PORT_BINDINGS_MAX};
 
 /// Docker's smallest memory limit; below it a container cannot even start its runtime.
 pub const MEMORY_BYTES_MIN: u64 = 6 * 1024 * 1024;
@@ -64,9 +62,7 @@ pub(crate) fn apply(
             "PortBindings" => {
                 config.port_bindings = port_bindings(field, p, &mut config.unsupported)?;
             }
-            _ => config
-                .unsupported
-                .push(format!("{p}: {}", ignored_reason(key))),
+            _ => config.unsupported.push(format!("{p}: {}", ignored_reason(key))),
         }
     }
     config.cpu_quota = cpu_quota(&cpu, path)?;
@@ -109,14 +105,10 @@ fn cpu_quota(cpu: &CpuKeys, path: &str) -> Result<Option<CpuQuota>, CreateOption
     if let Some(nano) = nano_cpus {
         let nano_path = json::child(path, "NanoCpus");
         if quota_us.is_some() || period_us.is_some() {
-            return Err(json::error(
-                &nano_path,
-                "conflicts with CpuQuota/CpuPeriod: set NanoCpus or those, not both",
-            ));
+            return Err(json::error(&nano_path, "conflicts with CpuQuota/CpuPeriod: set NanoCpus or those, not both"));
         }
         // quota = CPUs × period, in i128 so no i64 input can overflow.
-        let quota =
-            i128::from(nano) * i128::from(CPU_PERIOD_US_DEFAULT) / i128::from(NANO_CPUS_PER_CPU);
+        let quota = i128::from(nano) * i128::from(CPU_PERIOD_US_DEFAULT) / i128::from(NANO_CPUS_PER_CPU);
         let quota = i64::try_from(quota).unwrap_or(i64::MAX);
         if nano < 0 || quota < CPU_QUOTA_US_MIN {
             return Err(json::error(
@@ -131,9 +123,7 @@ fn cpu_quota(cpu: &CpuKeys, path: &str) -> Result<Option<CpuQuota>, CreateOption
         if quota != -1 && quota < CPU_QUOTA_US_MIN {
             return Err(json::error(
                 &json::child(path, "CpuQuota"),
-                format!(
-                    "{quota} µs is out of range: -1 (unlimited) or at least {CPU_QUOTA_US_MIN}"
-                ),
+                format!("{quota} µs is out of range: -1 (unlimited) or at least {CPU_QUOTA_US_MIN}"),
             ));
         }
     }
@@ -149,20 +139,12 @@ fn cpu_quota(cpu: &CpuKeys, path: &str) -> Result<Option<CpuQuota>, CreateOption
     if quota_us.is_none() && period_us.is_none() && shares.is_none() {
         return Ok(None);
     }
-    Ok(Some(CpuQuota {
-        quota_us,
-        period_us,
-        shares,
-    }))
+    Ok(Some(CpuQuota { quota_us, period_us, shares }))
 }
 
 /// `NetworkMode`: `host` (or empty) and `none` are honoured; anything else runs on the host
 /// network with a note, because the gateway has no container networks (see [`Network`]).
-fn network(
-    value: &Value,
-    path: &str,
-    unsupported: &mut Vec<String>,
-) -> Result<Network, CreateOptionsError> {
+fn network(value: &Value, path: &str, unsupported: &mut Vec<String>) -> Result<Network, CreateOptionsError> {
     let mode = json::string(value, path)?;
     Ok(match mode.as_str() {
         "" | "host" => Network::Host,
@@ -178,11 +160,7 @@ fn network(
 }
 
 /// `Devices`: `[{PathOnHost, PathInContainer, CgroupPermissions}]`.
-fn devices(
-    value: &Value,
-    path: &str,
-    unsupported: &mut Vec<String>,
-) -> Result<Vec<Device>, CreateOptionsError> {
+fn devices(value: &Value, path: &str, unsupported: &mut Vec<String>) -> Result<Vec<Device>, CreateOptionsError> {
     let items = json::array(value, path, DEVICES_MAX)?;
     let mut devices = Vec::with_capacity(items.len());
     for (position, item) in items.iter().enumerate() {
@@ -195,17 +173,12 @@ fn devices(
                 (_, Value::Null) => {}
                 ("PathOnHost", _) => host_path = Some(json::absolute_path(field, &field_path)?),
                 ("PathInContainer", Value::String(text)) if text.is_empty() => {}
-                ("PathInContainer", _) => {
-                    container_path = Some(json::absolute_path(field, &field_path)?)
-                }
-                ("CgroupPermissions", _) => {
-                    permissions = Some(cgroup_permissions(field, &field_path)?)
-                }
+                ("PathInContainer", _) => container_path = Some(json::absolute_path(field, &field_path)?),
+                ("CgroupPermissions", _) => permissions = Some(cgroup_permissions(field, &field_path)?),
                 _ => unsupported.push(format!("{field_path}: unknown key, not translated")),
             }
         }
-        let host_path = host_path
-            .ok_or_else(|| json::error(&json::child(&item_path, "PathOnHost"), "is required"))?;
+        let host_path = host_path.ok_or_else(|| json::error(&json::child(&item_path, "PathOnHost"), "is required"))?;
         devices.push(Device {
             container_path: container_path.unwrap_or_else(|| host_path.clone()),
             host_path,
@@ -223,18 +196,9 @@ fn cgroup_permissions(value: &Value, path: &str) -> Result<String, CreateOptions
     }
     let valid = text.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
         && text.len() <= 3
-        && !text
-            .chars()
-            .enumerate()
-            .any(|(i, c)| text.chars().skip(i + 1).any(|d| d == c));
+        && !text.chars().enumerate().any(|(i, c)| text.chars().skip(i + 1).any(|d| d == c));
     if !valid {
-        return Err(json::error(
-            path,
-            format!(
-                "expected a combination of r, w and m, got {}",
-                json::quote(&text)
-            ),
-        ));
+        return Err(json::error(path, format!("expected a combination of r, w and m, got {}", json::quote(&text))));
     }
     Ok(text)
 }
@@ -242,11 +206,7 @@ fn cgroup_permissions(value: &Value, path: &str) -> Result<String, CreateOptions
 /// `PortBindings`: `{"8883/tcp": [{"HostIp": "", "HostPort": "8883"}]}` → `"8883/tcp->8883"`.
 /// With host networking the module's own port is the host port, so a different `HostPort`
 /// cannot be honoured: it is recorded, and noted in `unsupported`.
-fn port_bindings(
-    value: &Value,
-    path: &str,
-    unsupported: &mut Vec<String>,
-) -> Result<Vec<String>, CreateOptionsError> {
+fn port_bindings(value: &Value, path: &str, unsupported: &mut Vec<String>) -> Result<Vec<String>, CreateOptionsError> {
     let map = json::object(value, path)?;
     let mut bindings = Vec::new();
     for (key, hosts) in map {
@@ -256,33 +216,19 @@ fn port_bindings(
             continue;
         }
         let number = port.split('/').next().unwrap_or_default().to_owned();
-        for (position, host) in json::array(hosts, &key_path, PORT_BINDINGS_MAX)?
-            .iter()
-            .enumerate()
-        {
+        for (position, host) in json::array(hosts, &key_path, PORT_BINDINGS_MAX)?.iter().enumerate() {
             let host_path = json::index(&key_path, position);
             let (host_ip, host_port) = host_binding(host, &host_path, unsupported)?;
-            let host_port = if host_port.is_empty() {
-                number.clone()
-            } else {
-                host_port
-            };
+            let host_port = if host_port.is_empty() { number.clone() } else { host_port };
             if host_port != number {
                 unsupported.push(format!(
                     "{host_path}.HostPort: host port {} cannot be mapped with host networking; the module listens on {number}",
                     json::quote(&host_port)
                 ));
             }
-            let address = if host_ip.is_empty() {
-                host_port
-            } else {
-                format!("{host_ip}:{host_port}")
-            };
+            let address = if host_ip.is_empty() { host_port } else { format!("{host_ip}:{host_port}") };
             if bindings.len() == PORT_BINDINGS_MAX {
-                return Err(json::error(
-                    path,
-                    format!("more than {PORT_BINDINGS_MAX} port bindings"),
-                ));
+                return Err(json::error(path, format!("more than {PORT_BINDINGS_MAX} port bindings")));
             }
             bindings.push(format!("{port}->{address}"));
         }
@@ -295,13 +241,7 @@ fn container_port(key: &str, path: &str) -> Result<String, CreateOptionsError> {
     let (number, protocol) = key.split_once('/').unwrap_or((key, "tcp"));
     let valid_number = number.parse::<u16>().is_ok_and(|n| n > 0) && !number.starts_with('+');
     if !valid_number || !matches!(protocol, "tcp" | "udp" | "sctp") {
-        return Err(json::error(
-            path,
-            format!(
-                "expected \"<port 1-65535>[/tcp|udp|sctp]\", got {}",
-                json::quote(key)
-            ),
-        ));
+        return Err(json::error(path, format!("expected \"<port 1-65535>[/tcp|udp|sctp]\", got {}", json::quote(key))));
     }
     Ok(format!("{number}/{protocol}"))
 }
@@ -330,10 +270,7 @@ fn host_binding(
 fn host_address(value: &Value, path: &str) -> Result<String, CreateOptionsError> {
     let text = json::string(value, path)?;
     if !text.is_empty() && text.parse::<IpAddr>().is_err() {
-        return Err(json::error(
-            path,
-            format!("expected an IP address, got {}", json::quote(&text)),
-        ));
+        return Err(json::error(path, format!("expected an IP address, got {}", json::quote(&text))));
     }
     Ok(text)
 }
@@ -341,17 +278,10 @@ fn host_address(value: &Value, path: &str) -> Result<String, CreateOptionsError>
 /// `HostPort`: empty, a port, or a range `first-last`, as Docker accepts.
 fn host_port_text(value: &Value, path: &str) -> Result<String, CreateOptionsError> {
     let text = json::string(value, path)?;
-    let is_port =
-        |part: &str| part.parse::<u16>().is_ok() && part.bytes().all(|b| b.is_ascii_digit());
+    let is_port = |part: &str| part.parse::<u16>().is_ok() && part.bytes().all(|b| b.is_ascii_digit());
     let (first, last) = text.split_once('-').unwrap_or((&text, &text));
     if !(text.is_empty() || (is_port(first) && is_port(last))) {
-        return Err(json::error(
-            path,
-            format!(
-                "expected a port or a port range, got {}",
-                json::quote(&text)
-            ),
-        ));
+        return Err(json::error(path, format!("expected a port or a port range, got {}", json::quote(&text))));
     }
     Ok(text)
 }

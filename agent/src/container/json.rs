@@ -17,10 +17,7 @@ pub(crate) type Object = Map<String, Value>;
 
 /// An error at `path`.
 pub(crate) fn error(path: &str, message: impl Into<String>) -> CreateOptionsError {
-    CreateOptionsError {
-        path: path.to_owned(),
-        message: message.into(),
-    }
+    CreateOptionsError { path: path.to_owned(), message: message.into() }
 }
 
 /// The path of `key` inside the object at `parent`. Plain keys are dotted; any other key is
@@ -28,9 +25,7 @@ pub(crate) fn error(path: &str, message: impl Into<String>) -> CreateOptionsErro
 pub(crate) fn child(parent: &str, key: &str) -> String {
     let plain = !key.is_empty()
         && key.len() <= ECHO_CHARS_MAX
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '$'));
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '$'));
     match (parent.is_empty(), plain) {
         (true, true) => key.to_owned(),
         (false, true) => format!("{parent}.{key}"),
@@ -75,25 +70,14 @@ fn expected(path: &str, what: &str, value: &Value) -> CreateOptionsError {
 
 /// The object at `path`.
 pub(crate) fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Object, CreateOptionsError> {
-    value
-        .as_object()
-        .ok_or_else(|| expected(path, "an object", value))
+    value.as_object().ok_or_else(|| expected(path, "an object", value))
 }
 
 /// The array at `path`, refused when longer than `max` (a named limit of the caller).
-pub(crate) fn array<'v>(
-    value: &'v Value,
-    path: &str,
-    max: usize,
-) -> Result<&'v [Value], CreateOptionsError> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| expected(path, "an array", value))?;
+pub(crate) fn array<'v>(value: &'v Value, path: &str, max: usize) -> Result<&'v [Value], CreateOptionsError> {
+    let items = value.as_array().ok_or_else(|| expected(path, "an array", value))?;
     if items.len() > max {
-        return Err(error(
-            path,
-            format!("{} entries, at most {max} are allowed", items.len()),
-        ));
+        return Err(error(path, format!("{} entries, at most {max} are allowed", items.len())));
     }
     Ok(items)
 }
@@ -101,9 +85,7 @@ pub(crate) fn array<'v>(
 /// The string at `path`. A NUL can never reach a process argument, path or environment
 /// variable of a Linux process, so it is refused here rather than by runc later.
 pub(crate) fn string(value: &Value, path: &str) -> Result<String, CreateOptionsError> {
-    let text = value
-        .as_str()
-        .ok_or_else(|| expected(path, "a string", value))?;
+    let text = value.as_str().ok_or_else(|| expected(path, "a string", value))?;
     if text.contains('\0') {
         return Err(error(path, "contains a NUL character"));
     }
@@ -111,11 +93,7 @@ pub(crate) fn string(value: &Value, path: &str) -> Result<String, CreateOptionsE
 }
 
 /// A list of strings; a single string counts as a one-element list, as Docker's `StrSlice`.
-pub(crate) fn string_or_list(
-    value: &Value,
-    path: &str,
-    max: usize,
-) -> Result<Vec<String>, CreateOptionsError> {
+pub(crate) fn string_or_list(value: &Value, path: &str, max: usize) -> Result<Vec<String>, CreateOptionsError> {
     if value.is_string() {
         return Ok(vec![string(value, path)?]);
     }
@@ -131,46 +109,30 @@ pub(crate) fn string_or_list(
 
 /// Every element of `items` as a string.
 pub(crate) fn strings(items: &[Value], path: &str) -> Result<Vec<String>, CreateOptionsError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(position, item)| string(item, &index(path, position)))
-        .collect()
+    items.iter().enumerate().map(|(position, item)| string(item, &index(path, position))).collect()
 }
 
 /// The boolean at `path`.
 pub(crate) fn boolean(value: &Value, path: &str) -> Result<bool, CreateOptionsError> {
-    value
-        .as_bool()
-        .ok_or_else(|| expected(path, "true or false", value))
+    value.as_bool().ok_or_else(|| expected(path, "true or false", value))
 }
 
 /// The integer at `path`. Docker's Go structs refuse `1.5` and `"1"` for integer fields; so do we.
 pub(crate) fn integer(value: &Value, path: &str) -> Result<i64, CreateOptionsError> {
-    value
-        .as_i64()
-        .ok_or_else(|| expected(path, "an integer", value))
+    value.as_i64().ok_or_else(|| expected(path, "an integer", value))
 }
 
 /// The non-negative integer at `path`.
 pub(crate) fn unsigned(value: &Value, path: &str) -> Result<u64, CreateOptionsError> {
     let number = integer(value, path)?;
-    u64::try_from(number).map_err(|_| {
-        error(
-            path,
-            format!("expected a non-negative integer, got {number}"),
-        )
-    })
+    u64::try_from(number).map_err(|_| error(path, format!("expected a non-negative integer, got {number}")))
 }
 
 /// An absolute path (starts with `/`), as Linux mount and device paths must be.
 pub(crate) fn absolute_path(value: &Value, path: &str) -> Result<String, CreateOptionsError> {
     let text = string(value, path)?;
     if !text.starts_with('/') {
-        return Err(error(
-            path,
-            format!("expected an absolute path, got {}", quote(&text)),
-        ));
+        return Err(error(path, format!("expected an absolute path, got {}", quote(&text))));
     }
     Ok(text)
 }

@@ -154,11 +154,7 @@ impl ContainerConfig {
         let (entrypoint, cmd) = match self.entrypoint.as_deref() {
             Some(entrypoint) if !entrypoint.is_empty() => (entrypoint, given_cmd),
             given => {
-                let cmd = if given_cmd.is_empty() {
-                    image_cmd
-                } else {
-                    given_cmd
-                };
+                let cmd = if given_cmd.is_empty() { image_cmd } else { given_cmd };
                 (given.unwrap_or(image_entrypoint), cmd)
             }
         };
@@ -273,18 +269,10 @@ pub struct CreateOptionsError {
 impl fmt::Display for CreateOptionsError {
     /// One line: `createOptions.<path>: <message>`.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let separator = if self.path.is_empty() || self.path.starts_with('[') {
-            ""
-        } else {
-            "."
-        };
+        let separator = if self.path.is_empty() || self.path.starts_with('[') { "" } else { "." };
         // serde_json's messages are one line already; this keeps that true for any message.
         let message = self.message.replace(['\n', '\r'], " ");
-        write!(
-            formatter,
-            "createOptions{separator}{}: {message}",
-            self.path
-        )
+        write!(formatter, "createOptions{separator}{}: {message}", self.path)
     }
 }
 
@@ -308,27 +296,19 @@ pub fn translate(
     if create_options.len() > CREATE_OPTIONS_BYTES_MAX {
         return Err(json::error(
             "",
-            format!(
-                "{} bytes, at most {CREATE_OPTIONS_BYTES_MAX} are allowed",
-                create_options.len()
-            ),
+            format!("{} bytes, at most {CREATE_OPTIONS_BYTES_MAX} are allowed", create_options.len()),
         ));
     }
     let mut config = ContainerConfig::default();
     let mut create_env = Vec::new();
     let text = create_options.trim();
     if !text.is_empty() {
-        let root: Value = serde_json::from_str(text)
-            .map_err(|error| json::error("", format!("invalid JSON: {error}")))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|error| json::error("", format!("invalid JSON: {error}")))?;
         match &root {
             Value::Null => {}
             Value::Object(map) => options::apply(map, volumes_dir, &mut config, &mut create_env)?,
-            other => {
-                return Err(json::error(
-                    "",
-                    format!("expected a JSON object, got {}", json::kind(other)),
-                ))
-            }
+            other => return Err(json::error("", format!("expected a JSON object, got {}", json::kind(other)))),
         }
     }
     config.env = env::merge(&create_env, manifest_env, edge_env);

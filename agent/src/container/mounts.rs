@@ -43,65 +43,33 @@ fn parse_bind(
     let (source, target, options) = match parts.as_slice() {
         [source, target] => (*source, *target, ""),
         [source, target, options] => (*source, *target, *options),
-        _ => {
-            return Err(json::error(
-                path,
-                format!(
-                    "expected \"source:target[:ro|rw]\", got {}",
-                    json::quote(bind)
-                ),
-            ))
-        }
+        _ => return Err(json::error(path, format!("expected \"source:target[:ro|rw]\", got {}", json::quote(bind)))),
     };
     let (source, kind) = bind_source(source, path, volumes_dir)?;
     if !target.starts_with('/') {
-        return Err(json::error(
-            path,
-            format!(
-                "the target must be an absolute path, got {}",
-                json::quote(target)
-            ),
-        ));
+        return Err(json::error(path, format!("the target must be an absolute path, got {}", json::quote(target))));
     }
     let mut read_only = None;
     for option in options.split(',').filter(|option| !option.is_empty()) {
         let wanted = match option {
             "ro" => true,
             "rw" => false,
-            "z" | "Z" | "nocopy" | "private" | "rprivate" | "shared" | "rshared" | "slave"
-            | "rslave" => {
-                unsupported.push(format!(
-                    "{path}: option {} not translated",
-                    json::quote(option)
-                ));
+            "z" | "Z" | "nocopy" | "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
+                unsupported.push(format!("{path}: option {} not translated", json::quote(option)));
                 continue;
             }
-            _ => {
-                return Err(json::error(
-                    path,
-                    format!("unknown option {} (expected ro or rw)", json::quote(option)),
-                ))
-            }
+            _ => return Err(json::error(path, format!("unknown option {} (expected ro or rw)", json::quote(option)))),
         };
         if read_only.is_some_and(|before| before != wanted) {
             return Err(json::error(path, "both ro and rw are given"));
         }
         read_only = Some(wanted);
     }
-    Ok(Mount {
-        source,
-        target: target.to_owned(),
-        read_only: read_only.unwrap_or(false),
-        kind,
-    })
+    Ok(Mount { source, target: target.to_owned(), read_only: read_only.unwrap_or(false), kind })
 }
 
 /// An absolute host path (a bind) or a volume name (a volume under `volumes_dir`).
-fn bind_source(
-    source: &str,
-    path: &str,
-    volumes_dir: &Path,
-) -> Result<(String, MountKind), CreateOptionsError> {
+fn bind_source(source: &str, path: &str, volumes_dir: &Path) -> Result<(String, MountKind), CreateOptionsError> {
     if source.starts_with('/') {
         return Ok((source.to_owned(), MountKind::Bind));
     }
@@ -110,10 +78,7 @@ fn bind_source(
     }
     Err(json::error(
         path,
-        format!(
-            "the source must be an absolute host path or a volume name, got {}",
-            json::quote(source)
-        ),
+        format!("the source must be an absolute host path or a volume name, got {}", json::quote(source)),
     ))
 }
 
@@ -194,12 +159,7 @@ fn parse_mount(
         MountKind::Tmpfs if source.is_empty() => "tmpfs".to_owned(),
         MountKind::Tmpfs => return Err(json::error(&source_path, "a tmpfs mount takes no source")),
     };
-    Ok(Mount {
-        source,
-        target,
-        read_only,
-        kind,
-    })
+    Ok(Mount { source, target, read_only, kind })
 }
 
 fn mount_kind(value: &Value, path: &str) -> Result<MountKind, CreateOptionsError> {
@@ -208,23 +168,14 @@ fn mount_kind(value: &Value, path: &str) -> Result<MountKind, CreateOptionsError
         "bind" => Ok(MountKind::Bind),
         "volume" => Ok(MountKind::Volume),
         "tmpfs" => Ok(MountKind::Tmpfs),
-        _ => Err(json::error(
-            path,
-            format!(
-                "expected \"bind\", \"volume\" or \"tmpfs\", got {}",
-                json::quote(&text)
-            ),
-        )),
+        _ => Err(json::error(path, format!("expected \"bind\", \"volume\" or \"tmpfs\", got {}", json::quote(&text)))),
     }
 }
 
 /// Appends `mount`, keeping `Binds` and `Mounts` together under [`MOUNTS_MAX`].
 fn push(config: &mut ContainerConfig, mount: Mount, path: &str) -> Result<(), CreateOptionsError> {
     if config.mounts.len() >= MOUNTS_MAX {
-        return Err(json::error(
-            path,
-            format!("more than {MOUNTS_MAX} mounts in Binds and Mounts"),
-        ));
+        return Err(json::error(path, format!("more than {MOUNTS_MAX} mounts in Binds and Mounts")));
     }
     config.mounts.push(mount);
     Ok(())

@@ -35,9 +35,7 @@ pub(crate) fn apply(
                 config.healthcheck = health::parse(value, &path, &mut config.unsupported)?;
             }
             "HostConfig" => host_config::apply(value, &path, volumes_dir, config)?,
-            _ => config
-                .unsupported
-                .push(format!("{path}: {}", ignored_reason(key))),
+            _ => config.unsupported.push(format!("{path}: {}", ignored_reason(key))),
         }
     }
     Ok(())
@@ -83,19 +81,13 @@ fn working_dir(value: &Value, path: &str) -> Result<Option<String>, CreateOption
 fn labels(value: &Value, path: &str) -> Result<Vec<(String, String)>, CreateOptionsError> {
     let map = json::object(value, path)?;
     if map.len() > LABELS_MAX {
-        return Err(json::error(
-            path,
-            format!("{} labels, at most {LABELS_MAX} are allowed", map.len()),
-        ));
+        return Err(json::error(path, format!("{} labels, at most {LABELS_MAX} are allowed", map.len())));
     }
     map.iter()
         .map(|(name, label)| {
             let label_path = json::child(path, name);
             if name.contains('\0') {
-                return Err(json::error(
-                    &label_path,
-                    "label name contains a NUL character",
-                ));
+                return Err(json::error(&label_path, "label name contains a NUL character"));
             }
             Ok((name.clone(), json::string(label, &label_path)?))
         })

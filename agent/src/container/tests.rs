@@ -26,10 +26,7 @@ pub(super) fn fails(options: &str) -> CreateOptionsError {
 }
 
 pub(super) fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    items
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 pub(super) fn strings(items: &[&str]) -> Vec<String> {
@@ -37,10 +34,7 @@ pub(super) fn strings(items: &[&str]) -> Vec<String> {
 }
 
 pub(super) fn has_unsupported(config: &ContainerConfig, path: &str) -> bool {
-    config
-        .unsupported
-        .iter()
-        .any(|entry| entry.starts_with(&format!("{path}: ")))
+    config.unsupported.iter().any(|entry| entry.starts_with(&format!("{path}: ")))
 }
 
 #[test]
@@ -61,27 +55,15 @@ fn env_entries_become_pairs_and_later_duplicates_win() {
 fn env_entry_without_equals_is_reported_not_applied() {
     let config = ok(r#"{"Env":["A=1","UNSETME"]}"#);
     assert_eq!(config.env, pairs(&[("A", "1")]));
-    assert!(
-        has_unsupported(&config, "Env[1]"),
-        "{:?}",
-        config.unsupported
-    );
+    assert!(has_unsupported(&config, "Env[1]"), "{:?}", config.unsupported);
 }
 
 #[test]
 fn manifest_env_overrides_create_options_env() {
     let manifest = pairs(&[("B", "manifest"), ("M", "m")]);
-    let config = translate(
-        r#"{"Env":["A=1","B=create"]}"#,
-        &manifest,
-        &[],
-        Path::new(VOLUMES),
-    );
+    let config = translate(r#"{"Env":["A=1","B=create"]}"#, &manifest, &[], Path::new(VOLUMES));
     let config = config.expect("translates");
-    assert_eq!(
-        config.env,
-        pairs(&[("A", "1"), ("B", "manifest"), ("M", "m")])
-    );
+    assert_eq!(config.env, pairs(&[("A", "1"), ("B", "manifest"), ("M", "m")]));
 }
 
 #[test]
@@ -90,15 +72,7 @@ fn iot_edge_env_overrides_manifest_and_create_options() {
     let edge = pairs(&[("IOTEDGE_MODULEID", "temp"), ("IOTEDGE_DEVICEID", "dev")]);
     let options = r#"{"Env":["IOTEDGE_DEVICEID=spoofed","A=1"]}"#;
     let config = translate(options, &manifest, &edge, Path::new(VOLUMES)).expect("translates");
-    assert_eq!(
-        config.env,
-        pairs(&[
-            ("IOTEDGE_DEVICEID", "dev"),
-            ("A", "1"),
-            ("IOTEDGE_MODULEID", "temp"),
-            ("M", "m")
-        ])
-    );
+    assert_eq!(config.env, pairs(&[("IOTEDGE_DEVICEID", "dev"), ("A", "1"), ("IOTEDGE_MODULEID", "temp"), ("M", "m")]));
 }
 
 #[test]
@@ -115,10 +89,7 @@ fn cmd_alone_keeps_the_image_entrypoint() {
     assert!(config.args.is_empty(), "needs the image: {:?}", config.args);
     let image_entrypoint = strings(&["/entry"]);
     let image_cmd = strings(&["--default"]);
-    assert_eq!(
-        config.process_args(&image_entrypoint, &image_cmd),
-        strings(&["/entry", "--verbose"])
-    );
+    assert_eq!(config.process_args(&image_entrypoint, &image_cmd), strings(&["/entry", "--verbose"]));
 }
 
 #[test]
@@ -126,20 +97,11 @@ fn entrypoint_drops_the_image_cmd_and_empty_entrypoint_clears_the_image_one() {
     let image_entrypoint = strings(&["/entry"]);
     let image_cmd = strings(&["--default"]);
     let config = ok(r#"{"Entrypoint":["/other"]}"#);
-    assert_eq!(
-        config.process_args(&image_entrypoint, &image_cmd),
-        strings(&["/other"])
-    );
+    assert_eq!(config.process_args(&image_entrypoint, &image_cmd), strings(&["/other"]));
     let cleared = ok(r#"{"Entrypoint":[""]}"#);
     assert_eq!(cleared.entrypoint, Some(Vec::new()));
-    assert_eq!(
-        cleared.process_args(&image_entrypoint, &image_cmd),
-        strings(&["--default"])
-    );
-    assert_eq!(
-        ok("").process_args(&image_entrypoint, &image_cmd),
-        strings(&["/entry", "--default"])
-    );
+    assert_eq!(cleared.process_args(&image_entrypoint, &image_cmd), strings(&["--default"]));
+    assert_eq!(ok("").process_args(&image_entrypoint, &image_cmd), strings(&["/entry", "--default"]));
 }
 
 #[test]
@@ -183,42 +145,21 @@ fn healthcheck_cmd_shell_gets_docker_defaults() {
 #[test]
 fn healthcheck_none_disables_and_empty_test_is_reported() {
     let config = ok(r#"{"Healthcheck":{"Test":["NONE"]}}"#);
-    assert_eq!(
-        config.healthcheck.map(|check| check.test),
-        Some(HealthTest::Disabled)
-    );
+    assert_eq!(config.healthcheck.map(|check| check.test), Some(HealthTest::Disabled));
     let inherited = ok(r#"{"Healthcheck":{"Interval":1000000000}}"#);
     assert_eq!(inherited.healthcheck, None);
     assert!(has_unsupported(&inherited, "Healthcheck.Test"));
 }
 #[test]
 fn unknown_and_untranslated_keys_are_reported_with_paths() {
-    let config = ok(
-        r#"{"ExposedPorts":{"80/tcp":{}},"Hostname":"x","Bogus":1,"weird.key\n":2,
-        "HostConfig":{"CapAdd":["NET_ADMIN"],"LogConfig":{"Type":"json-file"},"RestartPolicy":{"Name":"always"}}}"#,
-    );
-    for path in [
-        "ExposedPorts",
-        "Hostname",
-        "Bogus",
-        "HostConfig.CapAdd",
-        "HostConfig.LogConfig",
-        "HostConfig.RestartPolicy",
-    ] {
-        assert!(
-            has_unsupported(&config, path),
-            "{path}: {:?}",
-            config.unsupported
-        );
+    let config = ok(r#"{"ExposedPorts":{"80/tcp":{}},"Hostname":"x","Bogus":1,"weird.key\n":2,
+        "HostConfig":{"CapAdd":["NET_ADMIN"],"LogConfig":{"Type":"json-file"},"RestartPolicy":{"Name":"always"}}}"#);
+    for path in
+        ["ExposedPorts", "Hostname", "Bogus", "HostConfig.CapAdd", "HostConfig.LogConfig", "HostConfig.RestartPolicy"]
+    {
+        assert!(has_unsupported(&config, path), "{path}: {:?}", config.unsupported);
     }
-    assert!(
-        config
-            .unsupported
-            .iter()
-            .any(|e| e.starts_with(r#"["weird.key\n"]: "#)),
-        "{:?}",
-        config.unsupported
-    );
+    assert!(config.unsupported.iter().any(|e| e.starts_with(r#"["weird.key\n"]: "#)), "{:?}", config.unsupported);
     assert!(config.unsupported.iter().all(|entry| !entry.contains('\n')));
 }
 
@@ -234,10 +175,7 @@ fn null_values_count_as_absent() {
 fn quickstart_edge_hub_create_options_translate() {
     let options = "{\"HostConfig\":{\"PortBindings\":{\"8883/tcp\":[{\"HostPort\":\"8883\"}],\"443/tcp\":[{\"HostPort\":\"443\"}],\"5671/tcp\":[{\"HostPort\":\"5671\"}]}}}";
     let config = ok(options);
-    assert_eq!(
-        config.port_bindings,
-        strings(&["443/tcp->443", "5671/tcp->5671", "8883/tcp->8883"])
-    );
+    assert_eq!(config.port_bindings, strings(&["443/tcp->443", "5671/tcp->5671", "8883/tcp->8883"]));
     assert_eq!(config.network, Network::Host);
     assert!(config.unsupported.is_empty(), "{:?}", config.unsupported);
 }
@@ -262,26 +200,14 @@ fn edge_environment_has_the_iot_edge_names() {
             ("IOTEDGE_DEVICEID", "dev"),
             ("IOTEDGE_MODULEID", "temp"),
             ("IOTEDGE_MODULEGENERATIONID", "gen1"),
-            (
-                "IOTEDGE_WORKLOADURI",
-                "unix:///var/run/iotedge/workload.sock"
-            ),
+            ("IOTEDGE_WORKLOADURI", "unix:///var/run/iotedge/workload.sock"),
             ("IOTEDGE_APIVERSION", "2022-08-03"),
             ("IOTEDGE_AUTHSCHEME", "sasToken"),
             ("EdgeHubConnectionString", "HostName=gateway;DeviceId=dev"),
         ])
     );
-    let hub = EdgeIds {
-        gateway_hostname: String::new(),
-        connection_string: None,
-        ..ids
-    };
-    let names: Vec<String> = edge_environment(&hub)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    assert!(!names
-        .iter()
-        .any(|name| name == "IOTEDGE_GATEWAYHOSTNAME" || name == "EdgeHubConnectionString"));
+    let hub = EdgeIds { gateway_hostname: String::new(), connection_string: None, ..ids };
+    let names: Vec<String> = edge_environment(&hub).into_iter().map(|(name, _)| name).collect();
+    assert!(!names.iter().any(|name| name == "IOTEDGE_GATEWAYHOSTNAME" || name == "EdgeHubConnectionString"));
     assert_eq!(names.len(), 7);
 }

@@ -80,22 +80,13 @@ pub(crate) fn parse(desired: &Object, path: &Path) -> Result<AgentDesired, Deplo
     if version.minor == 0 {
         check_no_startup_order(&modules, &modules_path)?;
     }
-    modules.sort_by(|left, right| {
-        (left.startup_order, &left.name).cmp(&(right.startup_order, &right.name))
-    });
+    modules.sort_by(|left, right| (left.startup_order, &left.name).cmp(&(right.startup_order, &right.name)));
 
     if field(desired, "integrity").is_some() {
         // Signed manifests: tinyedge has no manifest trust bundle, so it cannot verify them.
-        warn!(
-            "$edgeAgent carries an integrity section; tinyedge does not verify manifest signatures"
-        );
+        warn!("$edgeAgent carries an integrity section; tinyedge does not verify manifest signatures");
     }
-    Ok(AgentDesired {
-        schema_version,
-        registry_credentials,
-        system_modules,
-        modules,
-    })
+    Ok(AgentDesired { schema_version, registry_credentials, system_modules, modules })
 }
 
 /// `runtime`: `{"type": "docker", "settings": {...}}`; returns the registry credentials.
@@ -104,11 +95,7 @@ pub(crate) fn parse(desired: &Object, path: &Path) -> Result<AgentDesired, Deplo
 /// `loggingOptions` applies to Docker only; both are type-checked and otherwise unused.
 fn parse_runtime(value: &Value, path: &Path) -> Result<Vec<RegistryCredential>, DeploymentError> {
     let runtime = as_object(value, path)?;
-    one_of(
-        required(runtime, "type", path)?,
-        &path.push("type"),
-        &[("docker", ())],
-    )?;
+    one_of(required(runtime, "type", path)?, &path.push("type"), &[("docker", ())])?;
     let Some(settings) = field(runtime, "settings") else {
         return Ok(Vec::new());
     };
@@ -123,10 +110,7 @@ fn parse_runtime(value: &Value, path: &Path) -> Result<Vec<RegistryCredential>, 
 }
 
 /// `registryCredentials`: `{name: {address, username, password}}`, sorted by name.
-fn parse_credentials(
-    value: &Value,
-    path: &Path,
-) -> Result<Vec<RegistryCredential>, DeploymentError> {
+fn parse_credentials(value: &Value, path: &Path) -> Result<Vec<RegistryCredential>, DeploymentError> {
     let registries = as_object(value, path)?;
     let mut credentials = Vec::with_capacity(registries.len());
     for (name, entry) in registries {
@@ -143,9 +127,7 @@ fn parse_credentials(
         let address = text("address")?;
         // SchemaStore: `"address": {"pattern": "^[^\\s]+$"}`; a blank host cannot be logged into.
         if address.is_empty() || address.chars().any(char::is_whitespace) {
-            return Err(entry_path
-                .push("address")
-                .bad("registry address must be a host name without spaces"));
+            return Err(entry_path.push("address").bad("registry address must be a host name without spaces"));
         }
         credentials.push(RegistryCredential {
             name: name.clone(),
@@ -176,10 +158,7 @@ fn parse_user_modules(value: &Value, path: &Path) -> Result<Vec<ModuleSpec>, Dep
 /// Schema 1.0 has no startup order: `ValidateSchemaVersion` refuses a user module whose
 /// `startupOrder` differs from the default with `InvalidSchemaVersion`, so this is a 412.
 fn check_no_startup_order(modules: &[ModuleSpec], path: &Path) -> Result<(), DeploymentError> {
-    match modules
-        .iter()
-        .find(|module| module.startup_order != DEFAULT_STARTUP_ORDER)
-    {
+    match modules.iter().find(|module| module.startup_order != DEFAULT_STARTUP_ORDER) {
         None => Ok(()),
         Some(module) => {
             let module_path = path.push(&module.name);
@@ -214,8 +193,7 @@ mod tests {
     }
 
     fn module(order: Option<u32>) -> Value {
-        let mut module =
-            json!({"type": "docker", "status": "running", "settings": {"image": "img"}});
+        let mut module = json!({"type": "docker", "status": "running", "settings": {"image": "img"}});
         if let Some(order) = order {
             module["startupOrder"] = json!(order);
         }
@@ -228,18 +206,13 @@ mod tests {
         let parsed = agent(&desired("1.1", modules)).expect("valid");
         let names: Vec<&str> = parsed.modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["z", "c", "a", "b"]);
-        let system: Vec<&str> = parsed
-            .system_modules
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect();
+        let system: Vec<&str> = parsed.system_modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(system, ["edgeAgent", "edgeHub"]);
     }
 
     #[test]
     fn schema_one_zero_refuses_startup_order_with_412() {
-        let error =
-            agent(&desired("1.0", json!({"m": module(Some(3))}))).expect_err("1.0 with order");
+        let error = agent(&desired("1.0", json!({"m": module(Some(3))}))).expect_err("1.0 with order");
         assert_eq!(error.status, DeploymentStatus::PreconditionFailed);
         assert_eq!(error.path, "modules.m.startupOrder");
         // The default value is indistinguishable from absence, as in IoT Edge.
@@ -260,17 +233,11 @@ mod tests {
             let mut document = desired("1.1", json!({}));
             document[key] = Value::Null;
             let error = agent(&document).expect_err(key);
-            assert_eq!(
-                (error.path.as_str(), error.status),
-                (key, DeploymentStatus::BadRequest)
-            );
+            assert_eq!((error.path.as_str(), error.status), (key, DeploymentStatus::BadRequest));
         }
         let mut document = desired("1.1", json!({}));
         document["runtime"]["type"] = json!("containerd");
-        assert_eq!(
-            agent(&document).expect_err("runtime type").path,
-            "runtime.type"
-        );
+        assert_eq!(agent(&document).expect_err("runtime type").path, "runtime.type");
     }
 
     #[test]
@@ -282,18 +249,12 @@ mod tests {
             entry[key] = Value::Null;
             document["runtime"]["settings"]["registryCredentials"] = json!({ "acr": entry });
             let error = agent(&document).expect_err(key);
-            assert_eq!(
-                error.path,
-                format!("runtime.settings.registryCredentials.acr.{key}")
-            );
+            assert_eq!(error.path, format!("runtime.settings.registryCredentials.acr.{key}"));
             assert_eq!(error.message, "required field is missing");
         }
         let mut document = desired("1.1", json!({}));
         document["runtime"]["settings"]["registryCredentials"] = json!({ "a.b": credential });
-        assert_eq!(
-            agent(&document).expect_err("name").path,
-            "runtime.settings.registryCredentials.a.b"
-        );
+        assert_eq!(agent(&document).expect_err("name").path, "runtime.settings.registryCredentials.a.b");
     }
 
     #[test]

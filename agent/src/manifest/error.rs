@@ -59,29 +59,17 @@ pub struct DeploymentError {
 impl DeploymentError {
     /// A 400: the manifest is malformed at `path`.
     pub(crate) fn bad_request(path: String, message: impl Into<String>) -> Self {
-        Self {
-            status: DeploymentStatus::BadRequest,
-            path,
-            message: message.into(),
-        }
+        Self { status: DeploymentStatus::BadRequest, path, message: message.into() }
     }
 
     /// A 412: the schema version at `path` is not supported.
     pub(crate) fn unsupported_schema(path: String, message: impl Into<String>) -> Self {
-        Self {
-            status: DeploymentStatus::PreconditionFailed,
-            path,
-            message: message.into(),
-        }
+        Self { status: DeploymentStatus::PreconditionFailed, path, message: message.into() }
     }
 
     /// A 417: there is no deployment (nothing at `path`).
     pub(crate) fn empty(path: String, message: impl Into<String>) -> Self {
-        Self {
-            status: DeploymentStatus::ExpectationFailed,
-            path,
-            message: message.into(),
-        }
+        Self { status: DeploymentStatus::ExpectationFailed, path, message: message.into() }
     }
 }
 
@@ -90,11 +78,7 @@ impl fmt::Display for DeploymentError {
         if self.path.is_empty() {
             write!(formatter, "{}: {}", self.status, self.message)
         } else {
-            write!(
-                formatter,
-                "{} at {}: {}",
-                self.status, self.path, self.message
-            )
+            write!(formatter, "{} at {}: {}", self.status, self.path, self.message)
         }
     }
 }

@@ -57,10 +57,7 @@ pub struct StoreAndForward {
 
 impl Default for StoreAndForward {
     fn default() -> Self {
-        Self {
-            time_to_live_secs: DEFAULT_TIME_TO_LIVE_SECS,
-            max_size_bytes: None,
-        }
+        Self { time_to_live_secs: DEFAULT_TIME_TO_LIVE_SECS, max_size_bytes: None }
     }
 }
 
@@ -81,19 +78,11 @@ pub(crate) fn parse(desired: &Object, path: &Path) -> Result<HubDesired, Deploym
         None => StoreAndForward::default(),
         Some(value) => parse_store_and_forward(value, &path.push("storeAndForwardConfiguration"))?,
     };
-    Ok(HubDesired {
-        schema_version,
-        routes,
-        store_and_forward,
-    })
+    Ok(HubDesired { schema_version, routes, store_and_forward })
 }
 
 /// `routes`: `{name: "text"}`, or from schema 1.1 also `{name: {route, priority, timeToLiveSecs}}`.
-fn parse_routes(
-    value: &Value,
-    path: &Path,
-    objects_allowed: bool,
-) -> Result<Vec<RouteSpec>, DeploymentError> {
+fn parse_routes(value: &Value, path: &Path, objects_allowed: bool) -> Result<Vec<RouteSpec>, DeploymentError> {
     let entries = as_object(value, path)?;
     let mut routes = Vec::with_capacity(entries.len());
     for (name, entry) in entries {
@@ -111,9 +100,7 @@ fn parse_routes(
                 priority: None,
                 time_to_live_secs: 0,
             },
-            Value::Object(object) if objects_allowed => {
-                parse_route_object(name, object, &entry_path)?
-            }
+            Value::Object(object) if objects_allowed => parse_route_object(name, object, &entry_path)?,
             Value::Object(_) => {
                 return Err(entry_path.bad(
                     "route objects with priority and timeToLiveSecs need $edgeHub schemaVersion \
@@ -121,11 +108,7 @@ fn parse_routes(
                 ))
             }
             other => {
-                let expected = if objects_allowed {
-                    "a route string or object"
-                } else {
-                    "a route string"
-                };
+                let expected = if objects_allowed { "a route string or object" } else { "a route string" };
                 return Err(entry_path.bad(format!("expected {expected}, got {}", describe(other))));
             }
         };
@@ -136,43 +119,24 @@ fn parse_routes(
 }
 
 /// `{route, priority?, timeToLiveSecs?}` (`RouteSpec.cs`).
-fn parse_route_object(
-    name: &str,
-    object: &Object,
-    path: &Path,
-) -> Result<RouteSpec, DeploymentError> {
+fn parse_route_object(name: &str, object: &Object, path: &Path) -> Result<RouteSpec, DeploymentError> {
     let route_path = path.push("route");
-    let route = route_text(
-        as_str(required(object, "route", path)?, &route_path)?,
-        &route_path,
-    )?;
+    let route = route_text(as_str(required(object, "route", path)?, &route_path)?, &route_path)?;
     let priority = match field(object, "priority") {
         None => None,
-        Some(value) => Some(integer(
-            value,
-            &path.push("priority"),
-            0,
-            ROUTE_PRIORITY_MAX,
-        )?),
+        Some(value) => Some(integer(value, &path.push("priority"), 0, ROUTE_PRIORITY_MAX)?),
     };
     let time_to_live_secs = match field(object, "timeToLiveSecs") {
         None => 0,
         Some(value) => integer(value, &path.push("timeToLiveSecs"), 0, u32::MAX)?,
     };
-    Ok(RouteSpec {
-        name: name.to_string(),
-        route,
-        priority,
-        time_to_live_secs,
-    })
+    Ok(RouteSpec { name: name.to_string(), route, priority, time_to_live_secs })
 }
 
 /// Route text must not be blank (`Preconditions.CheckNonWhiteSpace(route)`).
 fn route_text(text: &str, path: &Path) -> Result<String, DeploymentError> {
     if text.trim().is_empty() {
-        return Err(path.bad(
-            "route text is empty; expected \"FROM <source> [WHERE <condition>] INTO <sink>\"",
-        ));
+        return Err(path.bad("route text is empty; expected \"FROM <source> [WHERE <condition>] INTO <sink>\""));
     }
     Ok(text.to_string())
 }
@@ -185,12 +149,7 @@ fn parse_store_and_forward(value: &Value, path: &Path) -> Result<StoreAndForward
     let config = as_object(value, path)?;
     let time_to_live_secs = match field(config, "timeToLiveSecs") {
         None => DEFAULT_TIME_TO_LIVE_SECS,
-        Some(ttl) => integer(
-            ttl,
-            &path.push("timeToLiveSecs"),
-            i64::from(i32::MIN),
-            i64::from(i32::MAX),
-        )?,
+        Some(ttl) => integer(ttl, &path.push("timeToLiveSecs"), i64::from(i32::MIN), i64::from(i32::MAX))?,
     };
     let max_size_bytes = match field(config, "storeLimits") {
         None => None,
@@ -199,19 +158,11 @@ fn parse_store_and_forward(value: &Value, path: &Path) -> Result<StoreAndForward
             let limits = as_object(limits, &limits_path)?;
             match field(limits, "maxSizeBytes") {
                 None => None,
-                Some(size) => Some(integer(
-                    size,
-                    &limits_path.push("maxSizeBytes"),
-                    1,
-                    i64::MAX.unsigned_abs(),
-                )?),
+                Some(size) => Some(integer(size, &limits_path.push("maxSizeBytes"), 1, i64::MAX.unsigned_abs())?),
             }
         }
     };
-    Ok(StoreAndForward {
-        time_to_live_secs,
-        max_size_bytes,
-    })
+    Ok(StoreAndForward { time_to_live_secs, max_size_bytes })
 }
 
 #[cfg(test)]
@@ -225,41 +176,22 @@ mod tests {
     }
 
     fn route(name: &str, text: &str, priority: Option<u8>, ttl: u32) -> RouteSpec {
-        RouteSpec {
-            name: name.into(),
-            route: text.into(),
-            priority,
-            time_to_live_secs: ttl,
-        }
+        RouteSpec { name: name.into(), route: text.into(), priority, time_to_live_secs: ttl }
     }
 
     #[test]
     fn schema_one_zero_routes_are_strings_and_blank_ones_are_skipped() {
         let parsed = hub(json!({"schemaVersion": "1.0", "routes": {"r": "FROM /* INTO $upstream", "blank": " "}}))
             .expect("1.0 routes");
-        assert_eq!(
-            parsed.routes,
-            [route("r", "FROM /* INTO $upstream", None, 0)]
-        );
-        assert_eq!(
-            parsed.store_and_forward,
-            StoreAndForward {
-                time_to_live_secs: 7200,
-                max_size_bytes: None
-            }
-        );
+        assert_eq!(parsed.routes, [route("r", "FROM /* INTO $upstream", None, 0)]);
+        assert_eq!(parsed.store_and_forward, StoreAndForward { time_to_live_secs: 7200, max_size_bytes: None });
     }
 
     #[test]
     fn schema_one_zero_refuses_route_objects() {
-        let error = hub(
-            json!({"schemaVersion": "1.0", "routes": {"r": {"route": "FROM /* INTO $upstream"}}}),
-        )
-        .expect_err("object in 1.0");
-        assert_eq!(
-            (error.status, error.path.as_str()),
-            (DeploymentStatus::BadRequest, "routes.r")
-        );
+        let error = hub(json!({"schemaVersion": "1.0", "routes": {"r": {"route": "FROM /* INTO $upstream"}}}))
+            .expect_err("object in 1.0");
+        assert_eq!((error.status, error.path.as_str()), (DeploymentStatus::BadRequest, "routes.r"));
     }
 
     #[test]
@@ -288,61 +220,30 @@ mod tests {
             (json!({"r": ""}), "routes.r"),
             (json!({"r": {"priority": 1}}), "routes.r.route"),
             (json!({"r": {"route": " "}}), "routes.r.route"),
-            (
-                json!({"r": {"route": "x", "priority": 10}}),
-                "routes.r.priority",
-            ),
-            (
-                json!({"r": {"route": "x", "timeToLiveSecs": -1}}),
-                "routes.r.timeToLiveSecs",
-            ),
+            (json!({"r": {"route": "x", "priority": 10}}), "routes.r.priority"),
+            (json!({"r": {"route": "x", "timeToLiveSecs": -1}}), "routes.r.timeToLiveSecs"),
             (json!(["FROM /* INTO $upstream"]), "routes"),
         ];
         for (routes, path) in table {
             let error = hub(json!({"schemaVersion": "1.1", "routes": routes})).expect_err(path);
-            assert_eq!(
-                (error.status, error.path.as_str()),
-                (DeploymentStatus::BadRequest, path)
-            );
+            assert_eq!((error.status, error.path.as_str()), (DeploymentStatus::BadRequest, path));
         }
     }
 
     #[test]
     fn store_and_forward_reads_ttl_and_size_limit() {
-        let parsed = hub(
-            json!({"schemaVersion": "1.1", "storeAndForwardConfiguration":
-            {"timeToLiveSecs": -1, "storeLimits": {"maxSizeBytes": 1048576}}}),
-        )
+        let parsed = hub(json!({"schemaVersion": "1.1", "storeAndForwardConfiguration":
+            {"timeToLiveSecs": -1, "storeLimits": {"maxSizeBytes": 1048576}}}))
         .expect("store settings");
-        assert_eq!(
-            parsed.store_and_forward,
-            StoreAndForward {
-                time_to_live_secs: -1,
-                max_size_bytes: Some(1 << 20)
-            }
-        );
+        assert_eq!(parsed.store_and_forward, StoreAndForward { time_to_live_secs: -1, max_size_bytes: Some(1 << 20) });
         let table = [
-            (
-                json!({"timeToLiveSecs": "7200"}),
-                "storeAndForwardConfiguration.timeToLiveSecs",
-            ),
-            (
-                json!({"timeToLiveSecs": 4294967296u64}),
-                "storeAndForwardConfiguration.timeToLiveSecs",
-            ),
-            (
-                json!({"storeLimits": {"maxSizeBytes": 0}}),
-                "storeAndForwardConfiguration.storeLimits.maxSizeBytes",
-            ),
-            (
-                json!({"storeLimits": 5}),
-                "storeAndForwardConfiguration.storeLimits",
-            ),
+            (json!({"timeToLiveSecs": "7200"}), "storeAndForwardConfiguration.timeToLiveSecs"),
+            (json!({"timeToLiveSecs": 4294967296u64}), "storeAndForwardConfiguration.timeToLiveSecs"),
+            (json!({"storeLimits": {"maxSizeBytes": 0}}), "storeAndForwardConfiguration.storeLimits.maxSizeBytes"),
+            (json!({"storeLimits": 5}), "storeAndForwardConfiguration.storeLimits"),
         ];
         for (config, path) in table {
-            let error =
-                hub(json!({"schemaVersion": "1.1", "storeAndForwardConfiguration": config}))
-                    .expect_err(path);
+            let error = hub(json!({"schemaVersion": "1.1", "storeAndForwardConfiguration": config})).expect_err(path);
             assert_eq!(error.path, path);
         }
     }
@@ -350,9 +251,6 @@ mod tests {
     #[test]
     fn unsupported_hub_schema_is_412() {
         let error = hub(json!({"schemaVersion": "1.4", "routes": {}})).expect_err("1.4");
-        assert_eq!(
-            (error.status, error.path.as_str()),
-            (DeploymentStatus::PreconditionFailed, "schemaVersion")
-        );
+        assert_eq!((error.status, error.path.as_str()), (DeploymentStatus::PreconditionFailed, "schemaVersion"));
     }
 }

@@ -30,20 +30,14 @@ pub(crate) struct Path<'p> {
 impl Path<'static> {
     /// The document itself; renders as the empty string.
     pub(crate) fn root() -> Self {
-        Path {
-            parent: None,
-            key: "",
-        }
+        Path { parent: None, key: "" }
     }
 }
 
 impl<'p> Path<'p> {
     /// The path of `key` inside the value at `self`.
     pub(crate) fn push<'c>(&'c self, key: &'c str) -> Path<'c> {
-        Path {
-            parent: Some(self),
-            key,
-        }
+        Path { parent: Some(self), key }
     }
 
     /// Dotted text, e.g. `modulesContent.$edgeAgent.properties.desired.modules.temp`.
@@ -112,37 +106,23 @@ pub(crate) fn field<'v>(object: &'v Object, key: &str) -> Option<&'v Value> {
 }
 
 /// `key` in `object`, or a 400 naming the missing field.
-pub(crate) fn required<'v>(
-    object: &'v Object,
-    key: &str,
-    path: &Path,
-) -> Result<&'v Value, DeploymentError> {
+pub(crate) fn required<'v>(object: &'v Object, key: &str, path: &Path) -> Result<&'v Value, DeploymentError> {
     field(object, key).ok_or_else(|| path.push(key).bad("required field is missing"))
 }
 
 /// `value` as an object, or a 400.
 pub(crate) fn as_object<'v>(value: &'v Value, path: &Path) -> Result<&'v Object, DeploymentError> {
-    value
-        .as_object()
-        .ok_or_else(|| path.bad(format!("expected an object, got {}", describe(value))))
+    value.as_object().ok_or_else(|| path.bad(format!("expected an object, got {}", describe(value))))
 }
 
 /// `value` as a string, or a 400.
 pub(crate) fn as_str<'v>(value: &'v Value, path: &Path) -> Result<&'v str, DeploymentError> {
-    value
-        .as_str()
-        .ok_or_else(|| path.bad(format!("expected a string, got {}", describe(value))))
+    value.as_str().ok_or_else(|| path.bad(format!("expected a string, got {}", describe(value))))
 }
 
 /// The optional string `key` of `object`; `None` when absent, a 400 when not a string.
-pub(crate) fn optional_str<'v>(
-    object: &'v Object,
-    key: &str,
-    path: &Path,
-) -> Result<Option<&'v str>, DeploymentError> {
-    field(object, key)
-        .map(|value| as_str(value, &path.push(key)))
-        .transpose()
+pub(crate) fn optional_str<'v>(object: &'v Object, key: &str, path: &Path) -> Result<Option<&'v str>, DeploymentError> {
+    field(object, key).map(|value| as_str(value, &path.push(key))).transpose()
 }
 
 /// `value` as an integer in `min..=max`, or a 400 that states the range.
@@ -153,17 +133,9 @@ pub(crate) fn integer<T>(value: &Value, path: &Path, min: T, max: T) -> Result<T
 where
     T: Copy + fmt::Display + Into<i128> + TryFrom<i128>,
 {
-    let refuse = || {
-        path.bad(format!(
-            "expected an integer from {min} to {max}, got {}",
-            describe(value)
-        ))
-    };
+    let refuse = || path.bad(format!("expected an integer from {min} to {max}, got {}", describe(value)));
     let number = match value {
-        Value::Number(number) => number
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| number.as_u64().map(i128::from)),
+        Value::Number(number) => number.as_i64().map(i128::from).or_else(|| number.as_u64().map(i128::from)),
         _ => None,
     };
     let number = number.ok_or_else(refuse)?;
@@ -174,25 +146,14 @@ where
 }
 
 /// `value` as one of the named `choices`, or a 400 that lists them.
-pub(crate) fn one_of<T: Copy>(
-    value: &Value,
-    path: &Path,
-    choices: &[(&str, T)],
-) -> Result<T, DeploymentError> {
+pub(crate) fn one_of<T: Copy>(value: &Value, path: &Path, choices: &[(&str, T)]) -> Result<T, DeploymentError> {
     if let Value::String(text) = value {
         if let Some((_, choice)) = choices.iter().find(|(name, _)| name == text) {
             return Ok(*choice);
         }
     }
-    let names: Vec<String> = choices
-        .iter()
-        .map(|(name, _)| format!("\"{name}\""))
-        .collect();
-    Err(path.bad(format!(
-        "expected one of {}, got {}",
-        names.join(", "),
-        describe(value)
-    )))
+    let names: Vec<String> = choices.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+    Err(path.bad(format!("expected one of {}, got {}", names.join(", "), describe(value))))
 }
 
 #[cfg(test)]
@@ -207,10 +168,7 @@ mod tests {
         let content = root.push("modulesContent");
         let agent = content.push("$edgeAgent");
         let desired = agent.push("properties.desired");
-        assert_eq!(
-            desired.render(),
-            "modulesContent.$edgeAgent.properties.desired"
-        );
+        assert_eq!(desired.render(), "modulesContent.$edgeAgent.properties.desired");
     }
 
     #[test]
@@ -250,25 +208,11 @@ mod tests {
     fn integer_checks_type_and_range() {
         let root = Path::root();
         assert_eq!(integer(&json!(7), &root, 0u8, 9), Ok(7u8));
-        assert_eq!(
-            integer(&json!(4294967295u64), &root, 0u32, u32::MAX),
-            Ok(u32::MAX)
-        );
-        let table = [
-            json!(10),
-            json!(-1),
-            json!(5.0),
-            json!("5"),
-            json!(u64::MAX),
-        ];
+        assert_eq!(integer(&json!(4294967295u64), &root, 0u32, u32::MAX), Ok(u32::MAX));
+        let table = [json!(10), json!(-1), json!(5.0), json!("5"), json!(u64::MAX)];
         for value in table {
             let error = integer(&value, &root, 0u8, 9).expect_err("out of range or not an integer");
-            assert!(
-                error
-                    .message
-                    .starts_with("expected an integer from 0 to 9, got "),
-                "{error}"
-            );
+            assert!(error.message.starts_with("expected an integer from 0 to 9, got "), "{error}");
         }
     }
 
@@ -277,9 +221,6 @@ mod tests {
         let choices = [("never", 0), ("always", 3)];
         assert_eq!(one_of(&json!("always"), &Path::root(), &choices), Ok(3));
         let error = one_of(&json!("sometimes"), &Path::root(), &choices).expect_err("not a choice");
-        assert_eq!(
-            error.message,
-            r#"expected one of "never", "always", got "sometimes""#
-        );
+        assert_eq!(error.message, r#"expected one of "never", "always", got "sometimes""#);
     }
 }

@@ -45,9 +45,7 @@ mod tests;
 pub use agent::{AgentDesired, RegistryCredential};
 pub use error::{DeploymentError, DeploymentStatus};
 pub use hub::{HubDesired, RouteSpec, StoreAndForward, DEFAULT_TIME_TO_LIVE_SECS};
-pub use module::{
-    DesiredStatus, ImagePullPolicy, ModuleSpec, RestartPolicy, DEFAULT_STARTUP_ORDER,
-};
+pub use module::{DesiredStatus, ImagePullPolicy, ModuleSpec, RestartPolicy, DEFAULT_STARTUP_ORDER};
 
 use log::debug;
 use serde_json::Value;
@@ -95,24 +93,17 @@ pub fn parse_deployment(json: &[u8]) -> Result<Deployment, DeploymentError> {
     if json.len() > DEPLOYMENT_BYTES_MAX {
         return Err(DeploymentError::bad_request(
             String::new(),
-            format!(
-                "manifest is {} bytes; the limit is {DEPLOYMENT_BYTES_MAX} bytes",
-                json.len()
-            ),
+            format!("manifest is {} bytes; the limit is {DEPLOYMENT_BYTES_MAX} bytes", json.len()),
         ));
     }
     // Windows tools (PowerShell's Out-File, Notepad) may start a file with a UTF-8 byte order
     // mark, which is not JSON; dropping it costs nothing and spares users a baffling error.
     let json = json.strip_prefix(UTF8_BOM).unwrap_or(json);
     if json.iter().all(u8::is_ascii_whitespace) {
-        return Err(DeploymentError::empty(
-            String::new(),
-            "the deployment is empty",
-        ));
+        return Err(DeploymentError::empty(String::new(), "the deployment is empty"));
     }
-    let document: Value = serde_json::from_slice(json).map_err(|error| {
-        DeploymentError::bad_request(String::new(), format!("invalid JSON: {error}"))
-    })?;
+    let document: Value = serde_json::from_slice(json)
+        .map_err(|error| DeploymentError::bad_request(String::new(), format!("invalid JSON: {error}")))?;
     let root = Path::root();
     let top = as_object(&document, &root)?;
 
@@ -129,10 +120,7 @@ pub fn parse_deployment(json: &[u8]) -> Result<Deployment, DeploymentError> {
 
     let agent_path = content_path.push(AGENT_TWIN);
     let agent_desired = twin_desired(content, AGENT_TWIN, &content_path)?.ok_or_else(|| {
-        DeploymentError::empty(
-            agent_path.render(),
-            "no $edgeAgent desired properties: this device has no deployment",
-        )
+        DeploymentError::empty(agent_path.render(), "no $edgeAgent desired properties: this device has no deployment")
     })?;
     let agent = agent::parse(agent_desired, &agent_path.push(DESIRED))?;
 
@@ -149,21 +137,13 @@ pub fn parse_deployment(json: &[u8]) -> Result<Deployment, DeploymentError> {
         hub.routes.len(),
         module_twins.len()
     );
-    Ok(Deployment {
-        agent,
-        hub,
-        module_twins,
-    })
+    Ok(Deployment { agent, hub, module_twins })
 }
 
 /// The `properties.desired` object of the twin `name`; `None` when the twin, its desired
 /// properties, or every non-metadata key in them is absent (edgeAgent's `ConfigEmptyException`
 /// fires on an empty twin; IoT Hub's `$version`/`$metadata` do not count).
-fn twin_desired<'v>(
-    content: &'v Object,
-    name: &str,
-    path: &Path,
-) -> Result<Option<&'v Object>, DeploymentError> {
+fn twin_desired<'v>(content: &'v Object, name: &str, path: &Path) -> Result<Option<&'v Object>, DeploymentError> {
     let Some(twin) = field(content, name) else {
         return Ok(None);
     };

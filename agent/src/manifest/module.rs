@@ -26,8 +26,7 @@ pub enum DesiredStatus {
 }
 
 impl DesiredStatus {
-    const CHOICES: [(&'static str, Self); 2] =
-        [("running", Self::Running), ("stopped", Self::Stopped)];
+    const CHOICES: [(&'static str, Self); 2] = [("running", Self::Running), ("stopped", Self::Stopped)];
 
     /// The manifest spelling, for echoing back in reported properties.
     pub fn as_str(&self) -> &'static str {
@@ -83,8 +82,7 @@ pub enum ImagePullPolicy {
 }
 
 impl ImagePullPolicy {
-    const CHOICES: [(&'static str, Self); 2] =
-        [("on-create", Self::OnCreate), ("never", Self::Never)];
+    const CHOICES: [(&'static str, Self); 2] = [("on-create", Self::OnCreate), ("never", Self::Never)];
 
     /// The manifest spelling, for echoing back in reported properties.
     pub fn as_str(&self) -> &'static str {
@@ -139,50 +137,31 @@ pub(crate) enum Role {
 }
 
 /// Reads the module `name` from `value` at `path` with the rules of `role`.
-pub(crate) fn parse(
-    name: &str,
-    value: &Value,
-    path: &Path,
-    role: Role,
-) -> Result<ModuleSpec, DeploymentError> {
+pub(crate) fn parse(name: &str, value: &Value, path: &Path, role: Role) -> Result<ModuleSpec, DeploymentError> {
     let module = as_object(value, path)?;
     // `type` is checked first: for another runtime type the other fields could mean anything.
-    one_of(
-        required(module, "type", path)?,
-        &path.push("type"),
-        &[("docker", ())],
-    )?;
+    one_of(required(module, "type", path)?, &path.push("type"), &[("docker", ())])?;
     let status = match role {
         Role::Agent => DesiredStatus::Running,
-        Role::Hub | Role::User => one_of(
-            required(module, "status", path)?,
-            &path.push("status"),
-            &DesiredStatus::CHOICES,
-        )?,
+        Role::Hub | Role::User => {
+            one_of(required(module, "status", path)?, &path.push("status"), &DesiredStatus::CHOICES)?
+        }
     };
     let restart_policy = match (role, field(module, "restartPolicy")) {
         (Role::Agent, _) | (Role::Hub, None) => RestartPolicy::Always,
         (Role::User, None) => RestartPolicy::default(),
-        (Role::Hub | Role::User, Some(policy)) => {
-            one_of(policy, &path.push("restartPolicy"), &RestartPolicy::CHOICES)?
-        }
+        (Role::Hub | Role::User, Some(policy)) => one_of(policy, &path.push("restartPolicy"), &RestartPolicy::CHOICES)?,
     };
     let image_pull_policy = match field(module, "imagePullPolicy") {
         None => ImagePullPolicy::default(),
-        Some(policy) => one_of(
-            policy,
-            &path.push("imagePullPolicy"),
-            &ImagePullPolicy::CHOICES,
-        )?,
+        Some(policy) => one_of(policy, &path.push("imagePullPolicy"), &ImagePullPolicy::CHOICES)?,
     };
     let startup_order = match (role, field(module, "startupOrder")) {
         (Role::Agent, _) => 0,
         (_, None) => DEFAULT_STARTUP_ORDER,
         (_, Some(order)) => integer(order, &path.push("startupOrder"), 0, u32::MAX)?,
     };
-    let version = optional_str(module, "version", path)?
-        .unwrap_or_default()
-        .to_string();
+    let version = optional_str(module, "version", path)?.unwrap_or_default().to_string();
     let env = match field(module, "env") {
         None => Vec::new(),
         Some(env) => parse_env(env, &path.push("env"))?,
@@ -224,10 +203,7 @@ fn parse_env(value: &Value, path: &Path) -> Result<Vec<(String, String)>, Deploy
             Some(Value::Bool(flag)) => flag.to_string(),
             Some(Value::Number(number)) => number.to_string(),
             Some(other) => {
-                return Err(value_path.bad(format!(
-                    "expected a string, number or boolean, got {}",
-                    describe(other)
-                )))
+                return Err(value_path.bad(format!("expected a string, number or boolean, got {}", describe(other))))
             }
         };
         if text.contains('\0') {
@@ -265,10 +241,7 @@ mod tests {
         assert_eq!(module.image_pull_policy, ImagePullPolicy::OnCreate);
         assert_eq!(module.startup_order, DEFAULT_STARTUP_ORDER);
         assert!(module.env.is_empty());
-        assert_eq!(
-            (module.image.as_str(), module.create_options.as_str()),
-            ("img:1", "")
-        );
+        assert_eq!((module.image.as_str(), module.create_options.as_str()), ("img:1", ""));
         assert_eq!(module.digest, None);
     }
 
@@ -281,19 +254,10 @@ mod tests {
             (DesiredStatus::Running, RestartPolicy::Always, 0)
         );
         let hub = parse("edgeHub", &minimal(), &Path::root(), Role::Hub).expect("hub");
-        assert_eq!(
-            (hub.restart_policy, hub.startup_order),
-            (RestartPolicy::Always, DEFAULT_STARTUP_ORDER)
-        );
+        assert_eq!((hub.restart_policy, hub.startup_order), (RestartPolicy::Always, DEFAULT_STARTUP_ORDER));
         let mut no_status = minimal();
         no_status["status"] = Value::Null;
-        let error = parse(
-            "edgeHub",
-            &no_status,
-            &Path::root().push("edgeHub"),
-            Role::Hub,
-        )
-        .expect_err("status");
+        let error = parse("edgeHub", &no_status, &Path::root().push("edgeHub"), Role::Hub).expect_err("status");
         assert_eq!(error.path, "edgeHub.status");
     }
 
@@ -312,11 +276,7 @@ mod tests {
         module["version"] = json!("1.0");
         let module = user(module).expect("all fields");
         assert_eq!(
-            (
-                module.status,
-                module.image_pull_policy,
-                module.startup_order
-            ),
+            (module.status, module.image_pull_policy, module.startup_order),
             (DesiredStatus::Stopped, ImagePullPolicy::Never, 0)
         );
         assert_eq!(module.version, "1.0");
@@ -325,18 +285,8 @@ mod tests {
     #[test]
     fn each_field_of_the_wrong_type_or_value_is_a_400_at_its_path() {
         let table = [
-            (
-                "type",
-                json!("rkt"),
-                "temp.type",
-                r#"expected one of "docker", got "rkt""#,
-            ),
-            (
-                "status",
-                json!("paused"),
-                "temp.status",
-                r#"expected one of "running", "stopped", got "paused""#,
-            ),
+            ("type", json!("rkt"), "temp.type", r#"expected one of "docker", got "rkt""#),
+            ("status", json!("paused"), "temp.status", r#"expected one of "running", "stopped", got "paused""#),
             (
                 "restartPolicy",
                 json!("sometimes"),
@@ -349,47 +299,23 @@ mod tests {
                 "temp.imagePullPolicy",
                 r#"expected one of "on-create", "never", got true"#,
             ),
-            (
-                "startupOrder",
-                json!(-1),
-                "temp.startupOrder",
-                "expected an integer from 0 to 4294967295, got -1",
-            ),
+            ("startupOrder", json!(-1), "temp.startupOrder", "expected an integer from 0 to 4294967295, got -1"),
             (
                 "startupOrder",
                 json!(4294967296u64),
                 "temp.startupOrder",
                 "expected an integer from 0 to 4294967295, got 4294967296",
             ),
-            (
-                "version",
-                json!(1.0),
-                "temp.version",
-                "expected a string, got 1.0",
-            ),
-            (
-                "env",
-                json!([]),
-                "temp.env",
-                "expected an object, got an array",
-            ),
-            (
-                "settings",
-                json!("img"),
-                "temp.settings",
-                "expected an object, got \"img\"",
-            ),
+            ("version", json!(1.0), "temp.version", "expected a string, got 1.0"),
+            ("env", json!([]), "temp.env", "expected an object, got an array"),
+            ("settings", json!("img"), "temp.settings", "expected an object, got \"img\""),
         ];
         for (key, value, path, message) in table {
             let mut module = minimal();
             module[key] = value;
             let error = user(module).expect_err(key);
             assert_eq!(error.status, DeploymentStatus::BadRequest);
-            assert_eq!(
-                (error.path.as_str(), error.message.as_str()),
-                (path, message),
-                "{key}"
-            );
+            assert_eq!((error.path.as_str(), error.message.as_str()), (path, message), "{key}");
         }
         for key in ["type", "status", "settings"] {
             let mut module = minimal();
@@ -408,17 +334,8 @@ mod tests {
             "B": {"value": false}, "E": {}, "GONE": null,
         });
         let env = user(module).expect("env").env;
-        let expected = [
-            ("B", "false"),
-            ("E", ""),
-            ("F", "1.5"),
-            ("I", "42"),
-            ("S", "text"),
-        ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+        let expected = [("B", "false"), ("E", ""), ("F", "1.5"), ("I", "42"), ("S", "text")];
+        let expected: Vec<(String, String)> = expected.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         assert_eq!(env, expected);
     }
 

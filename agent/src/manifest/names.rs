@@ -19,10 +19,7 @@ pub(crate) fn check_module_name(name: &str) -> Result<(), String> {
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if !name.chars().all(allowed) {
-        return Err(
-            "module names may contain only ASCII letters, digits, '_' and '-' (^[a-zA-Z0-9_-]+$)"
-                .to_string(),
-        );
+        return Err("module names may contain only ASCII letters, digits, '_' and '-' (^[a-zA-Z0-9_-]+$)".to_string());
     }
     // All ASCII by now, so bytes are characters.
     if name.len() > MODULE_NAME_CHARS_MAX {
@@ -38,9 +35,7 @@ pub(crate) fn check_module_name(name: &str) -> Result<(), String> {
 pub(crate) fn check_user_module_name(name: &str) -> Result<(), String> {
     check_module_name(name)?;
     if name == EDGE_AGENT || name == EDGE_HUB {
-        return Err(format!(
-            "\"{name}\" is a system module; configure it under systemModules"
-        ));
+        return Err(format!("\"{name}\" is a system module; configure it under systemModules"));
     }
     Ok(())
 }
@@ -51,9 +46,7 @@ pub(crate) fn check_key_name(name: &str, what: &str) -> Result<(), String> {
         return Err(format!("{what} name is empty"));
     }
     if name.contains(['.', '$', '#', ' ']) {
-        return Err(format!(
-            "{what} names may not contain '.', '$', '#' or spaces (^[^\\.\\$# ]+$)"
-        ));
+        return Err(format!("{what} names may not contain '.', '$', '#' or spaces (^[^\\.\\$# ]+$)"));
     }
     Ok(())
 }
@@ -66,10 +59,7 @@ pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
     }
     let refused = |c: char| matches!(c, '+' | '#' | '$' | '.' | '=' | '\0') || c.is_whitespace();
     if name.chars().any(refused) {
-        return Err(
-            "environment variable names may not contain '+', '#', '$', '.', '=', NUL or whitespace"
-                .to_string(),
-        );
+        return Err("environment variable names may not contain '+', '#', '$', '.', '=', NUL or whitespace".to_string());
     }
     Ok(())
 }

@@ -71,10 +71,8 @@ pub(crate) fn read<'v>(
     twin: Twin,
 ) -> Result<(SchemaVersion, &'v str), DeploymentError> {
     let version_path = path.push("schemaVersion");
-    let value = required(desired, "schemaVersion", path).map_err(|error| DeploymentError {
-        message: format!("{}; {}", error.message, twin.accepted()),
-        ..error
-    })?;
+    let value = required(desired, "schemaVersion", path)
+        .map_err(|error| DeploymentError { message: format!("{}; {}", error.message, twin.accepted()), ..error })?;
     let text = as_str(value, &version_path)?;
     let refuse = |why: &str| {
         DeploymentError::unsupported_schema(
@@ -106,18 +104,7 @@ mod tests {
         assert_eq!(parse("1.0"), Some(SchemaVersion { major: 1, minor: 0 }));
         assert_eq!(parse("1.1.0"), Some(SchemaVersion { major: 1, minor: 1 }));
         assert_eq!(parse("1.1.0.7"), Some(SchemaVersion { major: 1, minor: 1 }));
-        for bad in [
-            "",
-            "1",
-            "1.",
-            ".1",
-            "1.0.0.0.0",
-            "a.b",
-            "1.-1",
-            "1. 0",
-            "+1.0",
-            "1.99999999999",
-        ] {
+        for bad in ["", "1", "1.", ".1", "1.0.0.0.0", "a.b", "1.-1", "1. 0", "+1.0", "1.99999999999"] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

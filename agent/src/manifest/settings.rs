@@ -39,11 +39,7 @@ pub(crate) fn parse(value: &Value, path: &Path) -> Result<Settings, DeploymentEr
         None => None,
         Some(digest) => Some(parse_digest(digest, &path.push("digest"))?),
     };
-    Ok(Settings {
-        image,
-        create_options,
-        digest,
-    })
+    Ok(Settings { image, create_options, digest })
 }
 
 /// The image reference, trimmed, checked the way `DockerConfig.ValidateAndGetImage` does.
@@ -68,9 +64,7 @@ fn check_image(image: &str) -> Result<(), &'static str> {
     }
     if let Some(rest) = image.strip_prefix('$') {
         // ImageUpstreamRegexPattern: `^\$upstream(?<path>:[1-9].*)`.
-        let port_start = rest
-            .strip_prefix("upstream:")
-            .and_then(|port| port.chars().next());
+        let port_start = rest.strip_prefix("upstream:").and_then(|port| port.chars().next());
         if !matches!(port_start, Some('1'..='9')) {
             return Err("the only variable allowed in an image is $upstream:<port>/…");
         }
@@ -108,20 +102,14 @@ fn parse_create_options(settings: &Object, path: &Path) -> Result<String, Deploy
         return Ok(String::new());
     }
     let options_path = path.push(CREATE_OPTIONS);
-    let where_ = if chunk_count > 1 {
-        " (line and column of the joined chunks)"
-    } else {
-        ""
-    };
+    let where_ = if chunk_count > 1 { " (line and column of the joined chunks)" } else { "" };
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(_)) => Ok(text),
         Ok(other) => Err(options_path.bad(format!(
             "createOptions must be a JSON object (Docker's container create body), got {}",
             describe(&other)
         ))),
-        Err(error) => {
-            Err(options_path.bad(format!("createOptions is not valid JSON: {error}{where_}")))
-        }
+        Err(error) => Err(options_path.bad(format!("createOptions is not valid JSON: {error}{where_}"))),
     }
 }
 
@@ -141,10 +129,7 @@ fn join_chunks(settings: &Object, path: &Path) -> Result<(String, usize), Deploy
         }
         chunks[index] = Some(as_str(value, &path.push(key))?);
     }
-    let count = chunks
-        .iter()
-        .rposition(Option::is_some)
-        .map_or(0, |last| last + 1);
+    let count = chunks.iter().rposition(Option::is_some).map_or(0, |last| last + 1);
     let mut text = String::new();
     for (index, chunk) in chunks[..count].iter().enumerate() {
         let Some(chunk) = chunk else {
@@ -173,9 +158,7 @@ fn chunk_index(key: &str, path: &Path) -> Result<Option<usize>, DeploymentError>
     }
     match suffix.parse::<usize>() {
         Ok(index) if suffix.len() == CHUNK_SUFFIX_DIGITS && index > 0 => Ok(Some(index)),
-        _ => Err(path.push(key).bad(
-            "create options chunks are named createOptions01 to createOptions99 (two digits)",
-        )),
+        _ => Err(path.push(key).bad("create options chunks are named createOptions01 to createOptions99 (two digits)")),
     }
 }
 
@@ -194,10 +177,9 @@ fn parse_digest(value: &Value, path: &Path) -> Result<String, DeploymentError> {
     let hex = digest.strip_prefix(DIGEST_PREFIX).unwrap_or("");
     let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
     if hex.len() != DIGEST_HEX_DIGITS || !hex.bytes().all(lower_hex) {
-        return Err(path.bad(format!(
-            "expected \"sha256:\" followed by 64 lowercase hex digits, got {}",
-            describe(value)
-        )));
+        return Err(
+            path.bad(format!("expected \"sha256:\" followed by 64 lowercase hex digits, got {}", describe(value)))
+        );
     }
     Ok(digest.to_string())
 }
@@ -214,14 +196,7 @@ mod tests {
     #[test]
     fn image_is_trimmed_and_create_options_default_to_empty() {
         let parsed = settings(json!({"image": "  repo/img:1.0 "})).expect("valid settings");
-        assert_eq!(
-            parsed,
-            Settings {
-                image: "repo/img:1.0".into(),
-                create_options: String::new(),
-                digest: None
-            }
-        );
+        assert_eq!(parsed, Settings { image: "repo/img:1.0".into(), create_options: String::new(), digest: None });
     }
 
     #[test]
@@ -237,17 +212,7 @@ mod tests {
         for image in good {
             assert_eq!(check_image(image), Ok(()), "{image}");
         }
-        let bad = [
-            "",
-            "repo/",
-            "img:",
-            ":tag",
-            "img:a:b",
-            "a b",
-            "$other/img",
-            "$upstream:0/x",
-            "img@",
-        ];
+        let bad = ["", "repo/", "img:", ":tag", "img:a:b", "a b", "$other/img", "$upstream:0/x", "img@"];
         for image in bad {
             assert!(check_image(image).is_err(), "{image:?}");
         }
@@ -267,24 +232,16 @@ mod tests {
 
     #[test]
     fn a_gap_in_the_chunks_names_the_missing_field() {
-        let error = settings(json!({"image": "img", "createOptions": "{", "createOptions02": "}"}))
-            .expect_err("gap");
+        let error = settings(json!({"image": "img", "createOptions": "{", "createOptions02": "}"})).expect_err("gap");
         assert_eq!(error.path, "settings.createOptions01");
-        let error =
-            settings(json!({"image": "img", "createOptions01": "{}"})).expect_err("no base");
+        let error = settings(json!({"image": "img", "createOptions01": "{}"})).expect_err("no base");
         assert_eq!(error.path, "settings.createOptions");
     }
 
     #[test]
     fn badly_numbered_chunks_are_refused() {
-        for key in [
-            "createOptions1",
-            "createOptions00",
-            "createOptions100",
-            "createOptions001",
-        ] {
-            let error =
-                settings(json!({"image": "img", "createOptions": "{}", key: "x"})).expect_err(key);
+        for key in ["createOptions1", "createOptions00", "createOptions100", "createOptions001"] {
+            let error = settings(json!({"image": "img", "createOptions": "{}", key: "x"})).expect_err(key);
             assert_eq!(error.path, format!("settings.{key}"));
         }
         // Not a chunk at all: an unknown field, ignored.
@@ -293,15 +250,9 @@ mod tests {
 
     #[test]
     fn create_options_must_be_a_json_object() {
-        let error =
-            settings(json!({"image": "img", "createOptions": "{\"a\":"})).expect_err("bad JSON");
+        let error = settings(json!({"image": "img", "createOptions": "{\"a\":"})).expect_err("bad JSON");
         assert_eq!(error.path, "settings.createOptions");
-        assert!(
-            error
-                .message
-                .starts_with("createOptions is not valid JSON: "),
-            "{error}"
-        );
+        assert!(error.message.starts_with("createOptions is not valid JSON: "), "{error}");
         assert!(error.message.contains("line 1 column"), "{error}");
         let error = settings(json!({"image": "img", "createOptions": "[1]"})).expect_err("array");
         assert!(error.message.ends_with("got an array"), "{error}");
@@ -328,10 +279,7 @@ mod tests {
     #[test]
     fn image_is_required_and_must_be_a_non_empty_string() {
         let error = settings(json!({})).expect_err("missing image");
-        assert_eq!(
-            (error.path.as_str(), error.message.as_str()),
-            ("settings.image", "required field is missing")
-        );
+        assert_eq!((error.path.as_str(), error.message.as_str()), ("settings.image", "required field is missing"));
         let error = settings(json!({"image": " "})).expect_err("blank image");
         assert_eq!(error.message, "image must not be empty, got \" \"");
         let error = settings(json!({"image": 3})).expect_err("number image");

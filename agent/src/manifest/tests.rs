@@ -34,11 +34,7 @@ fn quickstart() -> Value {
 /// Asserts `document` is refused with `status` at `path`, and returns the message.
 fn refused(document: &Value, status: DeploymentStatus, path: &str) -> String {
     let error = parse(document).expect_err(path);
-    assert_eq!(
-        (error.status, error.path.as_str()),
-        (status, path),
-        "{error}"
-    );
+    assert_eq!((error.status, error.path.as_str()), (status, path), "{error}");
     error.message
 }
 
@@ -59,43 +55,23 @@ fn quickstart_manifest_parses_with_the_expected_fields() {
         ("buildcr", "<reg>", "<u>", "<p>")
     );
 
-    let [edge_agent, edge_hub] = &agent.system_modules[..] else {
-        panic!("two system modules")
-    };
+    let [edge_agent, edge_hub] = &agent.system_modules[..] else { panic!("two system modules") };
     assert_eq!(edge_agent.name, "edgeAgent");
     assert_eq!(edge_agent.image, "mcr.microsoft.com/azureiotedge-agent:1.5");
-    assert_eq!(
-        (edge_agent.status, edge_agent.restart_policy),
-        (DesiredStatus::Running, RestartPolicy::Always)
-    );
+    assert_eq!((edge_agent.status, edge_agent.restart_policy), (DesiredStatus::Running, RestartPolicy::Always));
     assert_eq!(edge_agent.create_options, "");
     assert_eq!(edge_hub.name, "edgeHub");
     assert_eq!(edge_hub.restart_policy, RestartPolicy::Always);
-    assert_eq!(
-        edge_hub.env,
-        [("NestedEdgeEnabled".to_string(), "false".to_string())]
-    );
+    assert_eq!(edge_hub.env, [("NestedEdgeEnabled".to_string(), "false".to_string())]);
     assert!(edge_hub.create_options.starts_with("{\"HostConfig\""));
 
     let sensor = deployment.module("tempSensor").expect("tempSensor");
     assert_eq!(sensor.version, "1.0");
     assert_eq!(sensor.module_type, "docker");
-    assert_eq!(
-        sensor.image,
-        "mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.5"
-    );
-    assert_eq!(
-        (sensor.status, sensor.restart_policy),
-        (DesiredStatus::Running, RestartPolicy::Always)
-    );
-    assert_eq!(
-        (sensor.image_pull_policy, sensor.startup_order),
-        (ImagePullPolicy::OnCreate, DEFAULT_STARTUP_ORDER)
-    );
-    assert!(
-        deployment.module("edgeHub").is_none(),
-        "module() finds user modules only"
-    );
+    assert_eq!(sensor.image, "mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.5");
+    assert_eq!((sensor.status, sensor.restart_policy), (DesiredStatus::Running, RestartPolicy::Always));
+    assert_eq!((sensor.image_pull_policy, sensor.startup_order), (ImagePullPolicy::OnCreate, DEFAULT_STARTUP_ORDER));
+    assert!(deployment.module("edgeHub").is_none(), "module() finds user modules only");
 
     assert_eq!(deployment.hub.schema_version, "1.0");
     assert_eq!(
@@ -107,13 +83,7 @@ fn quickstart_manifest_parses_with_the_expected_fields() {
             time_to_live_secs: 0
         }]
     );
-    assert_eq!(
-        deployment.hub.store_and_forward,
-        StoreAndForward {
-            time_to_live_secs: 7200,
-            max_size_bytes: None
-        }
-    );
+    assert_eq!(deployment.hub.store_and_forward, StoreAndForward { time_to_live_secs: 7200, max_size_bytes: None });
     assert!(deployment.module_twins.is_empty());
 }
 
@@ -127,22 +97,14 @@ fn bare_modules_content_parses_like_the_full_manifest() {
 #[test]
 fn a_leading_byte_order_mark_is_ignored() {
     let with_bom = [&b"\xEF\xBB\xBF"[..], QUICKSTART.as_bytes()].concat();
-    assert_eq!(
-        parse_deployment(&with_bom),
-        parse_deployment(QUICKSTART.as_bytes())
-    );
+    assert_eq!(parse_deployment(&with_bom), parse_deployment(QUICKSTART.as_bytes()));
 }
 
 #[test]
 fn bare_form_errors_have_paths_without_modules_content() {
     let mut bare = quickstart()["modulesContent"].clone();
-    bare["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]["restartPolicy"] =
-        json!("sometimes");
-    refused(
-        &bare,
-        DeploymentStatus::BadRequest,
-        "$edgeAgent.properties.desired.modules.tempSensor.restartPolicy",
-    );
+    bare["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]["restartPolicy"] = json!("sometimes");
+    refused(&bare, DeploymentStatus::BadRequest, "$edgeAgent.properties.desired.modules.tempSensor.restartPolicy");
 }
 
 #[test]
@@ -182,18 +144,11 @@ fn chunked_create_options_are_joined() {
     let (first, rest) = options.split_at(20);
     let (second, third) = rest.split_at(25);
     let mut document = quickstart();
-    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]
-        ["settings"] = json!({
+    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]["settings"] = json!({
         "image": "img:1", "createOptions": first, "createOptions01": second, "createOptions02": third,
     });
     let deployment = parse(&document).expect("chunks");
-    assert_eq!(
-        deployment
-            .module("tempSensor")
-            .expect("module")
-            .create_options,
-        options
-    );
+    assert_eq!(deployment.module("tempSensor").expect("module").create_options, options);
 }
 
 #[test]
@@ -203,24 +158,13 @@ fn module_twins_are_collected_and_checked() {
     content["tempSensor"] = json!({"properties.desired": {"SendInterval": 5}});
     content["$schema-template"] = json!("4.0.0");
     let deployment = parse(&document).expect("module twin");
-    assert_eq!(
-        deployment.module_twins,
-        [("tempSensor".to_string(), json!({"SendInterval": 5}))]
-    );
+    assert_eq!(deployment.module_twins, [("tempSensor".to_string(), json!({"SendInterval": 5}))]);
 
     document["modulesContent"]["bad name"] = json!({"properties.desired": {}});
-    refused(
-        &document,
-        DeploymentStatus::BadRequest,
-        "modulesContent.bad name",
-    );
+    refused(&document, DeploymentStatus::BadRequest, "modulesContent.bad name");
     let mut document = quickstart();
     document["modulesContent"]["twin"] = json!({"properties.reported": {}});
-    refused(
-        &document,
-        DeploymentStatus::BadRequest,
-        "modulesContent.twin.properties.desired",
-    );
+    refused(&document, DeploymentStatus::BadRequest, "modulesContent.twin.properties.desired");
 }
 
 #[test]
@@ -229,10 +173,7 @@ fn missing_hub_twin_means_no_routes_and_default_store() {
     document["modulesContent"]["$edgeHub"] = Value::Null;
     let hub = parse(&document).expect("no hub").hub;
     assert_eq!(hub, HubDesired::default());
-    assert_eq!(
-        hub.store_and_forward.time_to_live_secs,
-        DEFAULT_TIME_TO_LIVE_SECS
-    );
+    assert_eq!(hub.store_and_forward.time_to_live_secs, DEFAULT_TIME_TO_LIVE_SECS);
 }
 
 #[test]
@@ -240,10 +181,7 @@ fn no_deployment_is_417() {
     let table = [
         (json!({}), "$edgeAgent"),
         (json!({"modulesContent": {}}), "modulesContent.$edgeAgent"),
-        (
-            json!({"modulesContent": {"$edgeAgent": {}}}),
-            "modulesContent.$edgeAgent",
-        ),
+        (json!({"modulesContent": {"$edgeAgent": {}}}), "modulesContent.$edgeAgent"),
         (
             json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"$version": 3}}}}),
             "modulesContent.$edgeAgent",
@@ -254,10 +192,7 @@ fn no_deployment_is_417() {
     }
     for empty in [&b""[..], b"  \n\t"] {
         let error = parse_deployment(empty).expect_err("empty input");
-        assert_eq!(
-            (error.status, error.path.as_str()),
-            (DeploymentStatus::ExpectationFailed, "")
-        );
+        assert_eq!((error.status, error.path.as_str()), (DeploymentStatus::ExpectationFailed, ""));
     }
 }
 
@@ -265,15 +200,8 @@ fn no_deployment_is_417() {
 fn unsupported_schema_versions_are_412() {
     let mut document = quickstart();
     document["modulesContent"]["$edgeAgent"]["properties.desired"]["schemaVersion"] = json!("1.2");
-    let message = refused(
-        &document,
-        DeploymentStatus::PreconditionFailed,
-        &format!("{AGENT_PATH}.schemaVersion"),
-    );
-    assert_eq!(
-        message,
-        r#"unsupported schema version "1.2"; $edgeAgent accepts "1.0" and "1.1""#
-    );
+    let message = refused(&document, DeploymentStatus::PreconditionFailed, &format!("{AGENT_PATH}.schemaVersion"));
+    assert_eq!(message, r#"unsupported schema version "1.2"; $edgeAgent accepts "1.0" and "1.1""#);
 
     let mut document = quickstart();
     document["modulesContent"]["$edgeHub"]["properties.desired"]["schemaVersion"] = json!("2.0");
@@ -285,18 +213,14 @@ fn unsupported_schema_versions_are_412() {
 
     let mut document = quickstart();
     document["modulesContent"]["$edgeAgent"]["properties.desired"]["schemaVersion"] = Value::Null;
-    refused(
-        &document,
-        DeploymentStatus::BadRequest,
-        &format!("{AGENT_PATH}.schemaVersion"),
-    );
+    refused(&document, DeploymentStatus::BadRequest, &format!("{AGENT_PATH}.schemaVersion"));
 }
 
 #[test]
 fn error_display_matches_the_documented_example() {
     let mut document = quickstart();
-    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]
-        ["restartPolicy"] = json!("sometimes");
+    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]["restartPolicy"] =
+        json!("sometimes");
     let error = parse(&document).expect_err("bad policy");
     assert_eq!(
         error.to_string(),
@@ -307,10 +231,7 @@ fn error_display_matches_the_documented_example() {
 #[test]
 fn invalid_json_reports_line_and_column() {
     let error = parse_deployment(b"{\"modulesContent\":\n{,}}").expect_err("bad JSON");
-    assert_eq!(
-        (error.status, error.path.as_str()),
-        (DeploymentStatus::BadRequest, "")
-    );
+    assert_eq!((error.status, error.path.as_str()), (DeploymentStatus::BadRequest, ""));
     assert!(error.message.starts_with("invalid JSON: "), "{error}");
     assert!(error.message.contains("line 2 column 2"), "{error}");
     for not_object in [&b"[]"[..], b"5", b"\"x\"", b"null"] {
@@ -331,14 +252,11 @@ fn oversized_input_is_refused_before_parsing() {
 #[test]
 fn deep_nesting_is_an_error_not_a_crash() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert_eq!(
-        parse_deployment(deep.as_bytes()).expect_err("deep").status,
-        DeploymentStatus::BadRequest
-    );
+    assert_eq!(parse_deployment(deep.as_bytes()).expect_err("deep").status, DeploymentStatus::BadRequest);
     let options = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let mut document = quickstart();
-    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]
-        ["settings"]["createOptions"] = json!(options);
+    document["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["tempSensor"]["settings"]
+        ["createOptions"] = json!(options);
     refused(
         &document,
         DeploymentStatus::BadRequest,
@@ -357,16 +275,8 @@ fn both_shapes_at_once_are_refused() {
 fn wrong_types_at_each_level_are_400_with_their_path() {
     let table: [(&str, &[&str], Value); 8] = [
         ("modulesContent", &["modulesContent"], json!([])),
-        (
-            "modulesContent.$edgeAgent",
-            &["modulesContent", "$edgeAgent"],
-            json!("x"),
-        ),
-        (
-            AGENT_PATH,
-            &["modulesContent", "$edgeAgent", "properties.desired"],
-            json!(1),
-        ),
+        ("modulesContent.$edgeAgent", &["modulesContent", "$edgeAgent"], json!("x")),
+        (AGENT_PATH, &["modulesContent", "$edgeAgent", "properties.desired"], json!(1)),
         (
             "modulesContent.$edgeHub.properties.desired",
             &["modulesContent", "$edgeHub", "properties.desired"],
@@ -379,37 +289,17 @@ fn wrong_types_at_each_level_are_400_with_their_path() {
         ),
         (
             "modulesContent.$edgeAgent.properties.desired.systemModules.edgeHub.settings.image",
-            &[
-                "modulesContent",
-                "$edgeAgent",
-                "properties.desired",
-                "systemModules",
-                "edgeHub",
-                "settings",
-                "image",
-            ],
+            &["modulesContent", "$edgeAgent", "properties.desired", "systemModules", "edgeHub", "settings", "image"],
             json!(["img"]),
         ),
         (
             "modulesContent.$edgeAgent.properties.desired.runtime.settings.loggingOptions",
-            &[
-                "modulesContent",
-                "$edgeAgent",
-                "properties.desired",
-                "runtime",
-                "settings",
-                "loggingOptions",
-            ],
+            &["modulesContent", "$edgeAgent", "properties.desired", "runtime", "settings", "loggingOptions"],
             json!({}),
         ),
         (
             "modulesContent.$edgeAgent.properties.desired.modules",
-            &[
-                "modulesContent",
-                "$edgeAgent",
-                "properties.desired",
-                "modules",
-            ],
+            &["modulesContent", "$edgeAgent", "properties.desired", "modules"],
             json!(["tempSensor"]),
         ),
     ];

@@ -23,8 +23,7 @@ mod test_support;
 mod tests;
 
 pub use restart::{
-    cool_off, reset_counts_at, reset_counts_due, restart_due, runtime_status, should_restart,
-    RestartSettings,
+    cool_off, reset_counts_at, reset_counts_due, restart_due, runtime_status, should_restart, RestartSettings,
 };
 pub use state::{config_hash, ModuleState, RuntimeStatus};
 
@@ -128,30 +127,22 @@ pub fn plan(
 ) -> Plan {
     let mut result = Plan::default();
 
-    let mut removed: Vec<&ModuleState> = actual
-        .iter()
-        .filter(|state| !desired.iter().any(|spec| spec.name == state.name))
-        .collect();
+    let mut removed: Vec<&ModuleState> =
+        actual.iter().filter(|state| !desired.iter().any(|spec| spec.name == state.name)).collect();
     removed.sort_by(|left, right| left.name.cmp(&right.name));
     for state in removed {
         if state.running {
             result.commands.push(stop(&state.name));
         }
         result.commands.push(remove(&state.name));
-        result.reasons.push((
-            state.name.clone(),
-            "not in the deployment: removing".to_owned(),
-        ));
+        result.reasons.push((state.name.clone(), "not in the deployment: removing".to_owned()));
     }
 
     let decisions: Vec<(&ModuleSpec, Decision)> = startup_ordered(desired)
         .into_iter()
         .map(|spec| {
             let state = actual.iter().find(|state| state.name == spec.name);
-            (
-                spec,
-                decide(spec, state, image_present, settings, now_unix_ms),
-            )
+            (spec, decide(spec, state, image_present, settings, now_unix_ms))
         })
         .collect();
 
@@ -168,20 +159,13 @@ pub fn plan(
     for (spec, decision) in decisions {
         let module = spec.name.clone();
         if decision.pull {
-            result.commands.push(Command::Pull {
-                module: module.clone(),
-                image: spec.image.clone(),
-            });
+            result.commands.push(Command::Pull { module: module.clone(), image: spec.image.clone() });
         }
         if decision.create {
-            result.commands.push(Command::Create {
-                module: module.clone(),
-            });
+            result.commands.push(Command::Create { module: module.clone() });
         }
         if decision.start {
-            result.commands.push(Command::Start {
-                module: module.clone(),
-            });
+            result.commands.push(Command::Start { module: module.clone() });
         }
         if decision.restart {
             result.restarted.push(module.clone());
@@ -219,11 +203,7 @@ pub fn next_wakeup(
             }
             let restart = restart_due(spec.restart_policy, state, settings, now_unix_ms);
             let reset = reset_counts_at(state, settings);
-            [restart, reset]
-                .into_iter()
-                .flatten()
-                .filter(|due| *due > now_unix_ms)
-                .min()
+            [restart, reset].into_iter().flatten().filter(|due| *due > now_unix_ms).min()
         })
         .min()
 }
@@ -231,9 +211,7 @@ pub fn next_wakeup(
 /// `desired` in start order: ascending startupOrder, ties by name so the plan is deterministic.
 fn startup_ordered(desired: &[ModuleSpec]) -> Vec<&ModuleSpec> {
     let mut ordered: Vec<&ModuleSpec> = desired.iter().collect();
-    ordered.sort_by(|left, right| {
-        (left.startup_order, &left.name).cmp(&(right.startup_order, &right.name))
-    });
+    ordered.sort_by(|left, right| (left.startup_order, &left.name).cmp(&(right.startup_order, &right.name)));
     ordered
 }
 
@@ -272,10 +250,7 @@ fn create(spec: &ModuleSpec, image_present: &dyn Fn(&str) -> bool, why: &str) ->
     let pull = spec.image_pull_policy == ImagePullPolicy::OnCreate;
     if !pull && !image_present(&spec.image) {
         return Decision {
-            reason: Some(format!(
-                "{why}, but image {} is not on the device and imagePullPolicy is never",
-                spec.image
-            )),
+            reason: Some(format!("{why}, but image {} is not on the device and imagePullPolicy is never", spec.image)),
             ..Decision::default()
         };
     }
@@ -289,12 +264,7 @@ fn create(spec: &ModuleSpec, image_present: &dyn Fn(&str) -> bool, why: &str) ->
 }
 
 /// Desired running, container not running.
-fn decide_stopped(
-    spec: &ModuleSpec,
-    state: &ModuleState,
-    settings: &RestartSettings,
-    now_unix_ms: u64,
-) -> Decision {
+fn decide_stopped(spec: &ModuleSpec, state: &ModuleState, settings: &RestartSettings, now_unix_ms: u64) -> Decision {
     if state.stopped_by_agent || !state.has_exited() {
         return Decision {
             start: true,
@@ -303,9 +273,7 @@ fn decide_stopped(
         };
     }
     let policy = spec.restart_policy;
-    let exit = state
-        .exit_code
-        .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
+    let exit = state.exit_code.map_or_else(|| "unknown".to_owned(), |code| code.to_string());
     let reason = match restart_due(policy, state, settings, now_unix_ms) {
         Some(due) if due <= now_unix_ms => {
             return Decision {
@@ -321,34 +289,19 @@ fn decide_stopped(
             }
         }
         Some(due) => format!("exited with code {exit}: backoff, restart due at {due} ms"),
-        None if should_restart(policy, state) => format!(
-            "exited with code {exit}: failed after {} restarts",
-            state.restart_count
-        ),
-        None => format!(
-            "exited with code {exit}: restartPolicy {} does not restart it",
-            policy.as_str()
-        ),
+        None if should_restart(policy, state) => {
+            format!("exited with code {exit}: failed after {} restarts", state.restart_count)
+        }
+        None => format!("exited with code {exit}: restartPolicy {} does not restart it", policy.as_str()),
     };
-    Decision {
-        reason: Some(reason),
-        ..Decision::default()
-    }
+    Decision { reason: Some(reason), ..Decision::default() }
 }
 
 /// Desired running, container running: restart it if unhealthy and due, or reset its counts.
-fn decide_running(
-    spec: &ModuleSpec,
-    state: &ModuleState,
-    settings: &RestartSettings,
-    now_unix_ms: u64,
-) -> Decision {
+fn decide_running(spec: &ModuleSpec, state: &ModuleState, settings: &RestartSettings, now_unix_ms: u64) -> Decision {
     let policy = spec.restart_policy;
     if !should_restart(policy, state) {
-        return Decision {
-            reset_counts: reset_counts_due(state, settings, now_unix_ms),
-            ..Decision::default()
-        };
+        return Decision { reset_counts: reset_counts_due(state, settings, now_unix_ms), ..Decision::default() };
     }
     let reason = match restart_due(policy, state, settings, now_unix_ms) {
         Some(due) if due <= now_unix_ms => {
@@ -366,25 +319,15 @@ fn decide_running(
             }
         }
         Some(due) => format!("unhealthy: backoff, restart due at {due} ms"),
-        None => format!(
-            "unhealthy: restart budget spent after {} restarts",
-            state.restart_count
-        ),
+        None => format!("unhealthy: restart budget spent after {} restarts", state.restart_count),
     };
-    Decision {
-        reason: Some(reason),
-        ..Decision::default()
-    }
+    Decision { reason: Some(reason), ..Decision::default() }
 }
 
 fn stop(module: &str) -> Command {
-    Command::Stop {
-        module: module.to_owned(),
-    }
+    Command::Stop { module: module.to_owned() }
 }
 
 fn remove(module: &str) -> Command {
-    Command::Remove {
-        module: module.to_owned(),
-    }
+    Command::Remove { module: module.to_owned() }
 }

@@ -82,9 +82,7 @@ pub fn should_restart(policy: RestartPolicy, state: &ModuleState) -> bool {
 pub fn cool_off(settings: &RestartSettings, restart_count: u32) -> Duration {
     2u32.checked_pow(restart_count)
         .and_then(|factor| settings.cool_off_unit.checked_mul(factor))
-        .map_or(settings.cool_off_max, |cool_off| {
-            cool_off.min(settings.cool_off_max)
-        })
+        .map_or(settings.cool_off_max, |cool_off| cool_off.min(settings.cool_off_max))
 }
 
 /// The `runtimeStatus` to report for a module, rules in order:
@@ -108,11 +106,7 @@ pub fn runtime_status(
 ) -> RuntimeStatus {
     let _ = now_unix_ms;
     if state.running {
-        return if state.is_unhealthy() {
-            RuntimeStatus::Unhealthy
-        } else {
-            RuntimeStatus::Running
-        };
+        return if state.is_unhealthy() { RuntimeStatus::Unhealthy } else { RuntimeStatus::Running };
     }
     if should_restart(policy, state) {
         return if state.restart_count < settings.max_restart_count {
@@ -144,11 +138,7 @@ pub fn restart_due(
     if !should_restart(policy, state) || state.restart_count >= settings.max_restart_count {
         return None;
     }
-    let since_unix_ms = if state.running {
-        state.last_start_unix_ms
-    } else {
-        state.last_exit_unix_ms
-    };
+    let since_unix_ms = if state.running { state.last_start_unix_ms } else { state.last_exit_unix_ms };
     let Some(since_unix_ms) = since_unix_ms.filter(|since| *since <= now_unix_ms) else {
         return Some(now_unix_ms);
     };
@@ -160,9 +150,7 @@ pub fn restart_due(
 /// A start time after `now` (clock skew) does not count as a long run.
 pub fn reset_counts_due(state: &ModuleState, settings: &RestartSettings, now_unix_ms: u64) -> bool {
     reset_counts_at(state, settings).is_some_and(|due| due <= now_unix_ms)
-        && state
-            .last_start_unix_ms
-            .is_some_and(|started| started <= now_unix_ms)
+        && state.last_start_unix_ms.is_some_and(|started| started <= now_unix_ms)
 }
 
 /// When [`reset_counts_due`] becomes true if the module keeps running; `None` when there is

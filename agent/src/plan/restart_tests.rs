@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use super::restart::{
-    cool_off, reset_counts_due, restart_due, runtime_status, should_restart, RestartSettings,
-};
+use super::restart::{cool_off, reset_counts_due, restart_due, runtime_status, should_restart, RestartSettings};
 use super::state::{ModuleState, RuntimeStatus};
 use crate::manifest::RestartPolicy;
 
@@ -51,30 +49,15 @@ fn each_policy_restarts_what_it_promises() {
         (Always, true, true, true),
     ];
     for (policy, clean, crash, sick) in table {
-        assert_eq!(
-            should_restart(policy, &exited(0)),
-            clean,
-            "{policy:?} exit 0"
-        );
-        assert_eq!(
-            should_restart(policy, &exited(1)),
-            crash,
-            "{policy:?} exit 1"
-        );
-        assert_eq!(
-            should_restart(policy, &unhealthy()),
-            sick,
-            "{policy:?} unhealthy"
-        );
+        assert_eq!(should_restart(policy, &exited(0)), clean, "{policy:?} exit 0");
+        assert_eq!(should_restart(policy, &exited(1)), crash, "{policy:?} exit 1");
+        assert_eq!(should_restart(policy, &unhealthy()), sick, "{policy:?} unhealthy");
     }
 }
 
 #[test]
 fn an_exit_the_agent_caused_is_never_restarted() {
-    let state = ModuleState {
-        stopped_by_agent: true,
-        ..exited(143)
-    };
+    let state = ModuleState { stopped_by_agent: true, ..exited(143) };
     for policy in [RestartPolicy::OnFailure, RestartPolicy::Always] {
         assert!(!should_restart(policy, &state));
     }
@@ -85,10 +68,7 @@ fn an_exit_the_agent_caused_is_never_restarted() {
 #[test]
 fn healthy_or_unchecked_running_module_is_not_restarted() {
     for healthy in [None, Some(true)] {
-        let state = ModuleState {
-            healthy,
-            ..unhealthy()
-        };
+        let state = ModuleState { healthy, ..unhealthy() };
         assert!(!should_restart(RestartPolicy::Always, &state));
     }
 }
@@ -96,9 +76,7 @@ fn healthy_or_unchecked_running_module_is_not_restarted() {
 #[test]
 fn backoff_doubles_from_ten_seconds_up_to_five_minutes() {
     let settings = RestartSettings::default();
-    let seconds: Vec<u64> = (0..7)
-        .map(|count| cool_off(&settings, count).as_secs())
-        .collect();
+    let seconds: Vec<u64> = (0..7).map(|count| cool_off(&settings, count).as_secs()).collect();
     assert_eq!(seconds, [10, 20, 40, 80, 160, 300, 300]);
 }
 
@@ -161,19 +139,13 @@ fn crashing_module_is_in_backoff_until_the_budget_is_spent_then_failed() {
     state.restart_count = settings.max_restart_count;
     let status = runtime_status(RestartPolicy::OnFailure, &state, &settings, NOW);
     assert_eq!(status, RuntimeStatus::Failed);
-    assert_eq!(
-        restart_due(RestartPolicy::OnFailure, &state, &settings, NOW),
-        None
-    );
+    assert_eq!(restart_due(RestartPolicy::OnFailure, &state, &settings, NOW), None);
 }
 
 #[test]
 fn runtime_status_follows_each_rule() {
     let settings = small_settings();
-    let running = ModuleState {
-        running: true,
-        ..ModuleState::default()
-    };
+    let running = ModuleState { running: true, ..ModuleState::default() };
     let never_ran = ModuleState::default();
     let table = [
         (RestartPolicy::Never, running, RuntimeStatus::Running),
@@ -206,18 +178,7 @@ fn runtime_status_names_match_iot_edge() {
     .iter()
     .map(RuntimeStatus::as_str)
     .collect();
-    assert_eq!(
-        names,
-        [
-            "unknown",
-            "backoff",
-            "running",
-            "unhealthy",
-            "stopped",
-            "failed",
-            "dead"
-        ]
-    );
+    assert_eq!(names, ["unknown", "backoff", "running", "unhealthy", "stopped", "failed", "dead"]);
 }
 
 #[test]
@@ -240,14 +201,8 @@ fn counts_reset_after_intensive_care_only() {
     assert!(!reset_counts_due(&state, &settings, NOW), "not running");
     state.running = true;
     state.last_start_unix_ms = Some(NOW + 10_000);
-    assert!(
-        !reset_counts_due(&state, &settings, NOW),
-        "started in the future"
-    );
+    assert!(!reset_counts_due(&state, &settings, NOW), "started in the future");
     state.last_start_unix_ms = Some(0);
     state.reset_restart_counts();
-    assert!(
-        !reset_counts_due(&state, &settings, NOW),
-        "nothing to reset"
-    );
+    assert!(!reset_counts_due(&state, &settings, NOW), "nothing to reset");
 }

@@ -157,9 +157,7 @@ struct Fnv1a {
 
 impl Fnv1a {
     fn new() -> Self {
-        Self {
-            state: FNV_OFFSET_BASIS,
-        }
+        Self { state: FNV_OFFSET_BASIS }
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -58,39 +58,23 @@ pub(super) fn plan_now(desired: &[ModuleSpec], actual: &[ModuleState]) -> Plan {
 }
 
 pub(super) fn pull(module: &str, image: &str) -> Command {
-    Command::Pull {
-        module: module.to_owned(),
-        image: image.to_owned(),
-    }
+    Command::Pull { module: module.to_owned(), image: image.to_owned() }
 }
 pub(super) fn create(module: &str) -> Command {
-    Command::Create {
-        module: module.to_owned(),
-    }
+    Command::Create { module: module.to_owned() }
 }
 pub(super) fn start(module: &str) -> Command {
-    Command::Start {
-        module: module.to_owned(),
-    }
+    Command::Start { module: module.to_owned() }
 }
 pub(super) fn stop(module: &str) -> Command {
-    Command::Stop {
-        module: module.to_owned(),
-    }
+    Command::Stop { module: module.to_owned() }
 }
 pub(super) fn remove(module: &str) -> Command {
-    Command::Remove {
-        module: module.to_owned(),
-    }
+    Command::Remove { module: module.to_owned() }
 }
 
 /// Applies a plan the way a well-behaved executor would, at time `now`.
-pub(super) fn execute(
-    plan: &Plan,
-    desired: &[ModuleSpec],
-    actual: &mut Vec<ModuleState>,
-    now: u64,
-) {
+pub(super) fn execute(plan: &Plan, desired: &[ModuleSpec], actual: &mut Vec<ModuleState>, now: u64) {
     for command in &plan.commands {
         let name = command.module();
         match command {

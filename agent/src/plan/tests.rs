@@ -10,18 +10,8 @@ use crate::manifest::{DesiredStatus, ImagePullPolicy, ModuleSpec, RestartPolicy}
 fn new_module_is_pulled_created_and_started() {
     let desired = [spec("sensor", 1)];
     let result = plan_now(&desired, &[]);
-    assert_eq!(
-        result.commands,
-        [
-            pull("sensor", "example.azurecr.io/sensor:1"),
-            create("sensor"),
-            start("sensor")
-        ]
-    );
-    assert_eq!(
-        result.reasons,
-        [("sensor".to_owned(), "new module".to_owned())]
-    );
+    assert_eq!(result.commands, [pull("sensor", "example.azurecr.io/sensor:1"), create("sensor"), start("sensor")]);
+    assert_eq!(result.reasons, [("sensor".to_owned(), "new module".to_owned())]);
 }
 
 #[test]
@@ -29,13 +19,7 @@ fn new_module_desired_stopped_is_created_but_not_started() {
     let mut desired = [spec("sensor", 1)];
     desired[0].status = DesiredStatus::Stopped;
     let result = plan_now(&desired, &[]);
-    assert_eq!(
-        result.commands,
-        [
-            pull("sensor", "example.azurecr.io/sensor:1"),
-            create("sensor")
-        ]
-    );
+    assert_eq!(result.commands, [pull("sensor", "example.azurecr.io/sensor:1"), create("sensor")]);
 }
 
 #[test]
@@ -81,19 +65,10 @@ fn changed_image_create_options_or_env_recreates_exactly_that_module() {
         let old = spec("sensor", 1);
         let mut new = old.clone();
         change(&mut new);
-        let result = plan_now(
-            &[new.clone(), other.clone()],
-            &[running(&old), running(&other)],
-        );
+        let result = plan_now(&[new.clone(), other.clone()], &[running(&old), running(&other)]);
         assert_eq!(
             result.commands,
-            [
-                stop("sensor"),
-                remove("sensor"),
-                pull("sensor", &new.image),
-                create("sensor"),
-                start("sensor"),
-            ]
+            [stop("sensor"), remove("sensor"), pull("sensor", &new.image), create("sensor"), start("sensor"),]
         );
     }
 }
@@ -106,9 +81,7 @@ fn changed_status_policy_order_or_version_does_not_recreate() {
     new.startup_order = 7;
     new.version = "2.0".to_owned();
     new.image_pull_policy = ImagePullPolicy::Never;
-    assert!(plan_now(&[new.clone()], &[running(&old)])
-        .commands
-        .is_empty());
+    assert!(plan_now(&[new.clone()], &[running(&old)]).commands.is_empty());
 
     new.status = DesiredStatus::Stopped;
     let mut actual = vec![running(&old)];
@@ -118,11 +91,7 @@ fn changed_status_policy_order_or_version_does_not_recreate() {
     execute(&result, &[new.clone()], &mut actual, NOW);
     new.status = DesiredStatus::Running;
     let result = plan_now(&[new], &actual);
-    assert_eq!(
-        result.commands,
-        [start("sensor")],
-        "agent-stopped module is started again"
-    );
+    assert_eq!(result.commands, [start("sensor")], "agent-stopped module is started again");
 }
 
 #[test]
@@ -131,25 +100,14 @@ fn removed_module_is_stopped_and_removed_first() {
     let gone = spec("gone", 1);
     let mut stopped_gone = running(&spec("stale", 1));
     stopped_gone.running = false;
-    let result = plan_now(
-        &[kept.clone(), spec("new", 0)],
-        &[running(&kept), running(&gone), stopped_gone],
-    );
-    assert_eq!(
-        result.commands[..3],
-        [stop("gone"), remove("gone"), remove("stale")]
-    );
+    let result = plan_now(&[kept.clone(), spec("new", 0)], &[running(&kept), running(&gone), stopped_gone]);
+    assert_eq!(result.commands[..3], [stop("gone"), remove("gone"), remove("stale")]);
     assert_eq!(result.commands.len(), 6, "{:?}", result.commands);
 }
 
 #[test]
 fn starts_follow_startup_order_and_stops_go_in_reverse() {
-    let specs = [
-        spec("hub", 0),
-        spec("zeta", 1),
-        spec("alpha", 1),
-        spec("last", 9),
-    ];
+    let specs = [spec("hub", 0), spec("zeta", 1), spec("alpha", 1), spec("last", 9)];
     let result = plan_now(&specs, &[]);
     let starts: Vec<&str> = result
         .commands
@@ -160,18 +118,10 @@ fn starts_follow_startup_order_and_stops_go_in_reverse() {
     assert_eq!(starts, ["hub", "alpha", "zeta", "last"]);
 
     let actual: Vec<ModuleState> = specs.iter().map(running).collect();
-    let stopping: Vec<ModuleSpec> = specs
-        .iter()
-        .map(|spec| ModuleSpec {
-            status: DesiredStatus::Stopped,
-            ..spec.clone()
-        })
-        .collect();
+    let stopping: Vec<ModuleSpec> =
+        specs.iter().map(|spec| ModuleSpec { status: DesiredStatus::Stopped, ..spec.clone() }).collect();
     let result = plan_now(&stopping, &actual);
-    assert_eq!(
-        result.commands,
-        [stop("last"), stop("zeta"), stop("alpha"), stop("hub")]
-    );
+    assert_eq!(result.commands, [stop("last"), stop("zeta"), stop("alpha"), stop("hub")]);
 }
 
 #[test]
@@ -186,15 +136,8 @@ fn crashed_module_waits_for_its_cool_off_then_restarts_once() {
 
     let early = plan_now(&desired, &actual);
     assert!(early.commands.is_empty());
-    assert!(
-        early.reasons[0].1.contains("backoff"),
-        "{:?}",
-        early.reasons
-    );
-    assert_eq!(
-        next_wakeup(&desired, &actual, &settings(), NOW),
-        Some(NOW + 150)
-    );
+    assert!(early.reasons[0].1.contains("backoff"), "{:?}", early.reasons);
+    assert_eq!(next_wakeup(&desired, &actual, &settings(), NOW), Some(NOW + 150));
 
     let due = plan(&desired, &actual, &always_present, &settings(), NOW + 150);
     assert_eq!(due.commands, [start("sensor")]);
@@ -224,11 +167,7 @@ fn module_out_of_restarts_stays_down() {
     let actual = [crashed];
     let result = plan_now(&desired, &actual);
     assert!(result.commands.is_empty());
-    assert!(
-        result.reasons[0].1.contains("failed"),
-        "{:?}",
-        result.reasons
-    );
+    assert!(result.reasons[0].1.contains("failed"), "{:?}", result.reasons);
     assert_eq!(next_wakeup(&desired, &actual, &settings(), NOW), None);
 }
 
@@ -250,10 +189,7 @@ fn long_run_resets_restart_counts_and_next_wakeup_says_when() {
     state.restart_count = 2;
     state.last_start_unix_ms = Some(NOW - 1000);
     let mut actual = vec![state];
-    assert_eq!(
-        next_wakeup(&desired, &actual, &settings(), NOW),
-        Some(NOW + 4000)
-    );
+    assert_eq!(next_wakeup(&desired, &actual, &settings(), NOW), Some(NOW + 4000));
     assert!(plan_now(&desired, &actual).reset_counts.is_empty());
 
     let later = NOW + 4000;
@@ -274,14 +210,8 @@ fn next_wakeup_is_the_earliest_backoff() {
         last_exit_unix_ms: Some(exit_ms),
         ..running(spec)
     };
-    let actual = [
-        crashed(&desired[0], NOW - 10),
-        crashed(&desired[1], NOW - 60),
-    ];
-    assert_eq!(
-        next_wakeup(&desired, &actual, &settings(), NOW),
-        Some(NOW + 40)
-    );
+    let actual = [crashed(&desired[0], NOW - 10), crashed(&desired[1], NOW - 60)];
+    assert_eq!(next_wakeup(&desired, &actual, &settings(), NOW), Some(NOW + 40));
     assert_eq!(next_wakeup(&desired, &[], &settings(), NOW), None);
 }
 
@@ -295,13 +225,7 @@ fn executing_a_plan_leaves_nothing_to_do() {
     let old_changed = changed.clone();
     changed.image = "example.azurecr.io/changed:2".to_owned();
     stopping.status = DesiredStatus::Stopped;
-    let desired = vec![
-        spec("new", 1),
-        changed,
-        stopping.clone(),
-        sick.clone(),
-        crashed.clone(),
-    ];
+    let desired = vec![spec("new", 1), changed, stopping.clone(), sick.clone(), crashed.clone()];
 
     let mut sick_state = running(&sick);
     sick_state.healthy = Some(false);
@@ -309,13 +233,8 @@ fn executing_a_plan_leaves_nothing_to_do() {
     crashed_state.running = false;
     crashed_state.exit_code = Some(1);
     crashed_state.last_exit_unix_ms = Some(NOW - 5000);
-    let mut actual = vec![
-        running(&spec("gone", 1)),
-        running(&old_changed),
-        running(&stopping),
-        sick_state,
-        crashed_state,
-    ];
+    let mut actual =
+        vec![running(&spec("gone", 1)), running(&old_changed), running(&stopping), sick_state, crashed_state];
 
     let first = plan_now(&desired, &actual);
     assert!(!first.commands.is_empty());

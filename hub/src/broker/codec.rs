@@ -132,7 +132,10 @@ mod tests {
         let mut out = BytesMut::new();
         put_publish(&mut out, "devices/d/modules/m/inputs/i/", QoS::AtLeastOnce, 7, true, b"hello");
         let Some(Packet::Publish(p)) = decode(&mut out, 1024).expect("valid") else { panic!("not a publish") };
-        assert_eq!((p.topic.as_str(), p.qos, p.pkid, p.dup), ("devices/d/modules/m/inputs/i/", QoS::AtLeastOnce, 7, true));
+        assert_eq!(
+            (p.topic.as_str(), p.qos, p.pkid, p.dup),
+            ("devices/d/modules/m/inputs/i/", QoS::AtLeastOnce, 7, true)
+        );
         assert_eq!(p.payload, Bytes::from_static(b"hello"));
         assert!(out.is_empty());
     }

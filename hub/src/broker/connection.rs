@@ -16,9 +16,9 @@ use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
 use super::codec;
-use super::transport::Reader;
 use super::queue::{Queue, Signal};
 use super::session::{Kick, Owner, Slot};
+use super::transport::Reader;
 use super::writer::{Ctrl, Writer};
 use super::Broker;
 
@@ -103,7 +103,9 @@ where
     // The first packet must be a CONNECT, within the connect timeout.
     let connect = loop {
         if let Some(level) = codec::connect_protocol_level(&buf).filter(|level| *level != 4) {
-            log::warn!("{peer}: CONNECT refused: protocol level {level} (MQTT 5 is not supported; IoT Hub speaks MQTT 3.1.1)");
+            log::warn!(
+                "{peer}: CONNECT refused: protocol level {level} (MQTT 5 is not supported; IoT Hub speaks MQTT 3.1.1)"
+            );
             Metrics::inc(&broker.metrics.connections_refused);
             let mut out = BytesMut::new();
             codec::put_connack(&mut out, false, 1);
@@ -150,7 +152,12 @@ where
 }
 
 /// Checks protocol and credentials; answers refusals itself.
-async fn accept<W: AsyncWrite + Unpin>(broker: &Broker, connect: &Connect, peer: &str, writer: &mut W) -> Option<Authenticated> {
+async fn accept<W: AsyncWrite + Unpin>(
+    broker: &Broker,
+    connect: &Connect,
+    peer: &str,
+    writer: &mut W,
+) -> Option<Authenticated> {
     let refuse = |code: u8| {
         let mut out = BytesMut::new();
         codec::put_connack(&mut out, false, code);
@@ -166,7 +173,12 @@ async fn accept<W: AsyncWrite + Unpin>(broker: &Broker, connect: &Connect, peer:
         let login = connect.login.as_ref();
         broker
             .authenticator()
-            .authenticate(&connect.client_id, login.map(|l| l.username.as_str()), login.map(|l| l.password.as_str()), unix_now())
+            .authenticate(
+                &connect.client_id,
+                login.map(|l| l.username.as_str()),
+                login.map(|l| l.password.as_str()),
+                unix_now(),
+            )
             .map_err(|e| (5, e.to_string()))
     };
     match verdict {
@@ -197,7 +209,13 @@ struct Session {
 impl Session {
     /// Takes the identity's slot over from any earlier connection (MQTT client-id takeover).
     /// `socket`: the plain TCP socket, so a takeover can shut it down (`None` for TLS).
-    async fn open(broker: &Broker, auth: Authenticated, connect: &Connect, peer: String, socket: Option<Arc<smol::Async<std::net::TcpStream>>>) -> Session {
+    async fn open(
+        broker: &Broker,
+        auth: Authenticated,
+        connect: &Connect,
+        peer: String,
+        socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
+    ) -> Session {
         let slot = broker.sessions.slot(&auth.identity.client_id());
         let kicked = Arc::new(Kick::new(socket));
         let done = Arc::new(Signal::default());
@@ -212,9 +230,10 @@ impl Session {
                     true
                 },
                 async {
-                smol::Timer::after(TAKEOVER_WAIT).await;
-                false
-            })
+                    smol::Timer::after(TAKEOVER_WAIT).await;
+                    false
+                },
+            )
             .await;
         }
         let clean = connect.clean_session;
@@ -230,11 +249,28 @@ impl Session {
         // A new owner: pumps restart from the checkpoints for this connection.
         slot.bump();
         log::info!("{peer}: {} connected (clean session: {clean}, keep-alive {} s)", auth.identity, connect.keep_alive);
-        Session { identity: auth.identity, token_expiry: auth.token_expiry, slot, connection_id, kicked, done, session_present, clean, peer }
+        Session {
+            identity: auth.identity,
+            token_expiry: auth.token_expiry,
+            slot,
+            connection_id,
+            kicked,
+            done,
+            session_present,
+            clean,
+            peer,
+        }
     }
 
-    async fn run<R, W>(self, broker: Arc<Broker>, will: Option<LastWill>, keep_alive: u16, mut reader: Reader<R>, writer: W, mut buf: BytesMut)
-    where
+    async fn run<R, W>(
+        self,
+        broker: Arc<Broker>,
+        will: Option<LastWill>,
+        keep_alive: u16,
+        mut reader: Reader<R>,
+        writer: W,
+        mut buf: BytesMut,
+    ) where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -265,7 +301,14 @@ impl Session {
             End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
         }
         if let (End::Abnormal(_), Some(will)) = (&end, will) {
-            let publish = Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic, pkid: 1, payload: will.message };
+            let publish = Publish {
+                dup: false,
+                qos: will.qos,
+                retain: will.retain,
+                topic: will.topic,
+                pkid: 1,
+                payload: will.message,
+            };
             match Box::pin(self.publish(&broker, publish)).await {
                 Ok(Some(_)) => {}
                 Ok(None) => log::warn!("{}: will of {} not stored", self.peer, self.identity),
@@ -326,7 +369,9 @@ impl Session {
             }
             let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
             match fill(reader, buf, keep_alive, token_left, self.kicked.signal()).await {
-                Wake::Read(_) if self.kicked.taken_over() => return End::Abnormal("taken over by a new connection".into()),
+                Wake::Read(_) if self.kicked.taken_over() => {
+                    return End::Abnormal("taken over by a new connection".into())
+                }
                 Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
@@ -359,8 +404,12 @@ impl Session {
             }
             Packet::PubAck(ack) => ctrl.push(Ctrl::Acked(ack.pkid)).await,
             // MQTT-2.3.1-1: SUBSCRIBE and UNSUBSCRIBE carry a non-zero packet identifier.
-            Packet::Subscribe(s) if s.pkid == 0 || s.filters.is_empty() => return Some(End::Abnormal("SUBSCRIBE with packet id 0 or no filter".into())),
-            Packet::Unsubscribe(u) if u.pkid == 0 || u.topics.is_empty() => return Some(End::Abnormal("UNSUBSCRIBE with packet id 0 or no filter".into())),
+            Packet::Subscribe(s) if s.pkid == 0 || s.filters.is_empty() => {
+                return Some(End::Abnormal("SUBSCRIBE with packet id 0 or no filter".into()))
+            }
+            Packet::Unsubscribe(u) if u.pkid == 0 || u.topics.is_empty() => {
+                return Some(End::Abnormal("UNSUBSCRIBE with packet id 0 or no filter".into()))
+            }
             Packet::Subscribe(s) => Box::pin(self.subscribe(broker, s, ctrl)).await,
             Packet::Unsubscribe(u) => self.unsubscribe(u, ctrl).await,
             Packet::PingReq => ctrl.push(Ctrl::PingResp).await,
@@ -386,7 +435,11 @@ impl Session {
             Ok(Inbound::IotHub { rest }) => {
                 // Twin and direct-method traffic arrives with the twin work; it is accepted and
                 // acknowledged so SDKs do not stall, and logged so its absence is visible.
-                log::debug!("{}: {} sent $iothub/{rest}: twins and methods are not served yet", self.peer, self.identity);
+                log::debug!(
+                    "{}: {} sent $iothub/{rest}: twins and methods are not served yet",
+                    self.peer,
+                    self.identity
+                );
                 return Ok(Some(0));
             }
             Err(e) => {
@@ -411,7 +464,12 @@ impl Session {
             }
         };
         Metrics::inc(&broker.metrics.messages_received);
-        let msg = Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload: p.payload };
+        let msg = Message {
+            source,
+            properties,
+            enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(),
+            payload: p.payload,
+        };
         let mut endpoints = Vec::new();
         match broker.router.route(msg, &mut endpoints) {
             Ok(seq) => Ok(Some(seq.unwrap_or(0))),
@@ -452,7 +510,10 @@ impl Session {
     }
 
     async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
-        if u.topics.iter().any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs)) {
+        if u.topics
+            .iter()
+            .any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs))
+        {
             self.slot.state().inputs_qos = None;
             ctrl.push(Ctrl::Inputs(None)).await?;
             self.slot.bump();

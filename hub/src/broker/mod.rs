@@ -87,7 +87,13 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker routing into `store`, with one pump per module input its routes name.
-    pub fn new(device_id: &str, authenticator: Authenticator, routes: RouteTable, limits: Limits, store: Arc<Store>) -> Arc<Broker> {
+    pub fn new(
+        device_id: &str,
+        authenticator: Authenticator,
+        routes: RouteTable,
+        limits: Limits,
+        store: Arc<Store>,
+    ) -> Arc<Broker> {
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(limits.subscriber_queue_max));
         let commit_store = store.clone();
@@ -177,12 +183,18 @@ impl Broker {
         }
     }
 
-    async fn serve_stream(self: Arc<Broker>, stream: Async<TcpStream>, peer: SocketAddr, tls: Option<futures_rustls::TlsAcceptor>) {
+    async fn serve_stream(
+        self: Arc<Broker>,
+        stream: Async<TcpStream>,
+        peer: SocketAddr,
+        tls: Option<futures_rustls::TlsAcceptor>,
+    ) {
         let peer = peer.to_string();
         match tls {
             None => {
                 let socket = Arc::new(stream);
-                let reader = transport::Reader { inner: transport::TcpHalf(socket.clone()), probe: Some(socket.clone()) };
+                let reader =
+                    transport::Reader { inner: transport::TcpHalf(socket.clone()), probe: Some(socket.clone()) };
                 connection::serve(self, reader, transport::TcpHalf(socket), peer).await;
             }
             // Boxed: the TLS handshake state is large and only needed while it runs, and the
@@ -191,7 +203,12 @@ impl Broker {
         }
     }
 
-    async fn serve_tls(self: Arc<Broker>, stream: Async<TcpStream>, peer: String, acceptor: futures_rustls::TlsAcceptor) {
+    async fn serve_tls(
+        self: Arc<Broker>,
+        stream: Async<TcpStream>,
+        peer: String,
+        acceptor: futures_rustls::TlsAcceptor,
+    ) {
         let handshake = async { Some(acceptor.accept(stream).await) };
         let timeout = async {
             smol::Timer::after(self.limits.connect_timeout).await;

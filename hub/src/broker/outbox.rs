@@ -35,7 +35,11 @@ struct Cursor {
 impl StoreOutbox {
     /// `queues`: (priority, store endpoint id) of the `$upstream` queues.
     pub fn new(store: Arc<Store>, queues: &[(u8, u16)]) -> StoreOutbox {
-        let cursor = Mutex::new(Cursor { reader: MergedReader::new(&store, queues), next_link_seq: 1, in_flight: VecDeque::new() });
+        let cursor = Mutex::new(Cursor {
+            reader: MergedReader::new(&store, queues),
+            next_link_seq: 1,
+            in_flight: VecDeque::new(),
+        });
         StoreOutbox { store, cursor }
     }
 
@@ -129,13 +133,26 @@ mod tests {
     use bytes::Bytes;
 
     fn record(properties: &str) -> StoredRecord {
-        StoredRecord { seq: 1, enqueued_unix_ms: 0, endpoints: Vec::new(), source: String::new(), properties: properties.into(), payload: Bytes::new() }
+        StoredRecord {
+            seq: 1,
+            enqueued_unix_ms: 0,
+            endpoints: Vec::new(),
+            source: String::new(),
+            properties: properties.into(),
+            payload: Bytes::new(),
+        }
     }
 
     #[test]
     fn topics_follow_the_sender() {
-        assert_eq!(upstream_topic(&record("a=1&%24.cdid=gw&%24.cmid=filter")).as_deref(), Some("devices/gw/modules/filter/messages/events/a=1&%24.cdid=gw&%24.cmid=filter"));
-        assert_eq!(upstream_topic(&record("%24.cdid=sensor-7")).as_deref(), Some("devices/sensor-7/messages/events/%24.cdid=sensor-7"));
+        assert_eq!(
+            upstream_topic(&record("a=1&%24.cdid=gw&%24.cmid=filter")).as_deref(),
+            Some("devices/gw/modules/filter/messages/events/a=1&%24.cdid=gw&%24.cmid=filter")
+        );
+        assert_eq!(
+            upstream_topic(&record("%24.cdid=sensor-7")).as_deref(),
+            Some("devices/sensor-7/messages/events/%24.cdid=sensor-7")
+        );
         assert_eq!(upstream_topic(&record("a=1")), None);
     }
 }

@@ -51,7 +51,8 @@ mod tests {
         let mut fairness = Fairness::default();
         let mut taken = Vec::new();
         loop {
-            let heads: Vec<(usize, (u8, u64))> = queues.iter().enumerate().filter_map(|(i, (p, q))| q.first().map(|s| (i, (*p, *s)))).collect();
+            let heads: Vec<(usize, (u8, u64))> =
+                queues.iter().enumerate().filter_map(|(i, (p, q))| q.first().map(|s| (i, (*p, *s)))).collect();
             let just: Vec<(u8, u64)> = heads.iter().map(|h| h.1).collect();
             let Some(pick) = fairness.pick(&just) else { return taken };
             let queue = heads[pick].0;
@@ -104,7 +105,10 @@ struct PriorityQueue {
 impl MergedReader {
     /// `queues`: (priority, store endpoint id) of every queue of the endpoint.
     pub fn new(store: &crate::store::Store, queues: &[(u8, u16)]) -> MergedReader {
-        let queues = queues.iter().map(|&(priority, id)| PriorityQueue { priority, id, reader: store.reader(id), head: None }).collect();
+        let queues = queues
+            .iter()
+            .map(|&(priority, id)| PriorityQueue { priority, id, reader: store.reader(id), head: None })
+            .collect();
         MergedReader { queues, fairness: Fairness::default() }
     }
 
@@ -124,10 +128,16 @@ impl MergedReader {
     }
 
     /// The next record to send and the id of its queue; `None` when every queue is drained.
-    pub fn next(&mut self, now_unix_ms: u64) -> Result<Option<(u16, crate::store::StoredRecord)>, crate::store::StoreError> {
+    pub fn next(
+        &mut self,
+        now_unix_ms: u64,
+    ) -> Result<Option<(u16, crate::store::StoredRecord)>, crate::store::StoreError> {
         self.fill(now_unix_ms)?;
         let waiting: Vec<usize> = (0..self.queues.len()).filter(|&i| self.queues[i].head.is_some()).collect();
-        let heads: Vec<(u8, u64)> = waiting.iter().map(|&i| (self.queues[i].priority, self.queues[i].head.as_ref().map_or(0, |r| r.seq))).collect();
+        let heads: Vec<(u8, u64)> = waiting
+            .iter()
+            .map(|&i| (self.queues[i].priority, self.queues[i].head.as_ref().map_or(0, |r| r.seq)))
+            .collect();
         let Some(pick) = self.fairness.pick(&heads) else { return Ok(None) };
         let queue = &mut self.queues[waiting[pick]];
         Ok(queue.head.take().map(|record| (queue.id, record)))

@@ -86,7 +86,8 @@ impl Router {
 
     /// The (priority, store id) of every queue the current routes give `endpoint`.
     pub fn queues_of(&self, endpoint: &Endpoint) -> Result<Vec<(u8, u16)>, StoreError> {
-        let mut priorities: Vec<u8> = self.routes().routes().iter().filter(|r| &r.endpoint == endpoint).map(|r| r.priority).collect();
+        let mut priorities: Vec<u8> =
+            self.routes().routes().iter().filter(|r| &r.endpoint == endpoint).map(|r| r.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
         priorities.into_iter().map(|p| self.endpoint_id(endpoint, p).map(|id| (p, id))).collect()
@@ -111,7 +112,13 @@ impl Router {
         }
         let mut bag = String::new();
         msg.properties.encode_into(&mut bag);
-        let record = NewRecord { enqueued_unix_ms: now_unix_ms(), endpoints: &refs, source: &msg.source, properties: &bag, payload: &msg.payload };
+        let record = NewRecord {
+            enqueued_unix_ms: now_unix_ms(),
+            endpoints: &refs,
+            source: &msg.source,
+            properties: &bag,
+            payload: &msg.payload,
+        };
         let seq = match self.store.append(&record) {
             Ok(seq) => seq,
             Err(StoreError::Full { .. }) => {

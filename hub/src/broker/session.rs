@@ -108,7 +108,12 @@ pub struct Slot {
 
 impl Slot {
     fn new(queue_max: usize) -> Slot {
-        Slot { mailbox: Queue::new(queue_max), state: Mutex::new(SlotState::default()), generation: AtomicU64::new(0), changed: Event::new() }
+        Slot {
+            mailbox: Queue::new(queue_max),
+            state: Mutex::new(SlotState::default()),
+            generation: AtomicU64::new(0),
+            changed: Event::new(),
+        }
     }
 
     /// Locks the state. Every update is a single assignment, so a lock poisoned by a panic

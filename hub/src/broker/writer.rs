@@ -99,7 +99,8 @@ impl InFlight {
         let list = &self.list;
         let mut ready: Vec<(u16, u64)> = Vec::new();
         self.acked_early.retain(|origin| {
-            let held_back = list.iter().any(|(_, d)| d.origin.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
+            let held_back =
+                list.iter().any(|(_, d)| d.origin.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
             if held_back {
                 return true;
             }
@@ -134,10 +135,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             // Boxed, and only while a PUBACK waits: the store's wait future is large, and an
             // idle connection's task should not be sized for it.
-            let wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> = pubacks.front().map(|&(_, seq)| {
-                let store = &self.store;
-                Box::pin(async move { store.durable(seq).await.is_ok() }) as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
-            });
+            let wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
+                pubacks.front().map(|&(_, seq)| {
+                    let store = &self.store;
+                    Box::pin(async move { store.durable(seq).await.is_ok() })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
+                });
             let durable = async {
                 match wait {
                     Some(wait) => Event::Durable(wait.await),
@@ -171,7 +174,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 if !ok {
                     // The disk could not make it durable: no PUBACK, the client sends it again.
                     if let Some((pkid, seq)) = pubacks.pop_front() {
-                        log::warn!("message {seq} (packet {pkid}) not acknowledged: the store could not make it durable");
+                        log::warn!(
+                            "message {seq} (packet {pkid}) not acknowledged: the store could not make it durable"
+                        );
                         Metrics::inc(&self.metrics.store_errors);
                     }
                 }
@@ -286,7 +291,12 @@ mod tests {
     use std::sync::Mutex;
 
     fn delivery(endpoint: u16, seq: u64) -> Delivery {
-        Delivery { topic: "t".into(), payload: Bytes::new(), origin: Some(Origin { endpoint, seq, generation: 0 }), dup: false }
+        Delivery {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            origin: Some(Origin { endpoint, seq, generation: 0 }),
+            dup: false,
+        }
     }
 
     #[test]

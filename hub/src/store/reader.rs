@@ -164,7 +164,9 @@ impl EndpointReader {
         let mut found = None;
         // Cached seqs are consecutive (every append goes through the cache), so the first
         // record after `scanned` is found by index, not by a scan.
-        let skip = records.front().map_or(0, |front| usize::try_from((self.scanned + 1).saturating_sub(front.seq)).unwrap_or(usize::MAX));
+        let skip = records
+            .front()
+            .map_or(0, |front| usize::try_from((self.scanned + 1).saturating_sub(front.seq)).unwrap_or(usize::MAX));
         let start = self.scanned;
         for record in records.iter().skip(skip).filter(|r| r.seq > start) {
             self.scanned = record.seq;

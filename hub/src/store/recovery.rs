@@ -105,7 +105,10 @@ pub(crate) fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<V
 }
 
 /// Deletes segments whose endpoint ids can no longer be mapped to names.
-pub(crate) fn discard_unattributable(segments: Vec<(u64, PathBuf)>, report: &mut RecoveryReport) -> Result<(), StoreError> {
+pub(crate) fn discard_unattributable(
+    segments: Vec<(u64, PathBuf)>,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
     for (_, path) in segments {
         let bytes = fs::metadata(&path).map(|metadata| metadata.len()).unwrap_or(0);
         fs::remove_file(&path).map_err(|error| StoreError::io("delete", &path, error))?;

@@ -74,7 +74,10 @@ mod tests {
 
     fn push(cache: &mut TailCache, seq: u64, payload: &[u8]) {
         let endpoints = [EndpointRef { id: 1, priority: 0, ttl_secs: 0 }];
-        cache.push(seq, &NewRecord { enqueued_unix_ms: 0, endpoints: &endpoints, source: "s", properties: "p", payload });
+        cache.push(
+            seq,
+            &NewRecord { enqueued_unix_ms: 0, endpoints: &endpoints, source: "s", properties: "p", payload },
+        );
     }
 
     #[test]

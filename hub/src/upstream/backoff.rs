@@ -136,8 +136,14 @@ mod tests {
 
     #[test]
     fn xorshift_differs_by_seed_and_never_sticks_at_zero() {
-        let a: Vec<u64> = { let mut r = XorShift64::new(1); (0..4).map(|_| r.next_u64()).collect() };
-        let b: Vec<u64> = { let mut r = XorShift64::new(2); (0..4).map(|_| r.next_u64()).collect() };
+        let a: Vec<u64> = {
+            let mut r = XorShift64::new(1);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = XorShift64::new(2);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
         assert_ne!(a, b);
         let mut zero = XorShift64::new(0);
         assert!((0..100).all(|_| zero.next_u64() != 0));

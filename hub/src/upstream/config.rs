@@ -63,7 +63,12 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     /// A configuration with every tunable at its default.
-    pub fn new(url: impl Into<String>, iothub_hostname: impl Into<String>, device_id: impl Into<String>, device_key: Vec<u8>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        iothub_hostname: impl Into<String>,
+        device_id: impl Into<String>,
+        device_key: Vec<u8>,
+    ) -> Self {
         UpstreamConfig {
             url: url.into(),
             ca: None,
@@ -205,8 +210,10 @@ pub fn tls_connector(
     ca: Option<&Path>,
     system_bundle: &Path,
 ) -> Result<(futures_rustls::TlsConnector, ServerName<'static>), UpstreamError> {
-    let server_name = ServerName::try_from(host.to_owned())
-        .map_err(|_| UpstreamError::BadUrl { url: host.to_owned(), reason: "the host is not a valid TLS server name" })?;
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|_| UpstreamError::BadUrl {
+        url: host.to_owned(),
+        reason: "the host is not a valid TLS server name",
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     if system_bundle.exists() {
         // A stale or odd entry in the distribution bundle must not take the link down: keep

@@ -9,10 +9,16 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use tinyedge_hub::upstream::{Link, Outbox, UpstreamConfig};
-//! # fn store() -> Arc<dyn Outbox> { unimplemented!() }
+//! # use tinyedge_hub::broker::outbox::StoreOutbox;
+//! # use tinyedge_hub::store::{Store, StoreConfig};
+//! # use tinyedge_hub::upstream::{Link, UpstreamConfig};
+//! // The store's `$upstream` queue (priority 10 = routes without one) is what the link drains.
+//! let (store, _recovery) = Store::open(StoreConfig::new("/var/lib/tinyedge/store")).expect("store");
+//! let store = Arc::new(store);
+//! let queue = store.endpoint_id("$upstream#10").expect("endpoint");
+//! let outbox = Arc::new(StoreOutbox::new(store, &[(10, queue)]));
 //! let config = UpstreamConfig::new("mqtts://myhub.azure-devices.net", "myhub.azure-devices.net", "gw-1", vec![7; 32]);
-//! let link = Link::new(config, store()).expect("valid upstream config");
+//! let link = Link::new(config, outbox).expect("valid upstream config");
 //! smol::spawn(link.clone().run()).detach();
 //! // later: link.status().connected, .acked, .last_error ...
 //! ```
@@ -158,10 +164,8 @@ impl Link {
     /// Connects, publishes and reconnects forever; spawn it (`smol::spawn(link.clone().run())`).
     /// Dropping the future closes the connection without a DISCONNECT.
     pub async fn run(self: Arc<Self>) {
-        let mut pipeline = Pipeline {
-            window: Window::new(self.config.window),
-            fetched_through: self.outbox.resume_after(),
-        };
+        let mut pipeline =
+            Pipeline { window: Window::new(self.config.window), fetched_through: self.outbox.resume_after() };
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max, XorShift64::from_clock());
         let mut last_reason: Option<String> = None;
         loop {
@@ -248,7 +252,5 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use mqttbytes::v4::{self, Connect, ConnectReturnCode, Disconnect, Packet, PingReq, PubAck, Publish, Subscribe, SubscribeReasonCode};
+use mqttbytes::v4::{
+    self, Connect, ConnectReturnCode, Disconnect, Packet, PingReq, PubAck, Publish, Subscribe, SubscribeReasonCode,
+};
 use mqttbytes::QoS;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::TcpStream;
@@ -85,9 +87,8 @@ pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, F
         smol::Timer::after(CONNECT_TIMEOUT).await;
         Err(LinkError::ConnectTimeout(CONNECT_TIMEOUT))
     };
-    let mut connection = smol::future::or(connecting, timeout)
-        .await
-        .map_err(|error| Failure { error, connected_for: None })?;
+    let mut connection =
+        smol::future::or(connecting, timeout).await.map_err(|error| Failure { error, connected_for: None })?;
     drop(credentials);
     link.mark_connected();
     let connected_at = Instant::now();
@@ -234,7 +235,8 @@ impl Connection {
                 return Err(LinkError::KeepAlive(silence));
             }
 
-            let deadline = (self.last_sent + keep_alive).min(self.last_received + dead_after).min(drain_until.unwrap_or(renew_at));
+            let deadline =
+                (self.last_sent + keep_alive).min(self.last_received + dead_after).min(drain_until.unwrap_or(renew_at));
             let take_more = drain_until.is_none() && pipeline.window.room() > 0;
             match self.wait(link, pipeline.fetched_through, deadline, take_more).await {
                 Wake::Read(Ok(0)) => return Err(LinkError::Closed),
@@ -304,7 +306,13 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, packet: Packet, link: &Link, pipeline: &mut Pipeline, on_message: Option<&OnMessage>) -> Result<(), LinkError> {
+    fn handle(
+        &mut self,
+        packet: Packet,
+        link: &Link,
+        pipeline: &mut Pipeline,
+        on_message: Option<&OnMessage>,
+    ) -> Result<(), LinkError> {
         match packet {
             Packet::PubAck(ack) => {
                 if let Some(released) = pipeline.window.puback(ack.pkid) {
@@ -327,7 +335,9 @@ impl Connection {
             }
             Packet::SubAck(suback) => {
                 if suback.return_codes.iter().any(|code| matches!(code, SubscribeReasonCode::Failure)) {
-                    log::warn!("upstream: the hub refused a cloud-to-device subscription; inbound messages may not arrive");
+                    log::warn!(
+                        "upstream: the hub refused a cloud-to-device subscription; inbound messages may not arrive"
+                    );
                 }
             }
             Packet::PingResp => {}
@@ -351,7 +361,9 @@ impl Connection {
         };
         match smol::future::or(write, timeout).await {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::TimedOut => return Err(LinkError::WriteTimeout(WRITE_TIMEOUT)),
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                return Err(LinkError::WriteTimeout(WRITE_TIMEOUT))
+            }
             Err(error) => return Err(LinkError::Io(error)),
         }
         self.wbuf.clear();
@@ -372,7 +384,11 @@ fn take_from_outbox(link: &Link, pipeline: &mut Pipeline) {
     }
     for message in link.outbox.next_batch(pipeline.fetched_through, room).into_iter().take(room) {
         if message.seq <= pipeline.fetched_through {
-            log::error!("upstream: the outbox returned seq {} after {}; ignored", message.seq, pipeline.fetched_through);
+            log::error!(
+                "upstream: the outbox returned seq {} after {}; ignored",
+                message.seq,
+                pipeline.fetched_through
+            );
             continue;
         }
         pipeline.fetched_through = message.seq;

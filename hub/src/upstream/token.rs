@@ -47,7 +47,13 @@ impl std::fmt::Debug for Credentials {
 ///
 /// Client id `{device}`, username `{hub}/{device}/?api-version=…`, token resource
 /// `{hub}/devices/{device}` — the form edgeHub itself uses for its upstream connection.
-pub fn credentials(iothub_hostname: &str, device_id: &str, device_key: &[u8], now_unix: u64, ttl_secs: u64) -> Credentials {
+pub fn credentials(
+    iothub_hostname: &str,
+    device_id: &str,
+    device_key: &[u8],
+    now_unix: u64,
+    ttl_secs: u64,
+) -> Credentials {
     let expires_unix = now_unix.saturating_add(ttl_secs);
     let resource = identity::sas_resource(iothub_hostname, device_id, None);
     Credentials {

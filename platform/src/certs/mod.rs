@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 use crate::fsutil::{self, Access};
@@ -89,10 +89,9 @@ impl fmt::Display for CertError {
                 path.display()
             ),
             CertError::Generate(error) => write!(f, "certs: cannot generate a certificate: {error}"),
-            CertError::Clock { unix_days } => write!(
-                f,
-                "certs: the system clock (unix day {unix_days}) is outside the years 1-9999; set the clock"
-            ),
+            CertError::Clock { unix_days } => {
+                write!(f, "certs: the system clock (unix day {unix_days}) is outside the years 1-9999; set the clock")
+            }
         }
     }
 }
@@ -106,10 +105,7 @@ impl From<rcgen::Error> for CertError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CertError + '_ {
-    move |error| CertError::Io {
-        path: path.to_path_buf(),
-        error,
-    }
+    move |error| CertError::Io { path: path.to_path_buf(), error }
 }
 
 /// Makes sure the edge CA and a server certificate for `hostname` exist under
@@ -131,10 +127,7 @@ pub fn ensure_edge_certs(data_dir: &Path, hostname: &str) -> Result<EdgeCerts, C
 
     let (ca_key, ca_is_new) = match load_ca_key(&paths.ca_cert, &ca_key_path)? {
         Some(key) => (key, false),
-        None => (
-            create_ca(&paths.ca_cert, &ca_key_path, &hostname_path, today)?,
-            true,
-        ),
+        None => (create_ca(&paths.ca_cert, &ca_key_path, &hostname_path, today)?, true),
     };
     if ca_is_new || server_needs_issue(&paths, &hostname_path, hostname)? {
         issue_server_cert(&paths, &hostname_path, hostname, &ca_key, today)?;
@@ -147,27 +140,17 @@ fn load_ca_key(ca_cert: &Path, ca_key: &Path) -> Result<Option<KeyPair>, CertErr
     let (cert_exists, key_exists) = (exists(ca_cert)?, exists(ca_key)?);
     if !(cert_exists && key_exists) {
         if cert_exists || key_exists {
-            log::warn!(
-                "edge CA incomplete in {}; creating a new CA",
-                ca_cert.display()
-            );
+            log::warn!("edge CA incomplete in {}; creating a new CA", ca_cert.display());
         }
         return Ok(None);
     }
     let pem = read_text(ca_key)?;
-    let key = KeyPair::from_pem(&pem).map_err(|error| CertError::BadCaKey {
-        path: ca_key.to_path_buf(),
-        reason: error.to_string(),
-    })?;
+    let key = KeyPair::from_pem(&pem)
+        .map_err(|error| CertError::BadCaKey { path: ca_key.to_path_buf(), reason: error.to_string() })?;
     Ok(Some(key))
 }
 
-fn create_ca(
-    ca_cert: &Path,
-    ca_key: &Path,
-    hostname_marker: &Path,
-    today: i64,
-) -> Result<KeyPair, CertError> {
+fn create_ca(ca_cert: &Path, ca_key: &Path, hostname_marker: &Path, today: i64) -> Result<KeyPair, CertError> {
     // Invalidate everything that depends on the old CA before touching it: with the server
     // marker and the CA certificate gone, a crash below is repaired by the next start.
     remove_if_exists(hostname_marker)?;
@@ -176,10 +159,8 @@ fn create_ca(
     let mut params = ca_params();
     set_validity(&mut params, today, CA_VALIDITY_DAYS)?;
     let cert = params.self_signed(&key)?;
-    fsutil::write_atomic(ca_key, key.serialize_pem().as_bytes(), Access::OwnerOnly)
-        .map_err(io_error(ca_key))?;
-    fsutil::write_atomic(ca_cert, cert.pem().as_bytes(), Access::Public)
-        .map_err(io_error(ca_cert))?;
+    fsutil::write_atomic(ca_key, key.serialize_pem().as_bytes(), Access::OwnerOnly).map_err(io_error(ca_key))?;
+    fsutil::write_atomic(ca_cert, cert.pem().as_bytes(), Access::Public).map_err(io_error(ca_cert))?;
     log::info!("created edge CA {}", ca_cert.display());
     Ok(key)
 }
@@ -188,24 +169,14 @@ fn create_ca(
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
     // Path length 0: the edge CA signs only end-entity certificates (hub and module servers).
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
-fn server_needs_issue(
-    paths: &EdgeCerts,
-    hostname_marker: &Path,
-    hostname: &str,
-) -> Result<bool, CertError> {
+fn server_needs_issue(paths: &EdgeCerts, hostname_marker: &Path, hostname: &str) -> Result<bool, CertError> {
     if !exists(&paths.server_cert)? || !exists(&paths.server_key)? || !exists(hostname_marker)? {
         return Ok(true);
     }
@@ -217,14 +188,9 @@ fn server_needs_issue(
         .and_then(|metadata| metadata.modified())
         .map_err(io_error(&paths.server_cert))?;
     // A file time in the future (clock set back) counts as fresh: re-issuing would not help.
-    let age = SystemTime::now()
-        .duration_since(written)
-        .unwrap_or(Duration::ZERO);
+    let age = SystemTime::now().duration_since(written).unwrap_or(Duration::ZERO);
     if age > SERVER_RENEW_AFTER {
-        log::info!(
-            "server certificate is {} days old; renewing it",
-            age.as_secs() / 86_400
-        );
+        log::info!("server certificate is {} days old; renewing it", age.as_secs() / 86_400);
         return Ok(true);
     }
     Ok(false)
@@ -253,24 +219,12 @@ fn issue_server_cert(
 
     // Marker first out, last in: only a complete key + chain pair is ever marked as current.
     remove_if_exists(hostname_marker)?;
-    fsutil::write_atomic(
-        &paths.server_key,
-        key.serialize_pem().as_bytes(),
-        Access::OwnerOnly,
-    )
-    .map_err(io_error(&paths.server_key))?;
-    fsutil::write_atomic(&paths.server_cert, chain.as_bytes(), Access::Public)
-        .map_err(io_error(&paths.server_cert))?;
-    fsutil::write_atomic(
-        hostname_marker,
-        format!("{hostname}\n").as_bytes(),
-        Access::Public,
-    )
-    .map_err(io_error(hostname_marker))?;
-    log::info!(
-        "issued server certificate for {hostname} in {}",
-        paths.server_cert.display()
-    );
+    fsutil::write_atomic(&paths.server_key, key.serialize_pem().as_bytes(), Access::OwnerOnly)
+        .map_err(io_error(&paths.server_key))?;
+    fsutil::write_atomic(&paths.server_cert, chain.as_bytes(), Access::Public).map_err(io_error(&paths.server_cert))?;
+    fsutil::write_atomic(hostname_marker, format!("{hostname}\n").as_bytes(), Access::Public)
+        .map_err(io_error(hostname_marker))?;
+    log::info!("issued server certificate for {hostname} in {}", paths.server_cert.display());
     Ok(())
 }
 
@@ -316,18 +270,13 @@ fn exists(path: &Path) -> Result<bool, CertError> {
 
 fn read_text(path: &Path) -> Result<String, CertError> {
     let bytes = fsutil::read_bounded(path, PEM_FILE_MAX_BYTES).map_err(io_error(path))?;
-    String::from_utf8(bytes).map_err(|_| CertError::Io {
-        path: path.to_path_buf(),
-        error: io::Error::from(io::ErrorKind::InvalidData),
-    })
+    String::from_utf8(bytes)
+        .map_err(|_| CertError::Io { path: path.to_path_buf(), error: io::Error::from(io::ErrorKind::InvalidData) })
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), CertError> {
     match fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(CertError::Io {
-            path: path.to_path_buf(),
-            error,
-        }),
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(CertError::Io { path: path.to_path_buf(), error }),
         _ => Ok(()),
     }
 }

@@ -13,30 +13,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn roots(certs: &EdgeCerts) -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&certs.ca_cert).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_file(&certs.ca_cert).unwrap()).unwrap();
     Arc::new(roots)
 }
 
 fn chain(certs: &EdgeCerts) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_file_iter(&certs.server_cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    CertificateDer::pem_file_iter(&certs.server_cert).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
 /// webpki path validation of `server.pem` against `edge-ca.pem` for `name`.
 fn verify_chain(certs: &EdgeCerts, name: &str) -> Result<(), rustls::Error> {
     let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(certs), provider())
-            .build()
-            .unwrap();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(certs), provider()).build().unwrap();
     let chain = chain(certs);
     let name = ServerName::try_from(name.to_owned()).unwrap();
-    verifier
-        .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
-        .map(|_| ())
+    verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now()).map(|_| ())
 }
 
 /// A complete in-memory TLS handshake: proves chain, SAN and that the key matches the cert.
@@ -87,22 +78,13 @@ fn first_start_generates_ca_and_server_chain() {
     let server = String::from_utf8(read(&certs.server_cert)).unwrap();
     assert_eq!(server.matches("-----BEGIN CERTIFICATE-----").count(), 2);
     assert!(server.ends_with(&ca), "chain ends with the CA");
-    assert!(String::from_utf8(read(&certs.server_key))
-        .unwrap()
-        .starts_with("-----BEGIN PRIVATE KEY-----"));
-    assert_eq!(
-        fs::read_to_string(certs_dir.join(SERVER_HOSTNAME_FILE)).unwrap(),
-        "gateway.local\n"
-    );
+    assert!(String::from_utf8(read(&certs.server_key)).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(fs::read_to_string(certs_dir.join(SERVER_HOSTNAME_FILE)).unwrap(), "gateway.local\n");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         for key in [certs_dir.join(CA_KEY_FILE), certs.server_key.clone()] {
-            assert_eq!(
-                fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-                0o600,
-                "{key:?}"
-            );
+            assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "{key:?}");
         }
     }
 }
@@ -130,21 +112,10 @@ fn ip_hostname_becomes_an_ip_san() {
 fn second_start_reuses_all_files() {
     let dir = TestDir::new("certs-reuse");
     let first = ensure_edge_certs(dir.path(), "gateway.local").unwrap();
-    let before = [
-        read(&first.ca_cert),
-        read(&first.server_cert),
-        read(&first.server_key),
-    ];
+    let before = [read(&first.ca_cert), read(&first.server_cert), read(&first.server_key)];
     let second = ensure_edge_certs(dir.path(), "gateway.local").unwrap();
     assert_eq!(first, second);
-    assert_eq!(
-        before,
-        [
-            read(&second.ca_cert),
-            read(&second.server_cert),
-            read(&second.server_key)
-        ]
-    );
+    assert_eq!(before, [read(&second.ca_cert), read(&second.server_cert), read(&second.server_key)]);
 }
 
 #[test]
@@ -190,10 +161,7 @@ fn corrupt_ca_key_is_an_error_not_a_silent_new_ca() {
     fs::write(&ca_key, "not a key").unwrap();
     fs::remove_file(&certs.server_cert).unwrap();
     let error = ensure_edge_certs(dir.path(), "gateway.local").unwrap_err();
-    assert!(
-        matches!(&error, CertError::BadCaKey { path, .. } if path == &ca_key),
-        "{error}"
-    );
+    assert!(matches!(&error, CertError::BadCaKey { path, .. } if path == &ca_key), "{error}");
     assert!(!error.to_string().contains('\n'));
 }
 
@@ -203,8 +171,5 @@ fn dates_outside_x509_range_are_refused() {
     assert_eq!(ymd(-719_163), None, "year 0");
     assert_eq!(ymd(2_932_897), None, "year 10000");
     let mut params = CertificateParams::default();
-    assert!(matches!(
-        set_validity(&mut params, 2_932_800, 365),
-        Err(CertError::Clock { .. })
-    ));
+    assert!(matches!(set_validity(&mut params, 2_932_800, 365), Err(CertError::Clock { .. })));
 }

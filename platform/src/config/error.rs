@@ -14,21 +14,13 @@ pub enum ConfigError {
     /// The config text is larger than [`super::CONFIG_MAX_BYTES`].
     TooLarge { bytes: usize, max_bytes: usize },
     /// Not valid TOML; `line` and `column` are 1-based, or 0 when toml gave no position.
-    Syntax {
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Syntax { line: usize, column: usize, message: String },
     /// A key tinyedge does not know, usually a typo (`hub.mqttt`).
     UnknownKey { key: String },
     /// A required key is absent (only `id` and `key` of a `[[devices]]` entry are required).
     MissingKey { key: String },
     /// A value of the wrong TOML type.
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongType { key: String, expected: &'static str, found: &'static str },
     /// A string that must not be empty is.
     Empty { key: String },
     /// A listener that is not an `ip:port` socket address.
@@ -38,24 +30,11 @@ pub enum ConfigError {
     /// A symmetric key that is not standard base64 or has the wrong length.
     BadKey { key: String, reason: String },
     /// An integer outside its allowed range.
-    OutOfRange {
-        key: String,
-        value: i64,
-        min: u64,
-        max: u64,
-    },
+    OutOfRange { key: String, value: i64, min: u64, max: u64 },
     /// A device id outside IoT Hub's id rules.
-    BadId {
-        key: String,
-        value: String,
-        reason: &'static str,
-    },
+    BadId { key: String, value: String, reason: &'static str },
     /// A hostname that cannot be a DNS name or IP address.
-    BadHostname {
-        key: String,
-        value: String,
-        reason: &'static str,
-    },
+    BadHostname { key: String, value: String, reason: &'static str },
     /// `log_level` is not a level name.
     BadLogLevel { value: String },
     /// A string that must be one of a few words (`store.fsync`, `store.when_full`, ...).
@@ -67,23 +46,13 @@ pub enum ConfigError {
     /// A `[[devices]]` entry reuses the edge device's own id.
     DeviceIsEdge { id: String },
     /// Only one of `hub.tls_cert` and `hub.tls_key` is set.
-    TlsPairIncomplete {
-        present: &'static str,
-        missing: &'static str,
-    },
+    TlsPairIncomplete { present: &'static str, missing: &'static str },
     /// A file named by the config does not exist or cannot be read ([`super::Config::check_files`]).
-    MissingFile {
-        key: &'static str,
-        file: PathBuf,
-        error: io::Error,
-    },
+    MissingFile { key: &'static str, file: PathBuf, error: io::Error },
     /// A file named by the config is a directory or other non-file.
     NotAFile { key: &'static str, file: PathBuf },
     /// Any of the above, found in `file`.
-    InFile {
-        file: PathBuf,
-        error: Box<ConfigError>,
-    },
+    InFile { file: PathBuf, error: Box<ConfigError> },
 }
 
 impl fmt::Display for ConfigError {
@@ -116,10 +85,9 @@ impl fmt::Display for ConfigError {
                  (use \"\" to turn the listener off)",
                 value.escape_debug()
             ),
-            ConfigError::SameAddress { value } => write!(
-                f,
-                "config: \"hub.mqtt\" and \"hub.mqtts\" are both \"{value}\"; give them different ports"
-            ),
+            ConfigError::SameAddress { value } => {
+                write!(f, "config: \"hub.mqtt\" and \"hub.mqtts\" are both \"{value}\"; give them different ports")
+            }
             ConfigError::BadKey { key, reason } => {
                 write!(f, "config: \"{key}\" is not a valid symmetric key: {reason}")
             }
@@ -146,10 +114,9 @@ impl fmt::Display for ConfigError {
             ConfigError::DuplicateDevice { id } => {
                 write!(f, "config: device id \"{id}\" appears in more than one [[devices]] entry")
             }
-            ConfigError::DeviceIsEdge { id } => write!(
-                f,
-                "config: [[devices]] id \"{id}\" is the edge device's own device_id; pick another"
-            ),
+            ConfigError::DeviceIsEdge { id } => {
+                write!(f, "config: [[devices]] id \"{id}\" is the edge device's own device_id; pick another")
+            }
             ConfigError::TlsPairIncomplete { present, missing } => write!(
                 f,
                 "config: \"{present}\" is set but \"{missing}\" is not; set both, or neither to \

@@ -168,7 +168,12 @@ pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 10;
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        StoreSettings { dir: None, max_bytes: None, fsync: FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS), when_full: WhenFull::DropOldest }
+        StoreSettings {
+            dir: None,
+            max_bytes: None,
+            fsync: FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS),
+            when_full: WhenFull::DropOldest,
+        }
     }
 }
 
@@ -255,10 +260,7 @@ impl fmt::Debug for Config {
 
 impl fmt::Debug for DeviceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceConfig")
-            .field("id", &self.id)
-            .field("key", &REDACTED)
-            .finish()
+        f.debug_struct("DeviceConfig").field("id", &self.id).field("key", &REDACTED).finish()
     }
 }
 
@@ -270,32 +272,18 @@ impl Config {
 
     /// Reads, parses and validates the config file at `path`. Errors name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let in_file = |error| ConfigError::InFile {
-            file: path.to_path_buf(),
-            error: Box::new(error),
-        };
+        let in_file = |error| ConfigError::InFile { file: path.to_path_buf(), error: Box::new(error) };
         let bytes = fsutil::read_bounded(path, CONFIG_MAX_BYTES as u64).map_err(|error| {
             if error.kind() == std::io::ErrorKind::InvalidData {
-                let bytes = fs::metadata(path).map_or(CONFIG_MAX_BYTES + 1, |metadata| {
-                    metadata.len().try_into().unwrap_or(usize::MAX)
-                });
-                in_file(ConfigError::TooLarge {
-                    bytes,
-                    max_bytes: CONFIG_MAX_BYTES,
-                })
+                let bytes = fs::metadata(path)
+                    .map_or(CONFIG_MAX_BYTES + 1, |metadata| metadata.len().try_into().unwrap_or(usize::MAX));
+                in_file(ConfigError::TooLarge { bytes, max_bytes: CONFIG_MAX_BYTES })
             } else {
-                ConfigError::Read {
-                    file: path.to_path_buf(),
-                    error,
-                }
+                ConfigError::Read { file: path.to_path_buf(), error }
             }
         })?;
         let text = String::from_utf8(bytes).map_err(|_| {
-            in_file(ConfigError::Syntax {
-                line: 1,
-                column: 1,
-                message: "file is not UTF-8".to_owned(),
-            })
+            in_file(ConfigError::Syntax { line: 1, column: 1, message: "file is not UTF-8".to_owned() })
         })?;
         // `parent()` of a bare file name is "", which joins as the working directory.
         let base_dir = path.parent().unwrap_or(Path::new(""));
@@ -313,16 +301,10 @@ impl Config {
         ];
         for (key, file) in files {
             let Some(file) = file else { continue };
-            let metadata = fs::metadata(file).map_err(|error| ConfigError::MissingFile {
-                key,
-                file: file.clone(),
-                error,
-            })?;
+            let metadata =
+                fs::metadata(file).map_err(|error| ConfigError::MissingFile { key, file: file.clone(), error })?;
             if !metadata.is_file() {
-                return Err(ConfigError::NotAFile {
-                    key,
-                    file: file.clone(),
-                });
+                return Err(ConfigError::NotAFile { key, file: file.clone() });
             }
         }
         Ok(())

@@ -66,9 +66,7 @@ pub fn check_hostname(name: &str) -> Result<(), &'static str> {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label.len() <= HOSTNAME_LABEL_MAX_BYTES
-            && label
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && label.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };
@@ -88,9 +86,7 @@ impl Section {
     /// Refuses unknown keys first: a typo is the likeliest cause of any later error.
     fn new(table: Table, prefix: String, known: &[&str]) -> Result<Section, ConfigError> {
         if let Some(unknown) = table.keys().find(|key| !known.contains(&key.as_str())) {
-            return Err(ConfigError::UnknownKey {
-                key: format!("{prefix}{unknown}"),
-            });
+            return Err(ConfigError::UnknownKey { key: format!("{prefix}{unknown}") });
         }
         Ok(Section { table, prefix })
     }
@@ -100,11 +96,7 @@ impl Section {
     }
 
     fn wrong_type(&self, name: &str, expected: &'static str, found: &Value) -> ConfigError {
-        ConfigError::WrongType {
-            key: self.key(name),
-            expected,
-            found: found.type_str(),
-        }
+        ConfigError::WrongType { key: self.key(name), expected, found: found.type_str() }
     }
 
     fn string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
@@ -117,18 +109,14 @@ impl Section {
 
     fn non_empty_string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
         match self.string(name)? {
-            Some(value) if value.is_empty() => Err(ConfigError::Empty {
-                key: self.key(name),
-            }),
+            Some(value) if value.is_empty() => Err(ConfigError::Empty { key: self.key(name) }),
             other => Ok(other),
         }
     }
 
     /// A path, resolved against `base_dir` when relative.
     fn path(&mut self, name: &str, base_dir: &Path) -> Result<Option<PathBuf>, ConfigError> {
-        Ok(self
-            .non_empty_string(name)?
-            .map(|value| base_dir.join(value)))
+        Ok(self.non_empty_string(name)?.map(|value| base_dir.join(value)))
     }
 
     fn count(&mut self, name: &str, min: usize, max: usize) -> Result<Option<usize>, ConfigError> {
@@ -139,12 +127,7 @@ impl Section {
         };
         match usize::try_from(value) {
             Ok(count) if (min..=max).contains(&count) => Ok(Some(count)),
-            _ => Err(ConfigError::OutOfRange {
-                key: self.key(name),
-                value,
-                min: min as u64,
-                max: max as u64,
-            }),
+            _ => Err(ConfigError::OutOfRange { key: self.key(name), value, min: min as u64, max: max as u64 }),
         }
     }
 
@@ -177,11 +160,7 @@ impl Section {
         });
         match checked {
             Ok(()) => Ok(Some(value)),
-            Err(reason) => Err(ConfigError::BadHostname {
-                key: self.key(name),
-                value,
-                reason,
-            }),
+            Err(reason) => Err(ConfigError::BadHostname { key: self.key(name), value, reason }),
         }
     }
 
@@ -191,11 +170,7 @@ impl Section {
         };
         match identity::check_id(&value) {
             Ok(()) => Ok(Some(value)),
-            Err(reason) => Err(ConfigError::BadId {
-                key: self.key(name),
-                value,
-                reason,
-            }),
+            Err(reason) => Err(ConfigError::BadId { key: self.key(name), value, reason }),
         }
     }
 
@@ -203,13 +178,10 @@ impl Section {
         let Some(value) = self.string(name)? else {
             return Ok(None);
         };
-        let bad_key = |reason: String| ConfigError::BadKey {
-            key: self.key(name),
-            reason,
-        };
-        let key = BASE64.decode(value.as_bytes()).map_err(|_| {
-            bad_key("not standard base64 (as IoT Hub shows keys, e.g. \"q0Nx...=\")".to_owned())
-        })?;
+        let bad_key = |reason: String| ConfigError::BadKey { key: self.key(name), reason };
+        let key = BASE64
+            .decode(value.as_bytes())
+            .map_err(|_| bad_key("not standard base64 (as IoT Hub shows keys, e.g. \"q0Nx...=\")".to_owned()))?;
         identity::check_key_length(&key).map_err(bad_key)?;
         Ok(Some(key))
     }
@@ -224,10 +196,7 @@ impl Section {
         }
         match value.parse::<SocketAddr>() {
             Ok(address) => Ok(Some(Some(address))),
-            Err(_) => Err(ConfigError::BadAddress {
-                key: self.key(name),
-                value,
-            }),
+            Err(_) => Err(ConfigError::BadAddress { key: self.key(name), value }),
         }
     }
 }
@@ -235,40 +204,26 @@ impl Section {
 /// See [`Config::from_toml_str`].
 pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     if text.len() > CONFIG_MAX_BYTES {
-        return Err(ConfigError::TooLarge {
-            bytes: text.len(),
-            max_bytes: CONFIG_MAX_BYTES,
-        });
+        return Err(ConfigError::TooLarge { bytes: text.len(), max_bytes: CONFIG_MAX_BYTES });
     }
     let table: Table = text.parse().map_err(|error| syntax_error(text, &error))?;
     let mut top = Section::new(table, String::new(), TOP_KEYS)?;
     let defaults = Config::default();
 
-    let hostname = top
-        .hostname("hostname", GATEWAY_HOSTNAME_MAX_BYTES)?
-        .unwrap_or(defaults.hostname);
-    let iothub_hostname = top
-        .hostname("iothub_hostname", HOSTNAME_MAX_BYTES)?
-        .unwrap_or_else(|| hostname.clone());
+    let hostname = top.hostname("hostname", GATEWAY_HOSTNAME_MAX_BYTES)?.unwrap_or(defaults.hostname);
+    let iothub_hostname = top.hostname("iothub_hostname", HOSTNAME_MAX_BYTES)?.unwrap_or_else(|| hostname.clone());
     let device_id = top.id("device_id")?.unwrap_or(defaults.device_id);
     let device_key = top.symmetric_key("device_key")?;
-    let data_dir = top
-        .path("data_dir", base_dir)?
-        .unwrap_or_else(|| base_dir.join(DEFAULT_DATA_DIR));
+    let data_dir = top.path("data_dir", base_dir)?.unwrap_or_else(|| base_dir.join(DEFAULT_DATA_DIR));
     let deployment = top.path("deployment", base_dir)?;
     let log_level = match top.string("log_level")? {
         None => defaults.log_level,
-        Some(value) => value
-            .parse()
-            .map_err(|_| ConfigError::BadLogLevel { value })?,
+        Some(value) => value.parse().map_err(|_| ConfigError::BadLogLevel { value })?,
     };
     let hub = parse_hub(top.table("hub")?, base_dir)?;
     let store = parse_store(top.table("store")?, base_dir)?;
     let upstream = parse_upstream(top.table("upstream")?, base_dir)?;
-    let devices = parse_devices(
-        top.array("devices", "an array of [[devices]] tables")?,
-        &device_id,
-    )?;
+    let devices = parse_devices(top.array("devices", "an array of [[devices]] tables")?, &device_id)?;
     Ok(Config {
         hostname,
         iothub_hostname,
@@ -292,18 +247,28 @@ fn parse_store(table: Option<Table>, base_dir: &Path) -> Result<StoreSettings, C
     store.max_bytes = section.count("max_bytes", STORE_MAX_BYTES_MIN as usize, usize::MAX)?.map(|v| v as u64);
     let interval = section.count("fsync_interval_ms", 1, FSYNC_INTERVAL_MS_MAX)?;
     store.fsync = match section.string("fsync")?.as_deref() {
-        None | Some("interval_ms") => FsyncSetting::IntervalMs(interval.map_or(DEFAULT_FSYNC_INTERVAL_MS, |v| v as u64)),
+        None | Some("interval_ms") => {
+            FsyncSetting::IntervalMs(interval.map_or(DEFAULT_FSYNC_INTERVAL_MS, |v| v as u64))
+        }
         Some("always") => FsyncSetting::Always,
         Some("never") => FsyncSetting::Never,
         Some(other) => {
-            return Err(ConfigError::BadChoice { key: section.key("fsync"), value: other.to_owned(), expected: "\"always\", \"interval_ms\", \"never\"" })
+            return Err(ConfigError::BadChoice {
+                key: section.key("fsync"),
+                value: other.to_owned(),
+                expected: "\"always\", \"interval_ms\", \"never\"",
+            })
         }
     };
     store.when_full = match section.string("when_full")?.as_deref() {
         None | Some("drop_oldest") => WhenFull::DropOldest,
         Some("reject_new") => WhenFull::RejectNew,
         Some(other) => {
-            return Err(ConfigError::BadChoice { key: section.key("when_full"), value: other.to_owned(), expected: "\"drop_oldest\", \"reject_new\"" })
+            return Err(ConfigError::BadChoice {
+                key: section.key("when_full"),
+                value: other.to_owned(),
+                expected: "\"drop_oldest\", \"reject_new\"",
+            })
         }
     };
     Ok(store)
@@ -315,7 +280,9 @@ fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<Upstre
     let url = section.non_empty_string("url")?.ok_or_else(|| ConfigError::MissingKey { key: section.key("url") })?;
     check_url(&url).map_err(|reason| ConfigError::BadUrl { key: section.key("url"), value: url.clone(), reason })?;
     let ca = section.path("ca", base_dir)?;
-    let backoff_max_secs = section.count("backoff_max_secs", 1, BACKOFF_MAX_SECS_LIMIT)?.map_or(DEFAULT_UPSTREAM_BACKOFF_MAX_SECS, |v| v as u64);
+    let backoff_max_secs = section
+        .count("backoff_max_secs", 1, BACKOFF_MAX_SECS_LIMIT)?
+        .map_or(DEFAULT_UPSTREAM_BACKOFF_MAX_SECS, |v| v as u64);
     let protocol = section.string("protocol")?.unwrap_or_else(|| "iothub".to_owned());
     if protocol != "iothub" {
         return Err(ConfigError::BadChoice { key: section.key("protocol"), value: protocol, expected: "\"iothub\"" });
@@ -355,48 +322,25 @@ fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigE
     if let (Some(mqtt), Some(mqtts)) = (hub.mqtt, hub.mqtts) {
         // Port 0 asks the OS for a fresh port each bind, so it can repeat.
         if mqtt == mqtts && mqtt.port() != 0 {
-            return Err(ConfigError::SameAddress {
-                value: mqtt.to_string(),
-            });
+            return Err(ConfigError::SameAddress { value: mqtt.to_string() });
         }
     }
     hub.tls_cert = section.path("tls_cert", base_dir)?;
     hub.tls_key = section.path("tls_key", base_dir)?;
     match (&hub.tls_cert, &hub.tls_key) {
         (Some(_), None) => {
-            return Err(ConfigError::TlsPairIncomplete {
-                present: "hub.tls_cert",
-                missing: "hub.tls_key",
-            })
+            return Err(ConfigError::TlsPairIncomplete { present: "hub.tls_cert", missing: "hub.tls_key" })
         }
         (None, Some(_)) => {
-            return Err(ConfigError::TlsPairIncomplete {
-                present: "hub.tls_key",
-                missing: "hub.tls_cert",
-            })
+            return Err(ConfigError::TlsPairIncomplete { present: "hub.tls_key", missing: "hub.tls_cert" })
         }
         _ => {}
     }
     let limits = [
-        (
-            "max_packet_bytes",
-            MAX_PACKET_BYTES_MIN,
-            MAX_PACKET_BYTES_MAX,
-            &mut hub.max_packet_bytes,
-        ),
-        (
-            "subscriber_queue_max",
-            1,
-            SUBSCRIBER_QUEUE_MAX_LIMIT,
-            &mut hub.subscriber_queue_max,
-        ),
+        ("max_packet_bytes", MAX_PACKET_BYTES_MIN, MAX_PACKET_BYTES_MAX, &mut hub.max_packet_bytes),
+        ("subscriber_queue_max", 1, SUBSCRIBER_QUEUE_MAX_LIMIT, &mut hub.subscriber_queue_max),
         ("max_inflight", 1, MAX_INFLIGHT_LIMIT, &mut hub.max_inflight),
-        (
-            "max_connections",
-            1,
-            MAX_CONNECTIONS_LIMIT,
-            &mut hub.max_connections,
-        ),
+        ("max_connections", 1, MAX_CONNECTIONS_LIMIT, &mut hub.max_connections),
     ];
     for (name, min, max, slot) in limits {
         if let Some(value) = section.count(name, min, max)? {
@@ -406,10 +350,7 @@ fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigE
     Ok(hub)
 }
 
-fn parse_devices(
-    values: Vec<Value>,
-    edge_device_id: &str,
-) -> Result<Vec<DeviceConfig>, ConfigError> {
+fn parse_devices(values: Vec<Value>, edge_device_id: &str) -> Result<Vec<DeviceConfig>, ConfigError> {
     let mut seen = HashSet::with_capacity(values.len());
     let mut devices = Vec::with_capacity(values.len());
     for (index, value) in values.into_iter().enumerate() {
@@ -421,14 +362,8 @@ fn parse_devices(
             });
         };
         let mut section = Section::new(table, format!("devices[{index}]."), DEVICE_KEYS)?;
-        let id = section.id("id")?.ok_or_else(|| ConfigError::MissingKey {
-            key: section.key("id"),
-        })?;
-        let key = section
-            .symmetric_key("key")?
-            .ok_or_else(|| ConfigError::MissingKey {
-                key: section.key("key"),
-            })?;
+        let id = section.id("id")?.ok_or_else(|| ConfigError::MissingKey { key: section.key("id") })?;
+        let key = section.symmetric_key("key")?.ok_or_else(|| ConfigError::MissingKey { key: section.key("key") })?;
         if id == edge_device_id {
             return Err(ConfigError::DeviceIsEdge { id });
         }
@@ -441,29 +376,16 @@ fn parse_devices(
 }
 
 fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
-    let (line, column) = error
-        .span()
-        .map_or((0, 0), |span| line_column(text, span.start));
-    ConfigError::Syntax {
-        line,
-        column,
-        message: error.message().to_owned(),
-    }
+    let (line, column) = error.span().map_or((0, 0), |span| line_column(text, span.start));
+    ConfigError::Syntax { line, column, message: error.message().to_owned() }
 }
 
 /// 1-based line and column (in characters) of byte `offset`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before
-        .iter()
-        .rposition(|&byte| byte == b'\n')
-        .map_or(0, |newline| newline + 1);
+    let line_start = before.iter().rposition(|&byte| byte == b'\n').map_or(0, |newline| newline + 1);
     let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
     // Count UTF-8 lead bytes, i.e. characters, without needing `offset` on a char boundary.
-    let column = before[line_start..]
-        .iter()
-        .filter(|&&byte| byte & 0xC0 != 0x80)
-        .count()
-        + 1;
+    let column = before[line_start..].iter().filter(|&&byte| byte & 0xC0 != 0x80).count() + 1;
     (line, column)
 }

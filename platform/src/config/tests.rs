@@ -31,10 +31,7 @@ fn addr(text: &str) -> SocketAddr {
 #[test]
 fn empty_config_gives_defaults_with_data_dir_beside_the_file() {
     let config = parse("").unwrap();
-    let expected = Config {
-        data_dir: base().join("tinyedge-data"),
-        ..Config::default()
-    };
+    let expected = Config { data_dir: base().join("tinyedge-data"), ..Config::default() };
     assert_eq!(config, expected);
     assert_eq!(config.hostname, "localhost");
     assert_eq!(config.iothub_hostname, "localhost");
@@ -97,13 +94,7 @@ key = "MDEyMzQ1Njc4OWFiY2RlZg=="
     assert_eq!((hub.max_packet_bytes, hub.subscriber_queue_max), (1024, 1));
     assert_eq!((hub.max_inflight, hub.max_connections), (65_535, 5));
     assert_eq!(config.devices.len(), 2);
-    assert_eq!(
-        config.devices[0],
-        DeviceConfig {
-            id: "sensor-7".into(),
-            key: KEY.to_vec()
-        }
-    );
+    assert_eq!(config.devices[0], DeviceConfig { id: "sensor-7".into(), key: KEY.to_vec() });
     assert_eq!(config.devices[1].id, "sensor-8:$x@y");
     assert_eq!(config.devices[1].key, b"0123456789abcdef");
 }
@@ -116,15 +107,10 @@ fn iothub_hostname_defaults_to_hostname() {
 
 #[test]
 fn log_levels_parse_case_insensitively() {
-    for (text, level) in [
-        ("error", log::LevelFilter::Error),
-        ("TRACE", log::LevelFilter::Trace),
-        ("off", log::LevelFilter::Off),
-    ] {
-        assert_eq!(
-            parse(&format!("log_level = \"{text}\"")).unwrap().log_level,
-            level
-        );
+    for (text, level) in
+        [("error", log::LevelFilter::Error), ("TRACE", log::LevelFilter::Trace), ("off", log::LevelFilter::Off)]
+    {
+        assert_eq!(parse(&format!("log_level = \"{text}\"")).unwrap().log_level, level);
     }
 }
 
@@ -133,18 +119,12 @@ fn unknown_keys_are_named_with_their_table() {
     let table = [
         ("mqtt = \"x\"", "mqtt"),
         ("[hub]\nmqttt = \"127.0.0.1:1\"", "hub.mqttt"),
-        (
-            "[[devices]]\nid = \"a\"\nkey = \"k\"\nkeys = \"x\"",
-            "devices[0].keys",
-        ),
+        ("[[devices]]\nid = \"a\"\nkey = \"k\"\nkeys = \"x\"", "devices[0].keys"),
         ("[extra]\na = 1", "extra"),
     ];
     for (text, key) in table {
         let error = parse_error(text);
-        assert!(
-            matches!(&error, ConfigError::UnknownKey { key: k } if k == key),
-            "{error}"
-        );
+        assert!(matches!(&error, ConfigError::UnknownKey { key: k } if k == key), "{error}");
         assert_eq!(error.to_string(), format!("config: unknown key \"{key}\""));
     }
 }
@@ -154,29 +134,15 @@ fn wrong_types_name_the_key_and_both_types() {
     let table = [
         ("hostname = 5", "hostname", "a string", "integer"),
         ("hub = \"x\"", "hub", "a table", "string"),
-        (
-            "devices = 3",
-            "devices",
-            "an array of [[devices]] tables",
-            "integer",
-        ),
+        ("devices = 3", "devices", "an array of [[devices]] tables", "integer"),
         ("devices = [1]", "devices[0]", "a table", "integer"),
-        (
-            "[hub]\nmax_inflight = \"16\"",
-            "hub.max_inflight",
-            "an integer",
-            "string",
-        ),
+        ("[hub]\nmax_inflight = \"16\"", "hub.max_inflight", "an integer", "string"),
         ("[hub]\nmqtt = 1883", "hub.mqtt", "a string", "integer"),
         ("log_level = true", "log_level", "a string", "boolean"),
     ];
     for (text, key, expected, found) in table {
         match parse_error(text) {
-            ConfigError::WrongType {
-                key: k,
-                expected: e,
-                found: f,
-            } => {
+            ConfigError::WrongType { key: k, expected: e, found: f } => {
                 assert_eq!((k.as_str(), e, f), (key, expected, found), "{text:?}")
             }
             other => panic!("{text:?}: {other}"),
@@ -186,23 +152,10 @@ fn wrong_types_name_the_key_and_both_types() {
 
 #[test]
 fn bad_socket_address_names_key_and_value() {
-    for value in [
-        "localhost:1883",
-        "127.0.0.1",
-        "1883",
-        "127.0.0.1:99999",
-        " 127.0.0.1:1883",
-    ] {
+    for value in ["localhost:1883", "127.0.0.1", "1883", "127.0.0.1:99999", " 127.0.0.1:1883"] {
         let error = parse_error(&format!("[hub]\nmqtts = \"{value}\""));
-        assert!(
-            matches!(&error, ConfigError::BadAddress { key, value: v } if key == "hub.mqtts" && v == value)
-        );
-        assert!(
-            error
-                .to_string()
-                .contains(&format!("\"hub.mqtts\" = \"{value}\"")),
-            "{error}"
-        );
+        assert!(matches!(&error, ConfigError::BadAddress { key, value: v } if key == "hub.mqtts" && v == value));
+        assert!(error.to_string().contains(&format!("\"hub.mqtts\" = \"{value}\"")), "{error}");
     }
 }
 
@@ -221,21 +174,13 @@ fn bad_keys_name_the_key() {
         ("device_key = \"not base64!\"", "device_key"),
         ("device_key = \"YWJj\"", "device_key"),
         ("device_key = \"\"", "device_key"),
-        (
-            "device_key = \"YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY\"",
-            "device_key",
-        ),
+        ("device_key = \"YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY\"", "device_key"),
         ("[[devices]]\nid = \"a\"\nkey = \"%%%\"", "devices[0].key"),
     ];
     for (text, key) in table {
         let error = parse_error(text);
-        assert!(
-            matches!(&error, ConfigError::BadKey { key: k, .. } if k == key),
-            "{text:?}: {error}"
-        );
-        assert!(error
-            .to_string()
-            .starts_with(&format!("config: \"{key}\" is not a valid symmetric key")));
+        assert!(matches!(&error, ConfigError::BadKey { key: k, .. } if k == key), "{text:?}: {error}");
+        assert!(error.to_string().starts_with(&format!("config: \"{key}\" is not a valid symmetric key")));
     }
 }
 
@@ -261,35 +206,18 @@ fn limits_out_of_range_are_refused() {
         }
     }
     let upper = format!("[hub]\nmax_packet_bytes = {}", 256 * 1024 * 1024);
-    assert_eq!(
-        parse(&upper).unwrap().hub.max_packet_bytes,
-        MAX_PACKET_BYTES_MAX
-    );
+    assert_eq!(parse(&upper).unwrap().hub.max_packet_bytes, MAX_PACKET_BYTES_MAX);
 }
 
 #[test]
 fn ids_outside_iot_hub_charset_are_refused() {
     let long = "a".repeat(129);
-    let table = [
-        "",
-        "has space",
-        "slash/id",
-        "plus+",
-        "hash#",
-        "ünicode",
-        &long,
-    ];
+    let table = ["", "has space", "slash/id", "plus+", "hash#", "ünicode", &long];
     for id in table {
         let error = parse_error(&format!("device_id = \"{id}\""));
-        assert!(
-            matches!(&error, ConfigError::BadId { key, .. } if key == "device_id"),
-            "{id:?}: {error}"
-        );
+        assert!(matches!(&error, ConfigError::BadId { key, .. } if key == "device_id"), "{id:?}: {error}");
         let error = parse_error(&format!("[[devices]]\nid = \"{id}\"\nkey = \"{KEY_B64}\""));
-        assert!(
-            matches!(&error, ConfigError::BadId { key, .. } if key == "devices[0].id"),
-            "{error}"
-        );
+        assert!(matches!(&error, ConfigError::BadId { key, .. } if key == "devices[0].id"), "{error}");
     }
     let longest = "a".repeat(128);
     assert!(parse(&format!("device_id = \"{longest}\"")).is_ok());
@@ -300,23 +228,10 @@ fn ids_outside_iot_hub_charset_are_refused() {
 fn bad_hostnames_are_refused() {
     let long_label = "a".repeat(64);
     let gateway_too_long = format!("{}.local", "a".repeat(60));
-    let table = [
-        "",
-        "gate way",
-        "-gw",
-        "gw-",
-        "a..b",
-        "gw.",
-        "under_score",
-        &long_label,
-        &gateway_too_long,
-    ];
+    let table = ["", "gate way", "-gw", "gw-", "a..b", "gw.", "under_score", &long_label, &gateway_too_long];
     for hostname in table {
         let error = parse_error(&format!("hostname = \"{hostname}\""));
-        assert!(
-            matches!(&error, ConfigError::BadHostname { key, .. } if key == "hostname"),
-            "{hostname:?}: {error}"
-        );
+        assert!(matches!(&error, ConfigError::BadHostname { key, .. } if key == "hostname"), "{hostname:?}: {error}");
     }
     // The IoT Hub name is no certificate common name, so the 64-character cap does not apply.
     assert!(parse(&format!("iothub_hostname = \"{gateway_too_long}\"")).is_ok());
@@ -330,19 +245,11 @@ fn devices_need_id_and_key_and_unique_ids() {
         matches!(parse_error("[[devices]]\nkey = \"x\""), ConfigError::MissingKey { key } if key == "devices[0].id")
     );
     let missing_key = format!("{}[[devices]]\nid = \"b\"", entry("a"));
-    assert!(
-        matches!(parse_error(&missing_key), ConfigError::MissingKey { key } if key == "devices[1].key")
-    );
+    assert!(matches!(parse_error(&missing_key), ConfigError::MissingKey { key } if key == "devices[1].key"));
     let duplicate = format!("{}{}{}", entry("a"), entry("b"), entry("a"));
     assert!(matches!(parse_error(&duplicate), ConfigError::DuplicateDevice { id } if id == "a"));
     // Ids are case-sensitive in IoT Hub.
-    assert_eq!(
-        parse(&format!("{}{}", entry("a"), entry("A")))
-            .unwrap()
-            .devices
-            .len(),
-        2
-    );
+    assert_eq!(parse(&format!("{}{}", entry("a"), entry("A"))).unwrap().devices.len(), 2);
     let edge = format!("device_id = \"gw\"\n{}", entry("gw"));
     assert!(matches!(parse_error(&edge), ConfigError::DeviceIsEdge { id } if id == "gw"));
 }
@@ -350,38 +257,21 @@ fn devices_need_id_and_key_and_unique_ids() {
 #[test]
 fn tls_cert_and_key_go_together() {
     let only_cert = parse_error("[hub]\ntls_cert = \"c.pem\"");
-    assert!(matches!(
-        only_cert,
-        ConfigError::TlsPairIncomplete {
-            present: "hub.tls_cert",
-            missing: "hub.tls_key"
-        }
-    ));
+    assert!(matches!(only_cert, ConfigError::TlsPairIncomplete { present: "hub.tls_cert", missing: "hub.tls_key" }));
     let only_key = parse_error("[hub]\ntls_key = \"k.pem\"");
-    assert!(matches!(
-        only_key,
-        ConfigError::TlsPairIncomplete {
-            present: "hub.tls_key",
-            missing: "hub.tls_cert"
-        }
-    ));
+    assert!(matches!(only_key, ConfigError::TlsPairIncomplete { present: "hub.tls_key", missing: "hub.tls_cert" }));
 }
 
 #[test]
 fn empty_paths_are_refused() {
-    for (text, name) in [
-        ("data_dir = \"\"", "data_dir"),
-        ("deployment = \"\"", "deployment"),
-    ] {
+    for (text, name) in [("data_dir = \"\"", "data_dir"), ("deployment = \"\"", "deployment")] {
         assert!(matches!(parse_error(text), ConfigError::Empty { key } if key == name));
     }
 }
 
 #[test]
 fn bad_log_level_is_refused() {
-    assert!(
-        matches!(parse_error("log_level = \"verbose\""), ConfigError::BadLogLevel { value } if value == "verbose")
-    );
+    assert!(matches!(parse_error("log_level = \"verbose\""), ConfigError::BadLogLevel { value } if value == "verbose"));
 }
 
 #[test]
@@ -393,11 +283,7 @@ fn syntax_errors_give_line_and_column() {
     ];
     for (text, expected_line) in table {
         match parse_error(text) {
-            ConfigError::Syntax {
-                line,
-                column,
-                ref message,
-            } => {
+            ConfigError::Syntax { line, column, ref message } => {
                 assert_eq!(line, expected_line, "{text:?}: {message}");
                 assert!(column >= 1);
             }
@@ -409,24 +295,14 @@ fn syntax_errors_give_line_and_column() {
 #[test]
 fn oversized_text_is_refused_before_parsing() {
     let text = format!("# {}", "x".repeat(CONFIG_MAX_BYTES));
-    assert!(matches!(
-        parse_error(&text),
-        ConfigError::TooLarge {
-            max_bytes: CONFIG_MAX_BYTES,
-            ..
-        }
-    ));
+    assert!(matches!(parse_error(&text), ConfigError::TooLarge { max_bytes: CONFIG_MAX_BYTES, .. }));
 }
 
 #[test]
 fn load_resolves_paths_against_the_file_and_names_it_in_errors() {
     let dir = TestDir::new("config-load");
     let file = dir.path().join("tinyedge.toml");
-    fs::write(
-        &file,
-        "deployment = \"deployment.json\"\n[hub]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
-    )
-    .unwrap();
+    fs::write(&file, "deployment = \"deployment.json\"\n[hub]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
     let config = Config::load(&file).unwrap();
     assert_eq!(config.deployment, Some(dir.path().join("deployment.json")));
     assert_eq!(config.data_dir, dir.path().join("tinyedge-data"));
@@ -434,14 +310,8 @@ fn load_resolves_paths_against_the_file_and_names_it_in_errors() {
 
     fs::write(&file, "[hub]\nmqttt = \"127.0.0.1:1883\"\n").unwrap();
     let error = Config::load(&file).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!("config: unknown key \"hub.mqttt\" in {}", file.display())
-    );
-    assert!(matches!(
-        error.without_file(),
-        ConfigError::UnknownKey { .. }
-    ));
+    assert_eq!(error.to_string(), format!("config: unknown key \"hub.mqttt\" in {}", file.display()));
+    assert!(matches!(error.without_file(), ConfigError::UnknownKey { .. }));
 }
 
 #[test]
@@ -450,10 +320,7 @@ fn missing_config_file_is_named() {
     let file = dir.path().join("nope.toml");
     let error = Config::load(&file).unwrap_err();
     assert!(matches!(&error, ConfigError::Read { file: f, .. } if f == &file));
-    assert!(
-        error.to_string().contains(&file.display().to_string()),
-        "{error}"
-    );
+    assert!(error.to_string().contains(&file.display().to_string()), "{error}");
 }
 
 #[test]
@@ -461,10 +328,7 @@ fn non_utf8_config_file_is_a_syntax_error() {
     let dir = TestDir::new("config-utf8");
     let file = dir.path().join("bad.toml");
     fs::write(&file, b"hostname = \"\xff\"").unwrap();
-    assert!(matches!(
-        Config::load(&file).unwrap_err().without_file(),
-        ConfigError::Syntax { .. }
-    ));
+    assert!(matches!(Config::load(&file).unwrap_err().without_file(), ConfigError::Syntax { .. }));
 }
 
 #[test]
@@ -473,37 +337,14 @@ fn check_files_names_key_and_file() {
     let text = "deployment = \"deployment.json\"\n[hub]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"";
     let config = Config::from_toml_str(text, dir.path()).unwrap();
     let error = config.check_files().unwrap_err();
-    assert!(
-        matches!(
-            &error,
-            ConfigError::MissingFile {
-                key: "deployment",
-                ..
-            }
-        ),
-        "{error}"
-    );
-    assert!(error
-        .to_string()
-        .contains(&dir.path().join("deployment.json").display().to_string()));
+    assert!(matches!(&error, ConfigError::MissingFile { key: "deployment", .. }), "{error}");
+    assert!(error.to_string().contains(&dir.path().join("deployment.json").display().to_string()));
 
     fs::write(dir.path().join("deployment.json"), "{}").unwrap();
     fs::write(dir.path().join("c.pem"), "").unwrap();
-    assert!(matches!(
-        config.check_files(),
-        Err(ConfigError::MissingFile {
-            key: "hub.tls_key",
-            ..
-        })
-    ));
+    assert!(matches!(config.check_files(), Err(ConfigError::MissingFile { key: "hub.tls_key", .. })));
     fs::create_dir(dir.path().join("k.pem")).unwrap();
-    assert!(matches!(
-        config.check_files(),
-        Err(ConfigError::NotAFile {
-            key: "hub.tls_key",
-            ..
-        })
-    ));
+    assert!(matches!(config.check_files(), Err(ConfigError::NotAFile { key: "hub.tls_key", .. })));
     fs::remove_dir(dir.path().join("k.pem")).unwrap();
     fs::write(dir.path().join("k.pem"), "").unwrap();
     assert!(config.check_files().is_ok());

@@ -10,12 +10,7 @@ fn binds_are_read_write_unless_ro() {
     assert_eq!(read_only, vec![false, true, false]);
     assert_eq!(
         config.mounts[1],
-        Mount {
-            source: "/srv/b".into(),
-            target: "/b".into(),
-            read_only: true,
-            kind: MountKind::Bind
-        }
+        Mount { source: "/srv/b".into(), target: "/b".into(), read_only: true, kind: MountKind::Bind }
     );
     assert!(has_unsupported(&config, "HostConfig.Binds[2]"));
 }
@@ -36,30 +31,17 @@ fn mounts_of_each_type_are_translated() {
     assert_eq!(
         config.mounts,
         vec![
-            Mount {
-                source: "/etc/app".into(),
-                target: "/config".into(),
-                read_only: true,
-                kind: MountKind::Bind
-            },
+            Mount { source: "/etc/app".into(), target: "/config".into(), read_only: true, kind: MountKind::Bind },
             Mount {
                 source: format!("{VOLUMES}/data"),
                 target: "/data".into(),
                 read_only: false,
                 kind: MountKind::Volume
             },
-            Mount {
-                source: "tmpfs".into(),
-                target: "/scratch".into(),
-                read_only: false,
-                kind: MountKind::Tmpfs
-            },
+            Mount { source: "tmpfs".into(), target: "/scratch".into(), read_only: false, kind: MountKind::Tmpfs },
         ]
     );
-    assert!(has_unsupported(
-        &config,
-        "HostConfig.Mounts[2].TmpfsOptions"
-    ));
+    assert!(has_unsupported(&config, "HostConfig.Mounts[2].TmpfsOptions"));
 }
 
 #[test]
@@ -70,16 +52,8 @@ fn devices_default_container_path_and_permissions() {
     assert_eq!(
         config.devices,
         vec![
-            Device {
-                host_path: "/dev/ttyUSB0".into(),
-                container_path: "/dev/serial".into(),
-                permissions: "rw".into()
-            },
-            Device {
-                host_path: "/dev/i2c-1".into(),
-                container_path: "/dev/i2c-1".into(),
-                permissions: "rwm".into()
-            },
+            Device { host_path: "/dev/ttyUSB0".into(), container_path: "/dev/serial".into(), permissions: "rw".into() },
+            Device { host_path: "/dev/i2c-1".into(), container_path: "/dev/i2c-1".into(), permissions: "rwm".into() },
         ]
     );
 }
@@ -92,33 +66,17 @@ fn privileged_is_taken() {
 
 #[test]
 fn memory_is_bytes_and_zero_is_no_limit() {
-    assert_eq!(
-        ok(r#"{"HostConfig":{"Memory":268435456}}"#).memory_limit_bytes,
-        Some(268_435_456)
-    );
-    assert_eq!(
-        ok(r#"{"HostConfig":{"Memory":0}}"#).memory_limit_bytes,
-        None
-    );
-    assert_eq!(
-        fails(r#"{"HostConfig":{"Memory":1024}}"#).path,
-        "HostConfig.Memory"
-    );
+    assert_eq!(ok(r#"{"HostConfig":{"Memory":268435456}}"#).memory_limit_bytes, Some(268_435_456));
+    assert_eq!(ok(r#"{"HostConfig":{"Memory":0}}"#).memory_limit_bytes, None);
+    assert_eq!(fails(r#"{"HostConfig":{"Memory":1024}}"#).path, "HostConfig.Memory");
 }
 
 #[test]
 fn nano_cpus_become_quota_per_100ms_period() {
     let config = ok(r#"{"HostConfig":{"NanoCpus":1500000000}}"#);
-    let expected = CpuQuota {
-        quota_us: Some(150_000),
-        period_us: Some(100_000),
-        shares: None,
-    };
+    let expected = CpuQuota { quota_us: Some(150_000), period_us: Some(100_000), shares: None };
     assert_eq!(config.cpu_quota, Some(expected));
-    assert_eq!(
-        fails(r#"{"HostConfig":{"NanoCpus":5}}"#).path,
-        "HostConfig.NanoCpus"
-    );
+    assert_eq!(fails(r#"{"HostConfig":{"NanoCpus":5}}"#).path, "HostConfig.NanoCpus");
     let conflict = fails(r#"{"HostConfig":{"NanoCpus":1000000000,"CpuQuota":50000}}"#);
     assert_eq!(conflict.path, "HostConfig.NanoCpus");
 }
@@ -126,37 +84,17 @@ fn nano_cpus_become_quota_per_100ms_period() {
 #[test]
 fn cpu_shares_and_explicit_quota_are_taken() {
     let config = ok(r#"{"HostConfig":{"CpuShares":512}}"#);
-    assert_eq!(
-        config.cpu_quota,
-        Some(CpuQuota {
-            quota_us: None,
-            period_us: None,
-            shares: Some(512)
-        })
-    );
+    assert_eq!(config.cpu_quota, Some(CpuQuota { quota_us: None, period_us: None, shares: Some(512) }));
     let config = ok(r#"{"HostConfig":{"CpuQuota":50000,"CpuPeriod":100000}}"#);
-    assert_eq!(
-        config.cpu_quota,
-        Some(CpuQuota {
-            quota_us: Some(50_000),
-            period_us: Some(100_000),
-            shares: None
-        })
-    );
+    assert_eq!(config.cpu_quota, Some(CpuQuota { quota_us: Some(50_000), period_us: Some(100_000), shares: None }));
     assert_eq!(ok(r#"{"HostConfig":{"CpuShares":0}}"#).cpu_quota, None);
 }
 
 #[test]
 fn network_mode_defaults_to_host_and_none_is_honoured() {
     assert_eq!(ok("{}").network, Network::Host);
-    assert_eq!(
-        ok(r#"{"HostConfig":{"NetworkMode":"host"}}"#).network,
-        Network::Host
-    );
-    assert_eq!(
-        ok(r#"{"HostConfig":{"NetworkMode":"none"}}"#).network,
-        Network::None
-    );
+    assert_eq!(ok(r#"{"HostConfig":{"NetworkMode":"host"}}"#).network, Network::Host);
+    assert_eq!(ok(r#"{"HostConfig":{"NetworkMode":"none"}}"#).network, Network::None);
 }
 
 #[test]
@@ -173,10 +111,7 @@ fn port_bindings_are_recorded() {
     let config = ok(
         r#"{"HostConfig":{"PortBindings":{"8883/tcp":[{"HostPort":"8883"}],"53":[{"HostIp":"127.0.0.1","HostPort":""}],"5000/udp":null}}}"#,
     );
-    assert_eq!(
-        config.port_bindings,
-        strings(&["53/tcp->127.0.0.1:53", "8883/tcp->8883"])
-    );
+    assert_eq!(config.port_bindings, strings(&["53/tcp->127.0.0.1:53", "8883/tcp->8883"]));
     assert!(config.unsupported.is_empty(), "{:?}", config.unsupported);
 }
 
@@ -184,8 +119,5 @@ fn port_bindings_are_recorded() {
 fn port_binding_to_another_host_port_is_recorded_and_reported() {
     let config = ok(r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"8080"}]}}}"#);
     assert_eq!(config.port_bindings, strings(&["80/tcp->8080"]));
-    assert!(has_unsupported(
-        &config,
-        "HostConfig.PortBindings.80/tcp[0].HostPort"
-    ));
+    assert!(has_unsupported(&config, "HostConfig.PortBindings.80/tcp[0].HostPort"));
 }

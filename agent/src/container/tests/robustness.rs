@@ -8,22 +8,10 @@ use super::{fails, VOLUMES};
 
 #[test]
 fn healthcheck_errors_name_their_path() {
-    assert_eq!(
-        fails(r#"{"Healthcheck":{"Test":["RUN","x"]}}"#).path,
-        "Healthcheck.Test"
-    );
-    assert_eq!(
-        fails(r#"{"Healthcheck":{"Test":["CMD"]}}"#).path,
-        "Healthcheck.Test"
-    );
-    assert_eq!(
-        fails(r#"{"Healthcheck":{"Test":["NONE"],"Interval":5}}"#).path,
-        "Healthcheck.Interval"
-    );
-    assert_eq!(
-        fails(r#"{"Healthcheck":{"Test":["NONE"],"Retries":-1}}"#).path,
-        "Healthcheck.Retries"
-    );
+    assert_eq!(fails(r#"{"Healthcheck":{"Test":["RUN","x"]}}"#).path, "Healthcheck.Test");
+    assert_eq!(fails(r#"{"Healthcheck":{"Test":["CMD"]}}"#).path, "Healthcheck.Test");
+    assert_eq!(fails(r#"{"Healthcheck":{"Test":["NONE"],"Interval":5}}"#).path, "Healthcheck.Interval");
+    assert_eq!(fails(r#"{"Healthcheck":{"Test":["NONE"],"Retries":-1}}"#).path, "Healthcheck.Retries");
 }
 #[test]
 fn each_error_names_its_path() {
@@ -42,72 +30,27 @@ fn each_error_names_its_path() {
         (r#"{"HostConfig":{"Memory":"1g"}}"#, "HostConfig.Memory"),
         (r#"{"HostConfig":{"Memory":-1}}"#, "HostConfig.Memory"),
         (r#"{"HostConfig":{"Memory":1.5e9}}"#, "HostConfig.Memory"),
-        (
-            r#"{"HostConfig":{"Binds":["/srv/a"]}}"#,
-            "HostConfig.Binds[0]",
-        ),
-        (
-            r#"{"HostConfig":{"Binds":["/a:/b","./data:/data"]}}"#,
-            "HostConfig.Binds[1]",
-        ),
-        (
-            r#"{"HostConfig":{"Binds":["/a:b"]}}"#,
-            "HostConfig.Binds[0]",
-        ),
-        (
-            r#"{"HostConfig":{"Binds":["/a:/b:ro,rw"]}}"#,
-            "HostConfig.Binds[0]",
-        ),
-        (
-            r#"{"HostConfig":{"Binds":["/a:/b:bogus"]}}"#,
-            "HostConfig.Binds[0]",
-        ),
-        (
-            r#"{"HostConfig":{"Mounts":[{"Type":"nfs","Target":"/x"}]}}"#,
-            "HostConfig.Mounts[0].Type",
-        ),
-        (
-            r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"rel","Target":"/x"}]}}"#,
-            "HostConfig.Mounts[0].Source",
-        ),
-        (
-            r#"{"HostConfig":{"Mounts":[{"Type":"volume","Target":"/x"}]}}"#,
-            "HostConfig.Mounts[0].Source",
-        ),
-        (
-            r#"{"HostConfig":{"Mounts":[{"Type":"tmpfs"}]}}"#,
-            "HostConfig.Mounts[0].Target",
-        ),
-        (
-            r#"{"HostConfig":{"Devices":[{"PathInContainer":"/dev/x"}]}}"#,
-            "HostConfig.Devices[0].PathOnHost",
-        ),
+        (r#"{"HostConfig":{"Binds":["/srv/a"]}}"#, "HostConfig.Binds[0]"),
+        (r#"{"HostConfig":{"Binds":["/a:/b","./data:/data"]}}"#, "HostConfig.Binds[1]"),
+        (r#"{"HostConfig":{"Binds":["/a:b"]}}"#, "HostConfig.Binds[0]"),
+        (r#"{"HostConfig":{"Binds":["/a:/b:ro,rw"]}}"#, "HostConfig.Binds[0]"),
+        (r#"{"HostConfig":{"Binds":["/a:/b:bogus"]}}"#, "HostConfig.Binds[0]"),
+        (r#"{"HostConfig":{"Mounts":[{"Type":"nfs","Target":"/x"}]}}"#, "HostConfig.Mounts[0].Type"),
+        (r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"rel","Target":"/x"}]}}"#, "HostConfig.Mounts[0].Source"),
+        (r#"{"HostConfig":{"Mounts":[{"Type":"volume","Target":"/x"}]}}"#, "HostConfig.Mounts[0].Source"),
+        (r#"{"HostConfig":{"Mounts":[{"Type":"tmpfs"}]}}"#, "HostConfig.Mounts[0].Target"),
+        (r#"{"HostConfig":{"Devices":[{"PathInContainer":"/dev/x"}]}}"#, "HostConfig.Devices[0].PathOnHost"),
         (
             r#"{"HostConfig":{"Devices":[{"PathOnHost":"/dev/x","CgroupPermissions":"rx"}]}}"#,
             "HostConfig.Devices[0].CgroupPermissions",
         ),
-        (
-            r#"{"HostConfig":{"Privileged":"yes"}}"#,
-            "HostConfig.Privileged",
-        ),
+        (r#"{"HostConfig":{"Privileged":"yes"}}"#, "HostConfig.Privileged"),
         (r#"{"HostConfig":{"CpuShares":-2}}"#, "HostConfig.CpuShares"),
         (r#"{"HostConfig":{"CpuPeriod":10}}"#, "HostConfig.CpuPeriod"),
-        (
-            r#"{"HostConfig":{"NetworkMode":1}}"#,
-            "HostConfig.NetworkMode",
-        ),
-        (
-            r#"{"HostConfig":{"PortBindings":{"http":[]}}}"#,
-            "HostConfig.PortBindings.http",
-        ),
-        (
-            r#"{"HostConfig":{"PortBindings":{"80":[{"HostPort":8080}]}}}"#,
-            "HostConfig.PortBindings.80[0].HostPort",
-        ),
-        (
-            r#"{"HostConfig":{"PortBindings":{"80":[{"HostIp":"any"}]}}}"#,
-            "HostConfig.PortBindings.80[0].HostIp",
-        ),
+        (r#"{"HostConfig":{"NetworkMode":1}}"#, "HostConfig.NetworkMode"),
+        (r#"{"HostConfig":{"PortBindings":{"http":[]}}}"#, "HostConfig.PortBindings.http"),
+        (r#"{"HostConfig":{"PortBindings":{"80":[{"HostPort":8080}]}}}"#, "HostConfig.PortBindings.80[0].HostPort"),
+        (r#"{"HostConfig":{"PortBindings":{"80":[{"HostIp":"any"}]}}}"#, "HostConfig.PortBindings.80[0].HostIp"),
         (r#"{"Healthcheck":"CMD true"}"#, "Healthcheck"),
         ("{\"Env\":[\"A=\\u0000\"]}", "Env[0]"),
     ];
@@ -115,11 +58,7 @@ fn each_error_names_its_path() {
         let error = fails(options);
         assert_eq!(error.path, path, "{options}: {error}");
         let line = error.to_string();
-        let prefix = if path.is_empty() {
-            "createOptions: ".to_owned()
-        } else {
-            format!("createOptions.{path}: ")
-        };
+        let prefix = if path.is_empty() { "createOptions: ".to_owned() } else { format!("createOptions.{path}: ") };
         assert!(line.starts_with(&prefix), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
@@ -127,18 +66,10 @@ fn each_error_names_its_path() {
 
 #[test]
 fn oversized_inputs_are_refused() {
-    let big = format!(
-        r#"{{"Labels":{{"a":"{}"}}}}"#,
-        "x".repeat(CREATE_OPTIONS_BYTES_MAX)
-    );
+    let big = format!(r#"{{"Labels":{{"a":"{}"}}}}"#, "x".repeat(CREATE_OPTIONS_BYTES_MAX));
     assert_eq!(fails(&big).path, "");
-    let env: Vec<String> = (0..=ENV_ENTRIES_MAX)
-        .map(|i| format!("\"V{i}=1\""))
-        .collect();
-    assert_eq!(
-        fails(&format!(r#"{{"Env":[{}]}}"#, env.join(","))).path,
-        "Env"
-    );
+    let env: Vec<String> = (0..=ENV_ENTRIES_MAX).map(|i| format!("\"V{i}=1\"")).collect();
+    assert_eq!(fails(&format!(r#"{{"Env":[{}]}}"#, env.join(","))).path, "Env");
     let binds: Vec<&str> = vec![r#""/a:/b""#; MOUNTS_MAX / 2 + 1];
     let list = binds.join(",");
     let error = fails(&format!(
@@ -166,16 +97,10 @@ fn check_never_panics_and_stays_one_line(options: &str) {
     match translate(options, &[], &[], Path::new(VOLUMES)) {
         Ok(config) => {
             let lines = config.unsupported.iter().chain(&config.port_bindings);
-            assert!(
-                lines.into_iter().all(|line| !line.contains(['\n', '\r'])),
-                "{options:?}"
-            );
+            assert!(lines.into_iter().all(|line| !line.contains(['\n', '\r'])), "{options:?}");
         }
         Err(error) => {
-            assert!(
-                !error.to_string().contains(['\n', '\r']),
-                "{options:?}: {error}"
-            );
+            assert!(!error.to_string().contains(['\n', '\r']), "{options:?}: {error}");
         }
     }
 }
@@ -192,9 +117,7 @@ fn garbage_never_panics_and_errors_stay_one_line() {
     let mut random = Random(0x9E37_79B9_7F4A_7C15);
     for _ in 0..3000 {
         let length = random.below(96);
-        let bytes: Vec<u8> = (0..length)
-            .map(|_| u8::try_from(random.next() & 0xff).unwrap_or(0))
-            .collect();
+        let bytes: Vec<u8> = (0..length).map(|_| u8::try_from(random.next() & 0xff).unwrap_or(0)).collect();
         check_never_panics_and_stays_one_line(&String::from_utf8_lossy(&bytes));
     }
     for round in 0..6000 {
