@@ -14,5 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod container;
+pub mod containerd;
+pub mod image;
 pub mod manifest;
 pub mod plan;
