@@ -19,6 +19,11 @@ commands:
                                        deployment or of a configured downstream device
   identity mqtt-login <ID> [TTL_SECS]  print MQTT client id, username and a SAS token
                                        (default 3600 s) for tools like mosquitto_pub
+  deploy <FILE>                        apply a deployment manifest to the running agent
+                                       (answers IoT Edge's 200/400/412/417/500)
+  list [--json]                        modules and their status, like `iotedge list`;
+                                       --json prints the agent's reported properties
+  logs <MODULE> [--tail N] [-f]        a module's stdout/stderr
   status                               counters, store and upstream state of the running runtime
   store stats                          the store part of `status`
   version                              print the version
@@ -72,6 +77,24 @@ fn out(text: &str) {
     let _ = writeln!(stdout, "{text}");
 }
 
+/// `logs MODULE [--tail N] [-f|--follow]`.
+fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runtime::Failure> {
+    let mut tail = None;
+    let mut follow = false;
+    let mut words = rest.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "-f" | "--follow" => follow = true,
+            "--tail" | "-n" => {
+                let n = words.next().ok_or_else(|| runtime::Failure::Usage("--tail needs a number".into()))?;
+                tail = Some(n.parse().map_err(|_| runtime::Failure::Usage(format!("--tail needs a number, got {n:?}")))?);
+            }
+            other => return Err(runtime::Failure::Usage(format!("logs: unknown option {other:?}"))),
+        }
+    }
+    runtime::logs(config, module, tail, follow)
+}
+
 fn main() -> ExitCode {
     let cli = match parse_args(std::env::args().skip(1)) {
         Ok(cli) => cli,
@@ -111,6 +134,10 @@ fn main() -> ExitCode {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
             Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
+        ["deploy", file] => runtime::deploy(&config, file).map(|s| out(&s)),
+        ["list"] => runtime::list(&config, false).map(|s| out(&s)),
+        ["list", "--json"] => runtime::list(&config, true).map(|s| out(&s)),
+        ["logs", module, rest @ ..] => logs_command(&config, module, rest),
         [] => Err(runtime::Failure::Usage("no command given".into())),
         _ => Err(runtime::Failure::Usage(format!("unknown command {:?}", cli.command.join(" ")))),
     };
@@ -126,6 +153,10 @@ fn main() -> ExitCode {
         }
         Err(runtime::Failure::Runtime(e)) => {
             eprintln!("tinyedge: {e}");
+            ExitCode::FAILURE
+        }
+        Err(runtime::Failure::Rejected(code, e)) => {
+            eprintln!("tinyedge: deployment rejected: {code} {e}");
             ExitCode::FAILURE
         }
     }

@@ -18,3 +18,4 @@ pub mod containerd;
 pub mod image;
 pub mod manifest;
 pub mod plan;
+pub mod supervisor;

@@ -26,5 +26,5 @@ pub mod urlenc;
 pub mod utc;
 
 pub use config::{
-    Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull,
+    AgentConfig, Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull,
 };

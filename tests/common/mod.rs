@@ -3,6 +3,8 @@
 //! mosquitto_sub) and raw sockets. A missing client tool fails the test loudly.
 #![allow(dead_code)]
 
+pub mod containers;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -116,6 +118,11 @@ impl Runtime {
     /// Starts tinyedge with `extra_config` appended to a config naming the test hub, device
     /// key, free ports, a downstream device, and the deployment `deployment_json`.
     pub fn start(deployment_json: &str, extra_hub_config: &str) -> Runtime {
+        Runtime::start_with(deployment_json, extra_hub_config, "[agent]\nenabled = false\n")
+    }
+
+    /// As [`Runtime::start`], with `sections` (whole TOML tables, e.g. `[agent]`) at the end.
+    pub fn start_with(deployment_json: &str, extra_hub_config: &str, sections: &str) -> Runtime {
         let dir = TempDir::new("rt");
         let mqtt_port = free_port();
         let mqtts_port = free_port();
@@ -135,6 +142,7 @@ mqtts = "127.0.0.1:{mqtts_port}"
 [[devices]]
 id = "{LEAF}"
 key = "{LEAF_KEY_B64}"
+{sections}
 "#
         );
         std::fs::write(dir.0.join("config.toml"), config).expect("write config");

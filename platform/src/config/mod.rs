@@ -28,6 +28,18 @@
 //! ca = "extra-ca.pem"               # optional, added to the system roots
 //! protocol = "iothub"
 //! backoff_max_secs = 60             # reconnect backoff: 1 s doubling up to this, with jitter
+//! [agent]                           # modules on containerd
+//! enabled = true                    # false runs the hub alone
+//! containerd = "/run/containerd/containerd.sock"
+//! namespace = "tinyedge"            # containerd namespace of the modules
+//! log_max_bytes = 1048576           # per module log file (two files kept)
+//! stop_timeout_secs = 10            # SIGTERM → SIGKILL
+//! max_restarts = 20                 # restart policy: failed after this many restarts
+//! cool_off_ms = 10000               # backoff min(cool_off_ms × 2^restarts, cool_off_max_ms)
+//! cool_off_max_ms = 300000
+//! intensive_care_secs = 600         # restart count reset after running this long
+//! insecure_registries = ["registry.lan:5000"]  # plain HTTP besides loopback
+//! workload_uri = "unix:///var/run/iotedge/workload.sock"
 //! [[devices]]                       # downstream devices allowed to connect
 //! id = "sensor-7"
 //! key = "base64 key"
@@ -111,6 +123,44 @@ pub struct Config {
     /// The cloud link; `None` keeps `$upstream` messages in the store until one is configured.
     pub upstream: Option<UpstreamSettings>,
     pub devices: Vec<DeviceConfig>,
+    pub agent: AgentConfig,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub enabled: bool,
+    pub containerd: PathBuf,
+    pub namespace: String,
+    pub log_max_bytes: u64,
+    pub stop_timeout_secs: u64,
+    pub max_restarts: u32,
+    pub cool_off_ms: u64,
+    pub cool_off_max_ms: u64,
+    pub intensive_care_secs: u64,
+    pub insecure_registries: Vec<String>,
+    pub workload_uri: String,
+}
+
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub const DEFAULT_NAMESPACE: &str = "tinyedge";
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            enabled: true,
+            containerd: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            log_max_bytes: 1024 * 1024,
+            stop_timeout_secs: 10,
+            max_restarts: 20,
+            cool_off_ms: 10_000,
+            cool_off_max_ms: 300_000,
+            intensive_care_secs: 600,
+            insecure_registries: Vec::new(),
+            workload_uri: "unix:///var/run/iotedge/workload.sock".to_owned(),
+        }
+    }
 }
 
 /// When the store makes appended messages durable.
@@ -218,6 +268,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             upstream: None,
             devices: Vec::new(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -254,6 +305,7 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("upstream", &self.upstream)
             .field("devices", &self.devices)
+            .field("agent", &self.agent)
             .finish()
     }
 }

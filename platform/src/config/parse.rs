@@ -23,6 +23,20 @@ const TOP_KEYS: &[&str] = &[
     "store",
     "upstream",
     "devices",
+    "agent",
+];
+const AGENT_KEYS: &[&str] = &[
+    "enabled",
+    "containerd",
+    "namespace",
+    "log_max_bytes",
+    "stop_timeout_secs",
+    "max_restarts",
+    "cool_off_ms",
+    "cool_off_max_ms",
+    "intensive_care_secs",
+    "insecure_registries",
+    "workload_uri",
 ];
 const STORE_KEYS: &[&str] = &["dir", "max_bytes", "fsync", "fsync_interval_ms", "when_full"];
 const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol", "backoff_max_secs"];
@@ -224,6 +238,7 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
     let store = parse_store(top.table("store")?, base_dir)?;
     let upstream = parse_upstream(top.table("upstream")?, base_dir)?;
     let devices = parse_devices(top.array("devices", "an array of [[devices]] tables")?, &device_id)?;
+    let agent = parse_agent(top.table("agent")?, base_dir)?;
     Ok(Config {
         hostname,
         iothub_hostname,
@@ -236,7 +251,69 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
         store,
         upstream,
         devices,
+        agent,
     })
+}
+
+fn parse_agent(table: Option<Table>, base_dir: &Path) -> Result<AgentConfig, ConfigError> {
+    let mut agent = AgentConfig::default();
+    let Some(table) = table else { return Ok(agent) };
+    let mut section = Section::new(table, "agent.".to_owned(), AGENT_KEYS)?;
+    match section.table.remove("enabled") {
+        None => {}
+        Some(Value::Boolean(b)) => agent.enabled = b,
+        Some(other) => return Err(section.wrong_type("enabled", "a boolean", &other)),
+    }
+    if let Some(path) = section.path("containerd", base_dir)? {
+        agent.containerd = path;
+    }
+    if let Some(ns) = section.non_empty_string("namespace")? {
+        let ok = ns.len() <= 76
+            && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            && ns.as_bytes()[0].is_ascii_alphanumeric();
+        if !ok {
+            return Err(ConfigError::BadChoice {
+                key: section.key("namespace"),
+                value: ns,
+                expected: "letters, digits, '-', '.', '_' (starting with a letter or digit, at most 76)",
+            });
+        }
+        agent.namespace = ns;
+    }
+    if let Some(v) = section.count("log_max_bytes", 4096, 1 << 30)? {
+        agent.log_max_bytes = v as u64;
+    }
+    if let Some(v) = section.count("stop_timeout_secs", 0, 3600)? {
+        agent.stop_timeout_secs = v as u64;
+    }
+    if let Some(v) = section.count("max_restarts", 0, 1_000_000)? {
+        agent.max_restarts = v as u32;
+    }
+    if let Some(v) = section.count("cool_off_ms", 1, 86_400_000)? {
+        agent.cool_off_ms = v as u64;
+    }
+    if let Some(v) = section.count("cool_off_max_ms", 1, 86_400_000)? {
+        agent.cool_off_max_ms = v as u64;
+    }
+    if let Some(v) = section.count("intensive_care_secs", 1, 86_400 * 365)? {
+        agent.intensive_care_secs = v as u64;
+    }
+    for (index, value) in section.array("insecure_registries", "an array of host:port strings")?.into_iter().enumerate() {
+        match value {
+            Value::String(host) if !host.is_empty() => agent.insecure_registries.push(host),
+            other => {
+                return Err(ConfigError::WrongType {
+                    key: format!("agent.insecure_registries[{index}]"),
+                    expected: "a non-empty string",
+                    found: other.type_str(),
+                })
+            }
+        }
+    }
+    if let Some(uri) = section.non_empty_string("workload_uri")? {
+        agent.workload_uri = uri;
+    }
+    Ok(agent)
 }
 
 fn parse_store(table: Option<Table>, base_dir: &Path) -> Result<StoreSettings, ConfigError> {

@@ -419,3 +419,29 @@ fn bad_store_and_upstream_values_name_the_key() {
         assert_eq!(error.lines().count(), 1, "{error}");
     }
 }
+
+#[test]
+fn agent_section() {
+    let config = Config::from_toml_str(
+        "[agent]\nenabled = false\ncontainerd = \"/tmp/c.sock\"\nnamespace = \"t-1\"\ncool_off_ms = 200\ninsecure_registries = [\"r:5000\"]",
+        Path::new("/etc"),
+    )
+    .unwrap();
+    assert!(!config.agent.enabled);
+    assert_eq!(config.agent.containerd, PathBuf::from("/tmp/c.sock"));
+    assert_eq!((config.agent.namespace.as_str(), config.agent.cool_off_ms), ("t-1", 200));
+    assert_eq!(config.agent.insecure_registries, vec!["r:5000".to_owned()]);
+    let defaults = Config::default().agent;
+    assert!(defaults.enabled);
+    assert_eq!(defaults.containerd, PathBuf::from("/run/containerd/containerd.sock"));
+    for (text, key) in [
+        ("[agent]\nenabled = 1", "agent.enabled"),
+        ("[agent]\nnamespace = \"a b\"", "agent.namespace"),
+        ("[agent]\ncool_off_ms = 0", "agent.cool_off_ms"),
+        ("[agent]\nbogus = 1", "agent.bogus"),
+        ("[agent]\ninsecure_registries = [1]", "agent.insecure_registries[0]"),
+    ] {
+        let error = Config::from_toml_str(text, Path::new("/etc")).unwrap_err();
+        assert!(error.to_string().contains(key), "{text}: {error}");
+    }
+}
