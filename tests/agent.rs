@@ -158,3 +158,227 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     containers.sort();
     assert_eq!(containers, vec!["first".to_owned(), "second".to_owned()]);
 }
+
+fn kill9(ns: &Namespace, container: &str) {
+    let out = ns.ctr(&["tasks", "kill", "-s", "SIGKILL", container]);
+    assert!(out.status.success(), "ctr kill {container}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn restart_policies_after_sigkill_and_clean_exit() {
+    let ns = Namespace::new("policies");
+    let (v1, _, _) = images(&ns.services);
+    let clean = json!({"Cmd": ["/bin/sh", "-c", "sleep 1; exit 0"]});
+    let crash = json!({"Cmd": ["/bin/sh", "-c", "exit 3"]});
+    let dep = deployment(json!({
+        "alw": module(&v1, Value::Null, "always"),
+        "onf": module(&v1, Value::Null, "on-failure"),
+        "nev": module(&v1, Value::Null, "never"),
+        "clean": module(&v1, clean, "on-failure"),
+        "crashy": module(&v1, crash, "always"),
+    }));
+    let rt = Runtime::start_with(&dep, "", &agent_section(&ns, "max_restarts = 3\n"));
+    for name in ["alw", "onf", "nev"] {
+        wait_module(&rt, name, Duration::from_secs(60), status_is("running"));
+    }
+    let before: Vec<u32> = ["alw", "onf", "nev"].iter().map(|m| pid_of(&ns, m).expect("running task")).collect();
+    for name in ["alw", "onf", "nev"] {
+        kill9(&ns, name);
+    }
+    for (i, name) in ["alw", "onf"].iter().enumerate() {
+        let m = wait_module(&rt, name, Duration::from_secs(20), |m| m["runtimeStatus"] == "running" && m["restartCount"] == 1);
+        assert_ne!(m["lastRestartTimeUtc"], "0001-01-01T00:00:00Z");
+        let pid = pid_of(&ns, name).expect("restarted task");
+        assert_ne!(pid, before[i], "{name} was not restarted");
+    }
+    let nev = wait_module(&rt, "nev", Duration::from_secs(10), status_is("failed"));
+    assert_eq!(nev["exitCode"], 137);
+    std::thread::sleep(Duration::from_secs(2));
+    let nev = list(&rt)["modules"]["nev"].clone();
+    assert_eq!((nev["runtimeStatus"].as_str(), nev["restartCount"].as_u64()), (Some("failed"), Some(0)), "{nev:#}");
+    assert_eq!(pid_of(&ns, "nev"), None, "never must stay down");
+    // A clean exit under on-failure stays stopped.
+    let c = wait_module(&rt, "clean", Duration::from_secs(20), status_is("stopped"));
+    assert_eq!((c["exitCode"].as_i64(), c["restartCount"].as_u64()), (Some(0), Some(0)), "{c:#}");
+    // A module that keeps crashing backs off and is failed after max_restarts (3 here).
+    let crashy = wait_module(&rt, "crashy", Duration::from_secs(30), |m| m["runtimeStatus"] == "failed");
+    assert_eq!((crashy["exitCode"].as_i64(), crashy["restartCount"].as_u64()), (Some(3), Some(3)), "{crashy:#}");
+    assert!(rt.log().contains("exited with code 3: backoff"), "no backoff in the log:\n{}", rt.log());
+}
+
+#[test]
+fn failing_health_check_restarts_under_on_unhealthy() {
+    let ns = Namespace::new("health");
+    let (v1, _, _) = images(&ns.services);
+    // Healthy for about a second after each start, then the probe fails.
+    let sick = json!({
+        "Cmd": ["/bin/sh", "-c", "touch /tmp/ok; sleep 1; rm /tmp/ok; sleep 3600"],
+        "Healthcheck": {"Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 200_000_000u64, "Timeout": 1_000_000_000u64, "Retries": 2},
+    });
+    let fine = json!({
+        "Healthcheck": {"Test": ["CMD", "/bin/true"], "Interval": 200_000_000u64, "Retries": 2},
+    });
+    let dep = deployment(json!({"sick": module(&v1, sick, "on-unhealthy"), "fine": module(&v1, fine, "on-unhealthy")}));
+    let rt = start(&ns, &dep);
+    wait_module(&rt, "sick", Duration::from_secs(60), status_is("running"));
+    let first = pid_of(&ns, "sick").expect("sick runs");
+    let m = wait_module(&rt, "sick", Duration::from_secs(30), |m| m["restartCount"].as_u64() >= Some(1));
+    assert!(rt.log().contains("module sick: health check failed"), "{}", rt.log());
+    assert!(rt.log().contains("unhealthy: restart 1 of"), "{}", rt.log());
+    wait_module(&rt, "sick", Duration::from_secs(10), status_is("running"));
+    assert_ne!(pid_of(&ns, "sick"), Some(first), "sick was not restarted: {m:#}");
+    let fine = list(&rt)["modules"]["fine"].clone();
+    assert_eq!((fine["runtimeStatus"].as_str(), fine["restartCount"].as_u64()), (Some("running"), Some(0)), "{fine:#}");
+    assert!(rt.log().contains("module fine: healthy"), "{}", rt.log());
+}
+
+/// Writes `dep` and runs `tinyedge deploy`; returns (success, stdout + stderr).
+fn deploy(rt: &Runtime, dep: &str) -> (bool, String) {
+    let file = rt.dir.0.join(format!("deploy-{}.json", common::unix_now()));
+    std::fs::write(&file, dep).expect("write deployment");
+    let out = rt.cli(&["deploy", file.to_str().expect("utf-8 path")]);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
+    let ns = Namespace::new("redeploy");
+    let (v1, v2, _) = images(&ns.services);
+    let modules = json!({"a": module(&v1, Value::Null, "always"), "b": module(&v1, Value::Null, "always"), "c": module(&v1, Value::Null, "always")});
+    let rt = start(&ns, &deployment(modules.clone()));
+    for name in ["a", "b", "c"] {
+        wait_module(&rt, name, Duration::from_secs(60), status_is("running"));
+    }
+    let pid = |m: &str| pid_of(&ns, m).expect("running");
+    let (a0, b0, c0) = (pid("a"), pid("b"), pid("c"));
+    let version = list(&rt)["lastDesiredVersion"].clone();
+
+    // Rejected deployments change nothing.
+    let mut bad = modules.clone();
+    bad["b"]["restartPolicy"] = json!("sometimes");
+    let (ok, text) = deploy(&rt, &deployment(bad));
+    assert!(!ok && text.contains("400") && text.contains("modules.b.restartPolicy"), "{text}");
+    let mut bad_options = modules.clone();
+    bad_options["c"]["settings"]["createOptions"] = json!("{\"HostConfig\":{\"Memory\":\"lots\"}}");
+    let (ok, text) = deploy(&rt, &deployment(bad_options));
+    assert!(!ok && text.contains("400") && text.contains("HostConfig.Memory"), "{text}");
+    let (ok, text) = deploy(&rt, &deployment(modules.clone()).replace("\"schemaVersion\":\"1.1\"", "\"schemaVersion\":\"9.0\""));
+    assert!(!ok && text.contains("412"), "{text}");
+    let (ok, text) = deploy(&rt, "{}");
+    assert!(!ok && text.contains("417"), "{text}");
+    let (ok, text) = deploy(&rt, "{not json");
+    assert!(!ok && text.contains("400"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((pid("a"), pid("b"), pid("c")), (a0, b0, c0), "a rejected deployment changed running modules");
+    assert_eq!(list(&rt)["lastDesiredVersion"], version);
+
+    // a: new image → recreated; b: stopped; c: removed.
+    let mut next = json!({"a": module(&v2, Value::Null, "always"), "b": module(&v1, Value::Null, "always")});
+    next["b"]["status"] = json!("stopped");
+    let (ok, text) = deploy(&rt, &deployment(next));
+    assert!(ok && text.starts_with("200"), "{text}");
+    let a = wait_module(&rt, "a", Duration::from_secs(60), |m| m["runtimeStatus"] == "running" && m["settings"]["image"] == v2.as_str());
+    assert_ne!(pid("a"), a0, "a was not recreated: {a:#}");
+    let info = ns.ctr(&["containers", "info", "a"]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("tests/busybox:v2"), "container a is not from v2");
+    wait_module(&rt, "b", Duration::from_secs(20), status_is("stopped"));
+    assert_eq!(pid_of(&ns, "b"), None, "b still runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ns.containers().contains(&"c".to_owned()) {
+        assert!(Instant::now() < deadline, "c's container was not removed; log:\n{}", rt.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(list(&rt)["modules"].get("c").is_none());
+    assert!(ns.containers().contains(&"b".to_owned()), "stopping must keep the container");
+}
+
+#[test]
+fn pull_policy_never_pins_indexes_and_tampered_blobs() {
+    let ns = Namespace::new("images");
+    let (_, _, multi) = images(&ns.services);
+    let registry = ns.services.registry.addr.clone();
+    let digest = ns.services.pushed.lock().expect("lock").iter().find(|(r, _)| r == "tests/busybox").map(|(_, d)| d.clone()).expect("pushed");
+    // A layer of its own, so tampering with it cannot touch the other images.
+    let unique = format!("tamper-{}-{}", std::process::id(), common::unix_now());
+    let tampered = containers::image(
+        vec![containers::busybox_layer(), vec![Entry::File("marker.txt".into(), 0o644, unique.clone().into_bytes())]],
+        &["PATH=/bin"],
+        &["/bin/sh", "-c", "sleep 3600"],
+        containers::host_arch(),
+    );
+    containers::push(&registry, "tests/tampered", "1", &tampered);
+    let layer = containers::sha256(&tampered.layers[1].0);
+    let file = ns.services.registry.blob_file(&layer);
+    let mut bytes = std::fs::read(&file).expect("blob in registry storage");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).expect("tamper with the blob");
+
+    let mut absent = module(&format!("{registry}/tests/never-pushed:1"), Value::Null, "always");
+    absent["imagePullPolicy"] = json!("never");
+    let dep = deployment(json!({
+        "absent": absent,
+        "multi": module(&multi, json!({"Cmd": ["/bin/sh", "-c", "echo tag=$IMAGE_TAG; sleep 3600"]}), "always"),
+        "pinned": module(&format!("{registry}/tests/busybox@{digest}"), Value::Null, "always"),
+        "tampered": module(&format!("{registry}/tests/tampered:1"), Value::Null, "always"),
+    }));
+    let rt = start(&ns, &dep);
+    let m = wait_module(&rt, "absent", Duration::from_secs(30), status_is("failed"));
+    assert!(m["statusDescription"].as_str().unwrap_or_default().contains("not on the device"), "{m:#}");
+    wait_module(&rt, "multi", Duration::from_secs(60), status_is("running"));
+    wait_module(&rt, "pinned", Duration::from_secs(60), status_is("running"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&rt.cli(&["logs", "multi"]).stdout).contains("tag=v1") {
+        assert!(Instant::now() < deadline, "multi did not run this platform's image: {}", String::from_utf8_lossy(&rt.cli(&["logs", "multi"]).stdout));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = wait_module(&rt, "tampered", Duration::from_secs(30), status_is("failed"));
+    let description = t["statusDescription"].as_str().unwrap_or_default();
+    assert!(description.contains("digest mismatch") && description.contains(&layer), "{t:#}");
+    let content = ns.ctr(&["content", "ls", "-q"]);
+    assert!(!String::from_utf8_lossy(&content.stdout).contains(&layer), "the tampered blob reached containerd");
+    assert!(!ns.containers().contains(&"tampered".to_owned()));
+}
+
+#[test]
+fn restarted_agent_adopts_running_containers() {
+    let ns = Namespace::new("adopt");
+    let (v1, _, _) = images(&ns.services);
+    let dep = deployment(json!({"keeper": module(&v1, json!({"Cmd": ["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"]}), "always")}));
+    let mut rt = start(&ns, &dep);
+    wait_module(&rt, "keeper", Duration::from_secs(60), status_is("running"));
+    let pid = pid_of(&ns, "keeper").expect("running");
+    rt.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pid_of(&ns, "keeper"), Some(pid), "the module must outlive the agent");
+    rt.start_again();
+    let m = wait_module(&rt, "keeper", Duration::from_secs(30), status_is("running"));
+    assert!(rt.wait_log("module keeper: adopted running container"), "{}", rt.log());
+    assert_eq!(pid_of(&ns, "keeper"), Some(pid), "adoption must not recreate: {m:#}");
+    let log = rt.log();
+    let after_restart = log.rsplit("existing module container(s) adopted").next().unwrap_or_default();
+    assert!(log.contains("agent: 1 existing module container(s) adopted"), "{log}");
+    assert!(!after_restart.contains("module keeper: container created"), "recreated after restart:\n{log}");
+    // Its output is still collected through the same FIFOs.
+    let logs = rt.dir.0.join("data/agent/logs/keeper.log");
+    let before = std::fs::metadata(&logs).map(|m| m.len()).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(std::fs::metadata(&logs).map(|m| m.len()).unwrap_or(0) > before, "logs stopped after adoption");
+}
+
+#[test]
+fn missing_containerd_is_reported_and_the_hub_keeps_running() {
+    let dir = TempDir::new("noctr");
+    let dep = deployment(json!({"m": module("localhost:5000/x:1", Value::Null, "always")}));
+    let section = format!("[agent]\ncontainerd = \"{}/missing.sock\"\n", dir.0.display());
+    let rt = Runtime::start_with(&dep, "", &section);
+    let m = wait_module(&rt, "m", Duration::from_secs(20), status_is("unknown"));
+    assert!(m["statusDescription"].as_str().unwrap_or_default().contains("missing.sock: no such socket"), "{m:#}");
+    assert!(rt.log().contains("the hub keeps running"), "{}", rt.log());
+    // The hub still answers MQTT.
+    let creds = common::module_credentials("m", 3600);
+    let out = common::mosquitto_pub(rt.mqtt_port, &creds, "devices/gw/modules/m/messages/events/", "x", &["-q", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&rt.cli(&["list"]).stdout).into_owned();
+    assert!(table.contains("containerd:") && table.contains("unknown"), "{table}");
+}

@@ -712,12 +712,21 @@ impl Agent {
         // A stale snapshot or container of the same name (a crash mid-create) is replaced.
         let _ = ctr.delete_container(name).await;
         ctr.remove_snapshot(name).await?;
-        ctr.prepare(name, &image.top_snapshot, None).await?;
+        // Until the container references its rootfs snapshot, only a lease keeps containerd's
+        // garbage collector (which runs after every lease deletion, e.g. a pull's) off it.
+        let lease = format!("tinyedge-create-{name}-{}", now_ms());
+        ctr.create_lease(&lease).await?;
         let labels = HashMap::from([
             (LABEL_MODULE.to_owned(), name.to_owned()),
             (LABEL_CONFIG.to_owned(), plan::config_hash(&spec)),
         ]);
-        if let Err(e) = ctr.create_container(name, &image.name, spec_json, labels).await {
+        let created = async {
+            ctr.prepare(name, &image.top_snapshot, Some(&lease)).await?;
+            ctr.create_container(name, &image.name, spec_json, labels).await
+        }
+        .await;
+        let _ = ctr.delete_lease(&lease).await;
+        if let Err(e) = created {
             let _ = ctr.remove_snapshot(name).await;
             return Err(e);
         }
@@ -742,7 +751,16 @@ impl Agent {
             m.pump = Some(stdio::start_pump(&fifo_dir, &logs_dir, name, max).map_err(|e| CtrError::other(format!("log FIFOs: {e}")))?);
         }
         ctr.delete_task(name).await?;
-        let mounts = ctr.mounts(name).await?;
+        let mounts = match ctr.mounts(name).await {
+            Ok(mounts) => mounts,
+            Err(e) if e.not_found => {
+                // The rootfs snapshot is gone (removed by hand, or lost to an old GC race):
+                // drop the container so the next plan creates it afresh.
+                ctr.delete_container(name).await?;
+                return Err(CtrError::other(format!("{}; the container is recreated", e.message)));
+            }
+            Err(e) => return Err(e),
+        };
         let (stdout, stderr) = stdio::fifo_paths(&fifo_dir, name);
         let pid = ctr.start_task(name, mounts, &stdout, &stderr).await?;
         let m = self.modules.get_mut(name).ok_or_else(|| CtrError::other("vanished"))?;
