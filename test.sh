@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with only the Rust toolchain.
-# Installs the Debian packages the tests drive (mosquitto and its clients) and the Azure IoT
-# Python SDK (into target/pysdk), runs every test of
+# Installs the Debian packages the tests drive (mosquitto and its clients, containerd, runc,
+# docker-registry, apache2-utils, busybox-static, protobuf-compiler) and the Azure IoT Python SDK (into
+# target/pysdk), runs every test of
 # the workspace, and leaves nothing running: each test starts and stops the processes it needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(mosquitto mosquitto-clients)
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "test.sh: installing ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# mosquitto: the cloud stand-in and MQTT clients; containerd, runc, docker-registry and
+# busybox-static: the agent tests (apache2-utils: htpasswd for a registry with credentials) (containerd and the registry are started by the tests
+# themselves, images are built from busybox-static); protobuf-compiler: the containerd gRPC
+# bindings are generated at build time.
+. scripts/packages.sh
+ensure_packages mosquitto mosquitto-clients containerd runc docker-registry apache2-utils busybox-static protobuf-compiler
 # Debian's mosquitto package may start a system broker on 1883; the tests use their own
 # ports, but `tinyedge run` on defaults wants 1883, so stop it if it is running here.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then

@@ -87,7 +87,8 @@ fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runt
             "-f" | "--follow" => follow = true,
             "--tail" | "-n" => {
                 let n = words.next().ok_or_else(|| runtime::Failure::Usage("--tail needs a number".into()))?;
-                tail = Some(n.parse().map_err(|_| runtime::Failure::Usage(format!("--tail needs a number, got {n:?}")))?);
+                tail =
+                    Some(n.parse().map_err(|_| runtime::Failure::Usage(format!("--tail needs a number, got {n:?}")))?);
             }
             other => return Err(runtime::Failure::Usage(format!("logs: unknown option {other:?}"))),
         }

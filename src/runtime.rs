@@ -38,7 +38,8 @@ fn load_deployment(config: &Config) -> Result<Option<Deployment>, Failure> {
             Some(path) => modified(&deployed) >= modified(path),
         };
     if use_deployed {
-        let bytes = std::fs::read(&deployed).map_err(|e| Failure::Config(format!("deployment {}: {e}", deployed.display())))?;
+        let bytes =
+            std::fs::read(&deployed).map_err(|e| Failure::Config(format!("deployment {}: {e}", deployed.display())))?;
         match manifest::parse_deployment(&bytes) {
             Ok(d) => {
                 log::info!("deployment: {} (last applied with `tinyedge deploy`)", deployed.display());
@@ -172,7 +173,12 @@ async fn status_loop(
 
 /// Starts the agent and its management socket; a new deployment also updates the hub's routes
 /// and module identities.
-fn start_agent(config: &Config, deployment: Option<Deployment>, key: &[u8], broker: &std::sync::Arc<Broker>) -> Result<(), Failure> {
+fn start_agent(
+    config: &Config,
+    deployment: Option<Deployment>,
+    key: &[u8],
+    broker: &std::sync::Arc<Broker>,
+) -> Result<(), Failure> {
     use tinyedge_agent::plan::RestartSettings;
     use tinyedge_agent::supervisor::{mgmt, Agent, AgentSettings};
     let a = &config.agent;
@@ -203,11 +209,17 @@ fn start_agent(config: &Config, deployment: Option<Deployment>, key: &[u8], brok
         hook_broker.set_authenticator(authenticator(&hook_config, Some(d), &hook_key));
     });
     let socket = mgmt::socket_path(&config.data_dir);
-    let listener = mgmt::bind(&socket).map_err(|e| Failure::Runtime(format!("management socket {}: {e}", socket.display())))?;
+    let listener =
+        mgmt::bind(&socket).map_err(|e| Failure::Runtime(format!("management socket {}: {e}", socket.display())))?;
     let (agent, handle) = Agent::new(settings, deployment, hook);
     smol::spawn(agent.run()).detach();
     smol::spawn(mgmt::serve(listener, handle)).detach();
-    log::info!("agent: containerd {} namespace {:?}; management socket {}", a.containerd.display(), a.namespace, socket.display());
+    log::info!(
+        "agent: containerd {} namespace {:?}; management socket {}",
+        a.containerd.display(),
+        a.namespace,
+        socket.display()
+    );
     Ok(())
 }
 
@@ -231,7 +243,8 @@ pub fn deploy(config: &Config, file: &str) -> Result<String, Failure> {
 /// `tinyedge list [--json]`.
 pub fn list(config: &Config, json: bool) -> Result<String, Failure> {
     let socket = tinyedge_agent::supervisor::mgmt::socket_path(&config.data_dir);
-    let (code, body) = tinyedge_agent::supervisor::mgmt::request(&socket, "GET", "/modules", b"").map_err(Failure::Runtime)?;
+    let (code, body) =
+        tinyedge_agent::supervisor::mgmt::request(&socket, "GET", "/modules", b"").map_err(Failure::Runtime)?;
     let doc: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| Failure::Runtime(format!("management socket answered {code} with invalid JSON: {e}")))?;
     if json {
@@ -263,7 +276,8 @@ pub fn logs(config: &Config, module: &str, tail: Option<usize>, follow: bool) ->
             offset = 0; // rotated: the new file starts over
         }
         if len > offset {
-            let mut file = std::fs::File::open(&path).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            let mut file =
+                std::fs::File::open(&path).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
             use std::io::{Read as _, Seek as _};
             file.seek(std::io::SeekFrom::Start(offset)).map_err(|e| Failure::Runtime(e.to_string()))?;
             let mut chunk = Vec::new();

@@ -36,11 +36,16 @@ fn images(services: &Services) -> (String, String, String) {
         let d1 = containers::push(registry, "tests/busybox", "v1", &v1);
         containers::push(registry, "tests/busybox", "v2", &v2);
         let foreign = if arch == "arm64" { "amd64" } else { "arm64" };
-        let other = containers::image(vec![containers::busybox_layer()], &["PATH=/bin", "IMAGE_TAG=foreign"], &sleep, foreign);
+        let other =
+            containers::image(vec![containers::busybox_layer()], &["PATH=/bin", "IMAGE_TAG=foreign"], &sleep, foreign);
         containers::push_index(registry, "tests/multi", "1", &[(foreign, &other), (arch, &v1)]);
         pushed.push(("tests/busybox".into(), d1));
     }
-    (format!("{registry}/tests/busybox:v1"), format!("{registry}/tests/busybox:v2"), format!("{registry}/tests/multi:1"))
+    (
+        format!("{registry}/tests/busybox:v1"),
+        format!("{registry}/tests/busybox:v2"),
+        format!("{registry}/tests/multi:1"),
+    )
 }
 
 fn module(image: &str, create_options: Value, restart_policy: &str) -> Value {
@@ -80,7 +85,11 @@ fn wait_module(rt: &Runtime, name: &str, timeout: Duration, ok: impl Fn(&Value) 
         if ok(&m) {
             return m;
         }
-        assert!(Instant::now() < deadline, "module {name} never reached the expected state; last: {m:#}\nlog:\n{}", rt.log());
+        assert!(
+            Instant::now() < deadline,
+            "module {name} never reached the expected state; last: {m:#}\nlog:\n{}",
+            rt.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -153,7 +162,10 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello-from-module\n");
     let table = String::from_utf8_lossy(&rt.cli(&["list"]).stdout).into_owned();
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("first") && l.contains("running") && l.contains("tests/busybox:v1")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("first") && l.contains("running") && l.contains("tests/busybox:v1")),
+        "{table}"
+    );
     let mut containers = ns.containers();
     containers.sort();
     assert_eq!(containers, vec!["first".to_owned(), "second".to_owned()]);
@@ -186,7 +198,9 @@ fn restart_policies_after_sigkill_and_clean_exit() {
         kill9(&ns, name);
     }
     for (i, name) in ["alw", "onf"].iter().enumerate() {
-        let m = wait_module(&rt, name, Duration::from_secs(20), |m| m["runtimeStatus"] == "running" && m["restartCount"] == 1);
+        let m = wait_module(&rt, name, Duration::from_secs(20), |m| {
+            m["runtimeStatus"] == "running" && m["restartCount"] == 1
+        });
         assert_ne!(m["lastRestartTimeUtc"], "0001-01-01T00:00:00Z");
         let pid = pid_of(&ns, name).expect("restarted task");
         assert_ne!(pid, before[i], "{name} was not restarted");
@@ -262,7 +276,8 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     bad_options["c"]["settings"]["createOptions"] = json!("{\"HostConfig\":{\"Memory\":\"lots\"}}");
     let (ok, text) = deploy(&rt, &deployment(bad_options));
     assert!(!ok && text.contains("400") && text.contains("HostConfig.Memory"), "{text}");
-    let (ok, text) = deploy(&rt, &deployment(modules.clone()).replace("\"schemaVersion\":\"1.1\"", "\"schemaVersion\":\"9.0\""));
+    let (ok, text) =
+        deploy(&rt, &deployment(modules.clone()).replace("\"schemaVersion\":\"1.1\"", "\"schemaVersion\":\"9.0\""));
     assert!(!ok && text.contains("412"), "{text}");
     let (ok, text) = deploy(&rt, "{}");
     assert!(!ok && text.contains("417"), "{text}");
@@ -277,7 +292,9 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     next["b"]["status"] = json!("stopped");
     let (ok, text) = deploy(&rt, &deployment(next));
     assert!(ok && text.starts_with("200"), "{text}");
-    let a = wait_module(&rt, "a", Duration::from_secs(60), |m| m["runtimeStatus"] == "running" && m["settings"]["image"] == v2.as_str());
+    let a = wait_module(&rt, "a", Duration::from_secs(60), |m| {
+        m["runtimeStatus"] == "running" && m["settings"]["image"] == v2.as_str()
+    });
     assert_ne!(pid("a"), a0, "a was not recreated: {a:#}");
     let info = ns.ctr(&["containers", "info", "a"]);
     assert!(String::from_utf8_lossy(&info.stdout).contains("tests/busybox:v2"), "container a is not from v2");
@@ -297,7 +314,15 @@ fn pull_policy_never_pins_indexes_and_tampered_blobs() {
     let ns = Namespace::new("images");
     let (_, _, multi) = images(&ns.services);
     let registry = ns.services.registry.addr.clone();
-    let digest = ns.services.pushed.lock().expect("lock").iter().find(|(r, _)| r == "tests/busybox").map(|(_, d)| d.clone()).expect("pushed");
+    let digest = ns
+        .services
+        .pushed
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(r, _)| r == "tests/busybox")
+        .map(|(_, d)| d.clone())
+        .expect("pushed");
     // A layer of its own, so tampering with it cannot touch the other images.
     let unique = format!("tamper-{}-{}", std::process::id(), common::unix_now());
     let tampered = containers::image(
@@ -329,7 +354,11 @@ fn pull_policy_never_pins_indexes_and_tampered_blobs() {
     wait_module(&rt, "pinned", Duration::from_secs(60), status_is("running"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !String::from_utf8_lossy(&rt.cli(&["logs", "multi"]).stdout).contains("tag=v1") {
-        assert!(Instant::now() < deadline, "multi did not run this platform's image: {}", String::from_utf8_lossy(&rt.cli(&["logs", "multi"]).stdout));
+        assert!(
+            Instant::now() < deadline,
+            "multi did not run this platform's image: {}",
+            String::from_utf8_lossy(&rt.cli(&["logs", "multi"]).stdout)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let t = wait_module(&rt, "tampered", Duration::from_secs(30), status_is("failed"));
@@ -344,7 +373,9 @@ fn pull_policy_never_pins_indexes_and_tampered_blobs() {
 fn restarted_agent_adopts_running_containers() {
     let ns = Namespace::new("adopt");
     let (v1, _, _) = images(&ns.services);
-    let dep = deployment(json!({"keeper": module(&v1, json!({"Cmd": ["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"]}), "always")}));
+    let dep = deployment(
+        json!({"keeper": module(&v1, json!({"Cmd": ["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"]}), "always")}),
+    );
     let mut rt = start(&ns, &dep);
     wait_module(&rt, "keeper", Duration::from_secs(60), status_is("running"));
     let pid = pid_of(&ns, "keeper").expect("running");
@@ -381,4 +412,55 @@ fn missing_containerd_is_reported_and_the_hub_keeps_running() {
     assert!(out.status.success(), "{out:?}");
     let table = String::from_utf8_lossy(&rt.cli(&["list"]).stdout).into_owned();
     assert!(table.contains("containerd:") && table.contains("unknown"), "{table}");
+    // Deployments are accepted meanwhile, and give new modules their hub identity at once.
+    let newcomer = common::module_credentials("newcomer", 3600);
+    let refused = common::mosquitto_pub(
+        rt.mqtt_port,
+        &newcomer,
+        "devices/gw/modules/newcomer/messages/events/",
+        "x",
+        &["-q", "1"],
+    );
+    assert!(!refused.status.success(), "an unknown module was let in");
+    let next = deployment(
+        json!({"m": module("localhost:5000/x:1", Value::Null, "always"), "newcomer": module("localhost:5000/x:1", Value::Null, "always")}),
+    );
+    let (ok, text) = deploy(&rt, &next);
+    assert!(ok, "{text}");
+    let out = common::mosquitto_pub(
+        rt.mqtt_port,
+        &newcomer,
+        "devices/gw/modules/newcomer/messages/events/",
+        "x",
+        &["-q", "1"],
+    );
+    assert!(out.status.success(), "the deployed module's identity is not accepted: {out:?}");
+    wait_module(&rt, "newcomer", Duration::from_secs(10), status_is("unknown"));
+}
+
+#[test]
+fn registry_credentials_are_used_and_required() {
+    let ns = Namespace::new("creds");
+    let registry = containers::Registry::start_with_auth("edge", "s3cret");
+    let image = containers::image(
+        vec![containers::busybox_layer()],
+        &["PATH=/bin"],
+        &["/bin/sh", "-c", "sleep 3600"],
+        containers::host_arch(),
+    );
+    containers::push_as(&registry.addr, "private/app", "1", &image, Some(("edge", "s3cret")));
+    let reference = format!("{}/private/app:1", registry.addr);
+    // Without registryCredentials the pull is refused with a clear message.
+    let rt = start(&ns, &deployment(json!({"app": module(&reference, Value::Null, "always")})));
+    let m = wait_module(&rt, "app", Duration::from_secs(30), status_is("failed"));
+    assert!(m["statusDescription"].as_str().unwrap_or_default().contains("registryCredentials"), "{m:#}");
+    // With them, it runs.
+    let mut dep: Value =
+        serde_json::from_str(&deployment(json!({"app": module(&reference, Value::Null, "always")}))).expect("json");
+    dep["modulesContent"]["$edgeAgent"]["properties.desired"]["runtime"]["settings"]["registryCredentials"] =
+        json!({"private": {"address": registry.addr, "username": "edge", "password": "s3cret"}});
+    let (ok, text) = deploy(&rt, &dep.to_string());
+    assert!(ok, "{text}");
+    wait_module(&rt, "app", Duration::from_secs(60), status_is("running"));
+    assert!(!rt.log().contains("s3cret"), "a registry password reached the log");
 }

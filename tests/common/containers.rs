@@ -51,7 +51,11 @@ pub fn services() -> Arc<Services> {
     if let Some(s) = slot.upgrade() {
         return s;
     }
-    let s = Arc::new(Services { containerd: Containerd::start(), registry: Registry::start(), pushed: Mutex::new(Vec::new()) });
+    let s = Arc::new(Services {
+        containerd: Containerd::start(),
+        registry: Registry::start(),
+        pushed: Mutex::new(Vec::new()),
+    });
     *slot = Arc::downgrade(&s);
     s
 }
@@ -133,14 +137,33 @@ impl Drop for Containerd {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry of its own that wants `user`/`password` (htpasswd, bcrypt) for everything.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Auth<'_>) -> Registry {
         require("/usr/bin/docker-registry", "docker-registry");
         let dir = TempDir::new("registry");
         let port = free_port();
         let storage = dir.0.join("storage");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
         );
+        if let Some((user, password)) = auth {
+            require("/usr/bin/htpasswd", "apache2-utils");
+            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(dir.0.join("htpasswd"), &out.stdout).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: tinyedge-tests\n    path: {}\n",
+                dir.0.join("htpasswd").display()
+            ));
+        }
         std::fs::write(dir.0.join("config.yml"), config).expect("write registry config");
         let log = std::fs::File::create(dir.0.join("registry.log")).expect("registry log");
         let child = Command::new("/usr/bin/docker-registry")
@@ -154,7 +177,7 @@ impl Registry {
         let r = Registry { addr, storage, dir, child };
         let url = format!("http://{}/v2/", r.addr);
         wait_until("docker-registry", Duration::from_secs(20), || {
-            ureq::get(&url).call().map(|resp| resp.status() == 200).unwrap_or(false)
+            authorized(http().get(&url), auth).call().map(|resp| resp.status() == 200).unwrap_or(false)
         });
         r
     }
@@ -280,7 +303,12 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
 /// `gzip -n` (no name or time in the header, so digests are reproducible).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("gzip").args(["-n", "-c", "-6"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("gzip");
+    let mut child = Command::new("gzip")
+        .args(["-n", "-c", "-6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
     let mut stdin = child.stdin.take().expect("stdin");
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
@@ -298,8 +326,16 @@ pub fn sha256(data: &[u8]) -> String {
 pub fn busybox_layer() -> Vec<Entry> {
     require(BUSYBOX, "busybox-static");
     let binary = std::fs::read(BUSYBOX).expect("read busybox");
-    let mut entries = vec![Entry::Dir("bin/"), Entry::Dir("tmp/"), Entry::Dir("etc/"), Entry::File("bin/busybox".into(), 0o755, binary)];
-    for applet in ["sh", "sleep", "cat", "echo", "env", "ls", "test", "true", "false", "kill", "touch", "rm", "mkdir", "date", "wc"] {
+    let mut entries = vec![
+        Entry::Dir("bin/"),
+        Entry::Dir("tmp/"),
+        Entry::Dir("etc/"),
+        Entry::File("bin/busybox".into(), 0o755, binary),
+    ];
+    for applet in [
+        "sh", "sleep", "cat", "echo", "env", "ls", "test", "true", "false", "kill", "touch", "rm", "mkdir", "date",
+        "wc",
+    ] {
         entries.push(Entry::Symlink(format!("bin/{applet}"), "busybox".into()));
     }
     entries
@@ -345,29 +381,44 @@ fn http() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
-fn push_blob(registry: &str, repo: &str, blob: &[u8]) {
+/// Basic credentials for a registry with htpasswd auth.
+pub type Auth<'a> = Option<(&'a str, &'a str)>;
+
+fn authorized<B>(request: ureq::RequestBuilder<B>, auth: Auth<'_>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some((user, pass)) => {
+            use base64::Engine as _;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            request.header("Authorization", &format!("Basic {token}"))
+        }
+        None => request,
+    }
+}
+
+fn push_blob(registry: &str, repo: &str, blob: &[u8], auth: Auth<'_>) {
     let agent = http();
     let digest = sha256(blob);
-    let head = agent.head(&format!("http://{registry}/v2/{repo}/blobs/{digest}")).call().expect("HEAD blob");
+    let head =
+        authorized(agent.head(&format!("http://{registry}/v2/{repo}/blobs/{digest}")), auth).call().expect("HEAD blob");
     if head.status() == 200 {
         return;
     }
-    let start = agent.post(&format!("http://{registry}/v2/{repo}/blobs/uploads/")).send_empty().expect("start upload");
+    let start = authorized(agent.post(&format!("http://{registry}/v2/{repo}/blobs/uploads/")), auth)
+        .send_empty()
+        .expect("start upload");
     assert_eq!(start.status(), 202, "registry refused an upload");
     let location = start.headers().get("location").and_then(|v| v.to_str().ok()).expect("upload location").to_owned();
     let location = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
     let sep = if location.contains('?') { '&' } else { '?' };
-    let put = agent
-        .put(&format!("{location}{sep}digest={digest}"))
+    let put = authorized(agent.put(&format!("{location}{sep}digest={digest}")), auth)
         .header("Content-Type", "application/octet-stream")
         .send(blob)
         .expect("upload blob");
     assert_eq!(put.status(), 201, "registry refused blob {digest}");
 }
 
-fn put_manifest(registry: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let put = http()
-        .put(&format!("http://{registry}/v2/{repo}/manifests/{reference}"))
+fn put_manifest(registry: &str, repo: &str, reference: &str, media_type: &str, body: &[u8], auth: Auth<'_>) {
+    let put = authorized(http().put(&format!("http://{registry}/v2/{repo}/manifests/{reference}")), auth)
         .header("Content-Type", media_type)
         .send(body)
         .expect("put manifest");
@@ -376,11 +427,16 @@ fn put_manifest(registry: &str, repo: &str, reference: &str, media_type: &str, b
 
 /// Pushes `image` as `repo:tag`; returns the manifest digest.
 pub fn push(registry: &str, repo: &str, tag: &str, image: &Image) -> String {
+    push_as(registry, repo, tag, image, None)
+}
+
+/// [`push`] with Basic credentials.
+pub fn push_as(registry: &str, repo: &str, tag: &str, image: &Image, auth: Auth<'_>) -> String {
     for (gz, _) in &image.layers {
-        push_blob(registry, repo, gz);
+        push_blob(registry, repo, gz, auth);
     }
-    push_blob(registry, repo, &image.config);
-    put_manifest(registry, repo, tag, "application/vnd.oci.image.manifest.v1+json", &image.manifest);
+    push_blob(registry, repo, &image.config, auth);
+    put_manifest(registry, repo, tag, "application/vnd.oci.image.manifest.v1+json", &image.manifest, auth);
     image.manifest_digest.clone()
 }
 
@@ -396,7 +452,7 @@ pub fn push_index(registry: &str, repo: &str, tag: &str, images: &[(&str, &Image
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})
         .to_string()
         .into_bytes();
-    put_manifest(registry, repo, tag, "application/vnd.oci.image.index.v1+json", &index);
+    put_manifest(registry, repo, tag, "application/vnd.oci.image.index.v1+json", &index, None);
     sha256(&index)
 }
 

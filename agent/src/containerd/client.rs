@@ -54,7 +54,9 @@ impl CtrError {
 
 fn status_error(what: &str, status: &tonic::Status) -> CtrError {
     let unavailable = matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown)
-        && (status.message().contains("connect") || status.message().contains("transport") || status.code() == Code::Unavailable);
+        && (status.message().contains("connect")
+            || status.message().contains("transport")
+            || status.code() == Code::Unavailable);
     CtrError {
         message: format!("containerd {what}: {} ({:?})", status.message(), status.code()),
         unavailable,
@@ -134,17 +136,17 @@ impl Containerd {
             }
             unavailable(text)
         })?;
-        let ctr = Containerd { client: std::sync::Arc::new(Client::from(channel)), namespace: namespace.to_owned(), socket: socket.to_owned() };
+        let ctr = Containerd {
+            client: std::sync::Arc::new(Client::from(channel)),
+            namespace: namespace.to_owned(),
+            socket: socket.to_owned(),
+        };
         let version = compat(ctr.client.version().version(ctr.req(()))).await.map_err(|s| {
             let mut e = status_error("version", &s);
             e.unavailable = true;
             e
         })?;
-        log::info!(
-            "containerd {} at {} (namespace {namespace})",
-            version.into_inner().version,
-            socket.display()
-        );
+        log::info!("containerd {} at {} (namespace {namespace})", version.into_inner().version, socket.display());
         Ok(ctr)
     }
 
@@ -181,7 +183,9 @@ impl Containerd {
 
     pub async fn delete_lease(&self, id: &str) -> Result<(), CtrError> {
         let request = self.req(api::DeleteRequest { id: id.to_owned(), sync: false });
-        compat(self.client.leases().delete(request)).await.map_err(|s| status_error(&format!("delete lease {id}"), &s))?;
+        compat(self.client.leases().delete(request))
+            .await
+            .map_err(|s| status_error(&format!("delete lease {id}"), &s))?;
         Ok(())
     }
 
@@ -224,9 +228,18 @@ impl Containerd {
         lease: &str,
     ) -> Result<(), CtrError> {
         let what = format!("write content {digest}");
-        let file = std::fs::File::open(path).map_err(|e| CtrError::other(format!("{what}: {}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| CtrError::other(format!("{what}: {}: {e}", path.display())))?;
         let reference = format!("tinyedge-{digest}");
-        let chunks = Chunks { file, reference: reference.clone(), digest: digest.to_owned(), size, offset: 0, labels: Some(labels), done: false };
+        let chunks = Chunks {
+            file,
+            reference: reference.clone(),
+            digest: digest.to_owned(),
+            size,
+            offset: 0,
+            labels: Some(labels),
+            done: false,
+        };
         let outbound = tonic::codegen::tokio_stream::iter(chunks);
         let request = self.leased(outbound, lease);
         let result = compat(async {
@@ -259,13 +272,25 @@ impl Containerd {
 
     /// Creates the image record, or points an existing one at `target`.
     pub async fn put_image(&self, name: &str, target: Descriptor, lease: &str) -> Result<(), CtrError> {
-        let image = api::Image { name: name.to_owned(), labels: HashMap::new(), target: Some(target), created_at: None, updated_at: None };
-        let request = self.leased(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease);
+        let image = api::Image {
+            name: name.to_owned(),
+            labels: HashMap::new(),
+            target: Some(target),
+            created_at: None,
+            updated_at: None,
+        };
+        let request =
+            self.leased(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease);
         match compat(self.client.images().create(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
-                let request = self.leased(api::UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None }, lease);
-                compat(self.client.images().update(request)).await.map_err(|s| status_error(&format!("update image {name}"), &s))?;
+                let request = self.leased(
+                    api::UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None },
+                    lease,
+                );
+                compat(self.client.images().update(request))
+                    .await
+                    .map_err(|s| status_error(&format!("update image {name}"), &s))?;
                 Ok(())
             }
             Err(s) => Err(status_error(&format!("create image {name}"), &s)),
@@ -285,23 +310,40 @@ impl Containerd {
 
     /// Prepares an active snapshot `key` on `parent` ("" for none) and returns its mounts.
     pub async fn prepare(&self, key: &str, parent: &str, lease: Option<&str>) -> Result<Vec<Mount>, CtrError> {
-        let message = snap::PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned(), parent: parent.to_owned(), labels: HashMap::new() };
+        let message = snap::PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_owned(),
+            key: key.to_owned(),
+            parent: parent.to_owned(),
+            labels: HashMap::new(),
+        };
         let request = match lease {
             Some(lease) => self.leased(message, lease),
             None => self.req(message),
         };
-        let response = compat(self.client.snapshots().prepare(request)).await.map_err(|s| status_error(&format!("prepare snapshot {key}"), &s))?;
+        let response = compat(self.client.snapshots().prepare(request))
+            .await
+            .map_err(|s| status_error(&format!("prepare snapshot {key}"), &s))?;
         Ok(response.into_inner().mounts)
     }
 
     pub async fn mounts(&self, key: &str) -> Result<Vec<Mount>, CtrError> {
         let request = self.req(snap::MountsRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
-        let response = compat(self.client.snapshots().mounts(request)).await.map_err(|s| status_error(&format!("snapshot mounts {key}"), &s))?;
+        let response = compat(self.client.snapshots().mounts(request))
+            .await
+            .map_err(|s| status_error(&format!("snapshot mounts {key}"), &s))?;
         Ok(response.into_inner().mounts)
     }
 
     pub async fn commit(&self, name: &str, key: &str, lease: &str) -> Result<(), CtrError> {
-        let request = self.leased(snap::CommitSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), name: name.to_owned(), key: key.to_owned(), labels: HashMap::new() }, lease);
+        let request = self.leased(
+            snap::CommitSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_owned(),
+                name: name.to_owned(),
+                key: key.to_owned(),
+                labels: HashMap::new(),
+            },
+            lease,
+        );
         match compat(self.client.snapshots().commit(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
@@ -313,7 +355,8 @@ impl Containerd {
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<(), CtrError> {
-        let request = self.req(snap::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
+        let request =
+            self.req(snap::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
         match compat(self.client.snapshots().remove(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
@@ -325,9 +368,15 @@ impl Containerd {
     /// hashes); returns the applied (uncompressed) descriptor.
     pub async fn apply(&self, layer: Descriptor, mounts: Vec<Mount>) -> Result<Descriptor, CtrError> {
         let digest = layer.digest.clone();
-        let request = self.req(api::ApplyRequest { diff: Some(layer), mounts, payloads: HashMap::new(), sync_fs: true });
-        let response = compat(self.client.diff().apply(request)).await.map_err(|s| status_error(&format!("apply layer {digest}"), &s))?;
-        response.into_inner().applied.ok_or_else(|| CtrError::other(format!("apply layer {digest}: no descriptor in the answer")))
+        let request =
+            self.req(api::ApplyRequest { diff: Some(layer), mounts, payloads: HashMap::new(), sync_fs: true });
+        let response = compat(self.client.diff().apply(request))
+            .await
+            .map_err(|s| status_error(&format!("apply layer {digest}"), &s))?;
+        response
+            .into_inner()
+            .applied
+            .ok_or_else(|| CtrError::other(format!("apply layer {digest}: no descriptor in the answer")))
     }
 
     // ---- containers ----
@@ -335,7 +384,8 @@ impl Containerd {
     /// Containers carrying `label` (e.g. `tinyedge.module`).
     pub async fn containers_with_label(&self, label: &str) -> Result<Vec<ContainerInfo>, CtrError> {
         let request = self.req(api::ListContainersRequest { filters: vec![format!("labels.\"{label}\"")] });
-        let response = compat(self.client.containers().list(request)).await.map_err(|s| status_error("list containers", &s))?;
+        let response =
+            compat(self.client.containers().list(request)).await.map_err(|s| status_error("list containers", &s))?;
         Ok(response
             .into_inner()
             .containers
@@ -366,7 +416,9 @@ impl Containerd {
             sandbox: String::new(),
         };
         let request = self.req(api::CreateContainerRequest { container: Some(container) });
-        compat(self.client.containers().create(request)).await.map_err(|s| status_error(&format!("create container {id}"), &s))?;
+        compat(self.client.containers().create(request))
+            .await
+            .map_err(|s| status_error(&format!("create container {id}"), &s))?;
         Ok(())
     }
 
@@ -402,7 +454,13 @@ impl Containerd {
     }
 
     /// Creates the task (the shim mounts `rootfs` and opens the stdio paths) and starts it.
-    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, stdout: &Path, stderr: &Path) -> Result<u32, CtrError> {
+    pub async fn start_task(
+        &self,
+        id: &str,
+        rootfs: Vec<Mount>,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<u32, CtrError> {
         let request = self.req(api::CreateTaskRequest {
             container_id: id.to_owned(),
             rootfs,
@@ -414,15 +472,24 @@ impl Containerd {
             options: None,
             runtime_path: String::new(),
         });
-        compat(self.client.tasks().create(request)).await.map_err(|s| status_error(&format!("create task {id}"), &s))?;
+        compat(self.client.tasks().create(request))
+            .await
+            .map_err(|s| status_error(&format!("create task {id}"), &s))?;
         let request = self.req(api::StartRequest { container_id: id.to_owned(), exec_id: String::new() });
-        let response = compat(self.client.tasks().start(request)).await.map_err(|s| status_error(&format!("start task {id}"), &s))?;
+        let response = compat(self.client.tasks().start(request))
+            .await
+            .map_err(|s| status_error(&format!("start task {id}"), &s))?;
         Ok(response.into_inner().pid)
     }
 
     /// Sends `signal` to the init process (`exec_id` empty) or an exec'd one.
     pub async fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), CtrError> {
-        let request = self.req(api::KillRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned(), signal, all: exec_id.is_empty() });
+        let request = self.req(api::KillRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            signal,
+            all: exec_id.is_empty(),
+        });
         match compat(self.client.tasks().kill(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
@@ -443,7 +510,9 @@ impl Containerd {
     /// Waits for a process to exit; returns its exit status.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<u32, CtrError> {
         let request = self.req(api::WaitRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned() });
-        let response = compat(self.client.tasks().wait(request)).await.map_err(|s| status_error(&format!("wait {id} {exec_id}"), &s))?;
+        let response = compat(self.client.tasks().wait(request))
+            .await
+            .map_err(|s| status_error(&format!("wait {id} {exec_id}"), &s))?;
         Ok(response.into_inner().exit_status)
     }
 
@@ -461,7 +530,9 @@ impl Containerd {
         });
         compat(self.client.tasks().exec(request)).await.map_err(|s| status_error(&format!("exec in {id}"), &s))?;
         let request = self.req(api::StartRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned() });
-        compat(self.client.tasks().start(request)).await.map_err(|s| status_error(&format!("start exec in {id}"), &s))?;
+        compat(self.client.tasks().start(request))
+            .await
+            .map_err(|s| status_error(&format!("start exec in {id}"), &s))?;
         Ok(())
     }
 
@@ -505,7 +576,11 @@ impl Containerd {
                     }
                 }
                 Ok(None) => {
-                    return CtrError { message: "containerd closed the event stream".to_owned(), unavailable: true, not_found: false }
+                    return CtrError {
+                        message: "containerd closed the event stream".to_owned(),
+                        unavailable: true,
+                        not_found: false,
+                    }
                 }
                 Err(s) => {
                     let mut e = status_error("event stream", &s);

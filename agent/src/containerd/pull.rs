@@ -31,7 +31,12 @@ pub struct ReadyImage {
 }
 
 fn ctr_descriptor(d: &Descriptor) -> CtrDescriptor {
-    CtrDescriptor { media_type: d.media_type.clone(), digest: d.digest.clone(), size: d.size as i64, annotations: HashMap::new() }
+    CtrDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        annotations: HashMap::new(),
+    }
 }
 
 fn err(reference: &Reference, why: impl std::fmt::Display) -> CtrError {
@@ -101,7 +106,9 @@ async fn pull_leased(
     .await;
     let top = top.map_err(|e| err(reference, e))?;
     let mut index: Option<(oci::Descriptor, Vec<u8>)> = None;
-    let (manifest_bytes, manifest_desc) = match oci::parse_manifest(&top.bytes, &top.media_type).map_err(|e| err(reference, e))? {
+    let (manifest_bytes, manifest_desc) = match oci::parse_manifest(&top.bytes, &top.media_type)
+        .map_err(|e| err(reference, e))?
+    {
         Manifest::Index(entries) => {
             let host = oci::host_platform();
             let entry = oci::select_platform(&entries, &host)
@@ -117,11 +124,18 @@ async fn pull_leased(
             repo = back;
             let fetched = fetched.map_err(|e| err(reference, e))?;
             let media_type = if top.media_type.is_empty() { oci::OCI_INDEX.to_owned() } else { top.media_type.clone() };
-            index = Some((Descriptor { media_type, digest: top.digest.clone(), size: top.bytes.len() as u64, platform: None }, top.bytes));
-            (fetched.bytes, Descriptor { media_type: entry.media_type, digest: entry.digest, size: entry.size, platform: None })
+            index = Some((
+                Descriptor { media_type, digest: top.digest.clone(), size: top.bytes.len() as u64, platform: None },
+                top.bytes,
+            ));
+            (
+                fetched.bytes,
+                Descriptor { media_type: entry.media_type, digest: entry.digest, size: entry.size, platform: None },
+            )
         }
         Manifest::Image { .. } => {
-            let media_type = if top.media_type.is_empty() { oci::OCI_MANIFEST.to_owned() } else { top.media_type.clone() };
+            let media_type =
+                if top.media_type.is_empty() { oci::OCI_MANIFEST.to_owned() } else { top.media_type.clone() };
             let size = top.bytes.len() as u64;
             (top.bytes, Descriptor { media_type, digest: top.digest, size, platform: None })
         }
@@ -132,7 +146,10 @@ async fn pull_leased(
         return Err(err(reference, "an index entry points at another index"));
     };
     if config.size > DOCUMENT_BYTES_MAX as u64 {
-        return Err(err(reference, format!("config {} is {} bytes, at most {DOCUMENT_BYTES_MAX}", config.digest, config.size)));
+        return Err(err(
+            reference,
+            format!("config {} is {} bytes, at most {DOCUMENT_BYTES_MAX}", config.digest, config.size),
+        ));
     }
     let config_desc = config.clone();
     let (back, config_bytes) = smol::unblock(move || {
@@ -146,7 +163,10 @@ async fn pull_leased(
     let config_bytes = config_bytes.map_err(|e| err(reference, e))?;
     let image_config = oci::parse_config(&config_bytes).map_err(|e| err(reference, e))?;
     if image_config.diff_ids.len() != layers.len() {
-        return Err(err(reference, format!("{} layers but {} diff IDs in the config", layers.len(), image_config.diff_ids.len())));
+        return Err(err(
+            reference,
+            format!("{} layers but {} diff IDs in the config", layers.len(), image_config.diff_ids.len()),
+        ));
     }
     let chain = oci::chain_ids(&image_config.diff_ids);
 
@@ -226,7 +246,10 @@ async fn unpack(
             };
             if applied.digest != *diff_id {
                 let _ = ctr.remove_snapshot(&key).await;
-                return Err(err(reference, format!("layer {} unpacks to {}, the config says {diff_id}; refused", layer.digest, applied.digest)));
+                return Err(err(
+                    reference,
+                    format!("layer {} unpacks to {}, the config says {diff_id}; refused", layer.digest, applied.digest),
+                ));
             }
             ctr.commit(chain_id, &key, lease).await?;
         }
@@ -245,16 +268,17 @@ pub async fn local(ctr: &Containerd, reference: &Reference) -> Result<Option<Rea
     let name = reference.name();
     let Some(target) = ctr.image(&name).await? else { return Ok(None) };
     let bytes = ctr.read_content(&target.digest, DOCUMENT_BYTES_MAX).await?;
-    let (manifest_digest, manifest) = match oci::parse_manifest(&bytes, &target.media_type).map_err(|e| err(reference, e))? {
-        Manifest::Index(entries) => {
-            let host = oci::host_platform();
-            let entry = oci::select_platform(&entries, &host)
-                .ok_or_else(|| err(reference, format!("the image has no manifest for {host}")))?;
-            let bytes = ctr.read_content(&entry.digest, DOCUMENT_BYTES_MAX).await?;
-            (entry.digest.clone(), oci::parse_manifest(&bytes, &entry.media_type).map_err(|e| err(reference, e))?)
-        }
-        image => (target.digest.clone(), image),
-    };
+    let (manifest_digest, manifest) =
+        match oci::parse_manifest(&bytes, &target.media_type).map_err(|e| err(reference, e))? {
+            Manifest::Index(entries) => {
+                let host = oci::host_platform();
+                let entry = oci::select_platform(&entries, &host)
+                    .ok_or_else(|| err(reference, format!("the image has no manifest for {host}")))?;
+                let bytes = ctr.read_content(&entry.digest, DOCUMENT_BYTES_MAX).await?;
+                (entry.digest.clone(), oci::parse_manifest(&bytes, &entry.media_type).map_err(|e| err(reference, e))?)
+            }
+            image => (target.digest.clone(), image),
+        };
     let Manifest::Image { config, layers } = manifest else {
         return Err(err(reference, "an index entry points at another index"));
     };

@@ -37,22 +37,60 @@ const DEFAULT_CAPS: &[&str] = &[
 
 /// Every capability the kernel headers of Linux 5.x/6.x define, for `Privileged`.
 const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
 ];
 
 const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
 ];
 
-const READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// A host device node, looked up by the caller (`stat`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +132,15 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), String> {
         })
     };
     let uid = id(u, "user")?;
-    let gid = if g.is_empty() { if uid == 0 { 0 } else { uid } } else { id(g, "group")? };
+    let gid = if g.is_empty() {
+        if uid == 0 {
+            0
+        } else {
+            uid
+        }
+    } else {
+        id(g, "group")?
+    };
     Ok((uid, gid))
 }
 
@@ -156,7 +202,8 @@ pub fn health_args(test: &HealthTest) -> Option<Vec<String>> {
 /// As [`process`].
 pub fn runtime_spec(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result<Value, String> {
     let process = process(config, inputs, None)?;
-    let sys_options: &[&str] = if config.privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+    let sys_options: &[&str] =
+        if config.privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -166,7 +213,8 @@ pub fn runtime_spec(config: &ContainerConfig, inputs: &SpecInputs<'_>) -> Result
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options}),
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
     ];
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    let mut namespaces =
+        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     match config.network {
         Network::Host => {
             for file in inputs.host_files {
@@ -258,8 +306,21 @@ mod tests {
             "Labels":{"k":"v"},"HostConfig":{"Binds":["/srv:/data:ro"],"Memory":134217728,"NanoCpus":500000000}}"#;
         let config = translate(options, &[("B".into(), "2".into())], &[], Path::new("/v")).unwrap();
         let img = image();
-        let devices = [DeviceNode { container_path: "/dev/ttyS0".into(), kind: 'c', major: 4, minor: 64, file_mode: 0o660, permissions: "rwm".into() }];
-        let inputs = SpecInputs { module: "m1", namespace: "tinyedge", image: &img, devices: &devices, host_files: &["/etc/hosts"] };
+        let devices = [DeviceNode {
+            container_path: "/dev/ttyS0".into(),
+            kind: 'c',
+            major: 4,
+            minor: 64,
+            file_mode: 0o660,
+            permissions: "rwm".into(),
+        }];
+        let inputs = SpecInputs {
+            module: "m1",
+            namespace: "tinyedge",
+            image: &img,
+            devices: &devices,
+            host_files: &["/etc/hosts"],
+        };
         let spec = runtime_spec(&config, &inputs).unwrap();
         assert_eq!(spec["process"]["args"], json!(["sleep", "5"]));
         assert_eq!(spec["process"]["env"], json!(["PATH=/bin", "A=options", "B=2"]));
@@ -280,7 +341,8 @@ mod tests {
 
     #[test]
     fn image_defaults_privileged_and_network_none() {
-        let config = translate(r#"{"HostConfig":{"Privileged":true,"NetworkMode":"none"}}"#, &[], &[], Path::new("/v")).unwrap();
+        let config =
+            translate(r#"{"HostConfig":{"Privileged":true,"NetworkMode":"none"}}"#, &[], &[], Path::new("/v")).unwrap();
         let img = image();
         let inputs = SpecInputs { module: "m", namespace: "n", image: &img, devices: &[], host_files: &[] };
         let spec = runtime_spec(&config, &inputs).unwrap();
@@ -308,7 +370,10 @@ mod tests {
 
     #[test]
     fn health_commands() {
-        assert_eq!(health_args(&HealthTest::Shell("true".into())), Some(vec!["/bin/sh".into(), "-c".into(), "true".into()]));
+        assert_eq!(
+            health_args(&HealthTest::Shell("true".into())),
+            Some(vec!["/bin/sh".into(), "-c".into(), "true".into()])
+        );
         assert_eq!(health_args(&HealthTest::Disabled), None);
     }
 }

@@ -56,7 +56,8 @@ impl LogFile {
             self.size = 0;
         }
         // One write larger than the whole budget keeps only its tail.
-        let bytes = if bytes.len() as u64 > self.max_bytes { &bytes[bytes.len() - self.max_bytes as usize..] } else { bytes };
+        let bytes =
+            if bytes.len() as u64 > self.max_bytes { &bytes[bytes.len() - self.max_bytes as usize..] } else { bytes };
         if let Some(file) = &mut self.file {
             file.write_all(bytes)?;
             self.size += bytes.len() as u64;
@@ -88,11 +89,7 @@ fn open_fifo(path: &Path) -> std::io::Result<File> {
         Err(e) if e == rustix::io::Errno::EXIST => {}
         Err(e) => return Err(e.into()),
     }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
+    OpenOptions::new().read(true).write(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)
 }
 
 /// Pumps a module's FIFOs into its log file until dropped.
@@ -209,7 +206,10 @@ mod tests {
         let old = std::fs::metadata(rotated(&log_path(&d, "m"))).unwrap().len();
         assert!(current <= 1024 && old <= 1024, "{current} {old}");
         let tail = read_tail(&d, "m", Some(2)).unwrap();
-        assert_eq!(String::from_utf8(tail).unwrap(), "line 0098 ........................\nline 0099 ........................\n");
+        assert_eq!(
+            String::from_utf8(tail).unwrap(),
+            "line 0098 ........................\nline 0099 ........................\n"
+        );
         assert!(read_tail(&d, "other", None).unwrap_err().to_string().contains("no logs"));
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -168,7 +168,11 @@ pub fn parse_manifest(bytes: &[u8], content_type: &str) -> Result<Manifest, Docu
     let media_type = map.get("mediaType").and_then(Value::as_str).unwrap_or(content_type).to_owned();
     let media_type = if media_type.is_empty() {
         // OCI allows omitting mediaType: an index has `manifests`, a manifest `config`.
-        if map.contains_key("manifests") { OCI_INDEX.to_owned() } else { OCI_MANIFEST.to_owned() }
+        if map.contains_key("manifests") {
+            OCI_INDEX.to_owned()
+        } else {
+            OCI_MANIFEST.to_owned()
+        }
     } else {
         media_type
     };
@@ -193,13 +197,17 @@ pub fn parse_manifest(bytes: &[u8], content_type: &str) -> Result<Manifest, Docu
             let layers: Vec<Descriptor> =
                 layers.iter().map(|l| descriptor(l, "manifest layer")).collect::<Result<_, _>>()?;
             if let Some(layer) = layers.iter().find(|l| !LAYER_TYPES.contains(&l.media_type.as_str())) {
-                return Err(doc_err(what, format!("layer {} has unsupported media type {}", layer.digest, layer.media_type)));
+                return Err(doc_err(
+                    what,
+                    format!("layer {} has unsupported media type {}", layer.digest, layer.media_type),
+                ));
             }
             Ok(Manifest::Image { config, layers })
         }
-        other if other.contains("manifest.v1") => {
-            Err(doc_err(what, format!("Docker schema 1 ({other}) is not supported; push the image again with a current client")))
-        }
+        other if other.contains("manifest.v1") => Err(doc_err(
+            what,
+            format!("Docker schema 1 ({other}) is not supported; push the image again with a current client"),
+        )),
         other => Err(doc_err(what, format!("unsupported media type {other:?}"))),
     }
 }
@@ -303,7 +311,10 @@ mod tests {
             {{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":10,"platform":{{"os":"linux","architecture":"arm","variant":"v7"}}}},
             {{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":10,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
             {{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":10,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
-            d('1'), d('2'), d('3'), d('4')
+            d('1'),
+            d('2'),
+            d('3'),
+            d('4')
         );
         let Manifest::Index(entries) = parse_manifest(doc.as_bytes(), "").unwrap() else { panic!("not an index") };
         let pick = |arch: &str, variant: Option<&str>| {
@@ -321,7 +332,8 @@ mod tests {
         let doc = format!(
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"{DOCKER_CONFIG}","digest":"{}","size":5}},
             "layers":[{{"mediaType":"{DOCKER_LAYER_GZIP}","digest":"{}","size":7}}]}}"#,
-            d('a'), d('b')
+            d('a'),
+            d('b')
         );
         let Manifest::Image { config, layers } = parse_manifest(doc.as_bytes(), DOCKER_MANIFEST).unwrap() else {
             panic!("not a manifest")
@@ -329,7 +341,8 @@ mod tests {
         assert_eq!((config.digest, layers.len(), layers[0].size), (d('a'), 1, 7));
         let cfg = format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","X=a=b"],"Cmd":["sh"],"WorkingDir":"/w"}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
-            d('c'), d('d')
+            d('c'),
+            d('d')
         );
         let c = parse_config(cfg.as_bytes()).unwrap();
         assert_eq!(c.env[1], ("X".to_owned(), "a=b".to_owned()));
@@ -345,7 +358,10 @@ mod tests {
             ("[]", "not a JSON object"),
             ("{", "invalid JSON"),
             (r#"{"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#, "schema 1"),
-            (r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:1","size":1},"layers":[]}"#, "digest"),
+            (
+                r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:1","size":1},"layers":[]}"#,
+                "digest",
+            ),
             (r#"{"mediaType":"text/plain"}"#, "unsupported media type"),
         ] {
             let e = parse_manifest(doc.as_bytes(), "").unwrap_err();
@@ -353,7 +369,8 @@ mod tests {
         }
         let layer = format!(
             r#"{{"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{}","size":1}},"layers":[{{"mediaType":"application/x-foo","digest":"{}","size":1}}]}}"#,
-            d('1'), d('2')
+            d('1'),
+            d('2')
         );
         assert!(parse_manifest(layer.as_bytes(), "").unwrap_err().to_string().contains("unsupported media type"));
         assert!(parse_config(b"{}").unwrap_err().to_string().contains("diff_ids"));

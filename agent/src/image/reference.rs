@@ -45,9 +45,9 @@ fn err(text: &str, why: impl fmt::Display) -> ReferenceError {
 
 /// Checks `sha256:<64 lowercase hex>`, the only digest algorithm accepted.
 pub fn valid_digest(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 impl Reference {
@@ -99,16 +99,14 @@ impl Reference {
         } else {
             repository
         };
-        if registry.is_empty()
-            || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        {
+        if registry.is_empty() || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
             return Err(err(text, format!("invalid registry {registry:?}")));
         }
         for component in repository.split('/') {
             let ok = !component.is_empty()
-                && component.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
-                })
+                && component
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-')
                 && component.as_bytes()[0].is_ascii_alphanumeric()
                 && component.as_bytes()[component.len() - 1].is_ascii_alphanumeric();
             if !ok {
@@ -172,7 +170,10 @@ mod tests {
     #[test]
     fn registries_ports_tags_and_digests() {
         let r = Reference::parse("localhost:5000/tests/busybox:v1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5000", "tests/busybox", Some("v1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5000", "tests/busybox", Some("v1"))
+        );
         let r = Reference::parse("mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.0").unwrap();
         assert_eq!(r.registry, "mcr.microsoft.com");
         assert_eq!(r.manifest_ref(), "1.0");

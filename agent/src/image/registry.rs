@@ -164,8 +164,9 @@ impl Repository {
         });
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            self.authorization =
-                Some(basic.ok_or_else(|| fail(format!("GET {url}: the registry wants a username and password; add registryCredentials")))?);
+            self.authorization = Some(basic.ok_or_else(|| {
+                fail(format!("GET {url}: the registry wants a username and password; add registryCredentials"))
+            })?);
             return Ok(());
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -246,7 +247,10 @@ impl Repository {
     /// (nothing is kept: the caller discards `out`).
     pub fn blob(&mut self, descriptor: &Descriptor, out: &mut dyn Write) -> Result<(), RegistryError> {
         if descriptor.size > BLOB_BYTES_MAX {
-            return Err(fail(format!("blob {}: {} bytes, at most {BLOB_BYTES_MAX}", descriptor.digest, descriptor.size)));
+            return Err(fail(format!(
+                "blob {}: {} bytes, at most {BLOB_BYTES_MAX}",
+                descriptor.digest, descriptor.size
+            )));
         }
         let url = format!("{}/blobs/{}", self.base, descriptor.digest);
         let mut response = self.get(&url, "*/*")?;
@@ -264,17 +268,26 @@ impl Repository {
             }
             total += n as u64;
             if total > descriptor.size {
-                return Err(fail(format!("blob {}: more than the {} bytes its descriptor says", descriptor.digest, descriptor.size)));
+                return Err(fail(format!(
+                    "blob {}: more than the {} bytes its descriptor says",
+                    descriptor.digest, descriptor.size
+                )));
             }
             hasher.update(&buffer[..n]);
             out.write_all(&buffer[..n]).map_err(|e| fail(format!("blob {}: writing: {e}", descriptor.digest)))?;
         }
         if total != descriptor.size {
-            return Err(fail(format!("blob {}: {total} bytes, its descriptor says {}", descriptor.digest, descriptor.size)));
+            return Err(fail(format!(
+                "blob {}: {total} bytes, its descriptor says {}",
+                descriptor.digest, descriptor.size
+            )));
         }
         let got = format!("sha256:{}", oci::hex(hasher.finish().as_ref()));
         if got != descriptor.digest {
-            return Err(fail(format!("blob {}: digest mismatch, the registry sent content with digest {got}; refused", descriptor.digest)));
+            return Err(fail(format!(
+                "blob {}: digest mismatch, the registry sent content with digest {got}; refused",
+                descriptor.digest
+            )));
         }
         Ok(())
     }

@@ -52,7 +52,8 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(format!("malformed request line {request_line:?}"));
     };
     if !version.starts_with("HTTP/1.") || method.is_empty() || !path.starts_with('/') {
@@ -108,7 +109,10 @@ pub fn bind(path: &Path) -> std::io::Result<smol::Async<std::os::unix::net::Unix
     if path.exists() {
         // A live runtime would still answer; a stale file only blocks the bind.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{} is in use by a running tinyedge", path.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running tinyedge", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -200,16 +204,24 @@ async fn serve_one(stream: &mut smol::Async<std::os::unix::net::UnixStream>, han
 /// The socket is missing (the runtime is not running or the agent is disabled), or the answer
 /// is not HTTP.
 pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("management socket {}: {e} (is `tinyedge run` running with the agent enabled?)", socket.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!("management socket {}: {e} (is `tinyedge run` running with the agent enabled?)", socket.display())
+    })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
     let head = format!("{method} {path} HTTP/1.1\r\nHost: tinyedge\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| format!("management socket: {e}"))?;
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .map_err(|e| format!("management socket: {e}"))?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(|e| format!("management socket: {e}"))?;
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or("management socket: not an HTTP answer")?;
     let status_line = String::from_utf8_lossy(&answer[..split]).lines().next().unwrap_or_default().to_owned();
-    let code = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("management socket: bad status line {status_line:?}"))?;
+    let code = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("management socket: bad status line {status_line:?}"))?;
     Ok((code, answer[split + 4..].to_vec()))
 }
 

@@ -98,7 +98,12 @@ pub enum Input {
     /// A validated deployment, its JSON text (kept for restarts), and where to answer.
     Deploy(Box<Deployment>, Vec<u8>, Sender<(u16, String)>),
     Exit(TaskExit),
-    Health { module: String, started_ms: u64, ok: bool, detail: String },
+    Health {
+        module: String,
+        started_ms: u64,
+        ok: bool,
+        detail: String,
+    },
     Disconnected(CtrError),
 }
 
@@ -119,7 +124,8 @@ pub struct AgentHandle {
 /// # Errors
 /// `(code, message)`: 400 naming the field, 412 for a schema version, 417 for no deployment.
 pub fn validate(bytes: &[u8], volumes_dir: &Path) -> Result<Deployment, (u16, String)> {
-    let deployment = manifest::parse_deployment(bytes).map_err(|e: DeploymentError| (e.status.code(), e.to_string()))?;
+    let deployment =
+        manifest::parse_deployment(bytes).map_err(|e: DeploymentError| (e.status.code(), e.to_string()))?;
     for spec in &deployment.agent.modules {
         let at = format!("$edgeAgent.properties.desired.modules.{}", spec.name);
         Reference::parse(&spec.image).map_err(|e| (400, format!("ConfigFormatError at {at}.settings.image: {e}")))?;
@@ -215,7 +221,8 @@ impl Agent {
     pub fn new(settings: AgentSettings, deployment: Option<Deployment>, hook: DeploymentHook) -> (Agent, AgentHandle) {
         let (tx, rx) = smol::channel::bounded(INPUT_QUEUE_MAX);
         let report = Arc::new(Mutex::new(Value::Null));
-        let handle = AgentHandle { tx: tx.clone(), report: report.clone(), edge_ids_check: Arc::new(settings.volumes_dir()) };
+        let handle =
+            AgentHandle { tx: tx.clone(), report: report.clone(), edge_ids_check: Arc::new(settings.volumes_dir()) };
         let desired_version = u64::from(deployment.is_some());
         let agent = Agent {
             settings,
@@ -397,7 +404,10 @@ impl Agent {
         self.ctr = Some(ctr);
         self.ctr_error = None;
         self.refresh().await;
-        log::info!("agent: {} existing module container(s) adopted", self.modules.values().filter(|m| m.exists).count());
+        log::info!(
+            "agent: {} existing module container(s) adopted",
+            self.modules.values().filter(|m| m.exists).count()
+        );
     }
 
     /// Re-reads every container the agent made and its task from containerd.
@@ -471,8 +481,12 @@ impl Agent {
             }
         }
         // Health checks of running modules whose container matches the deployment.
-        let names: Vec<String> =
-            self.modules.iter().filter(|(_, m)| m.state.running && m.health_task.is_none()).map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = self
+            .modules
+            .iter()
+            .filter(|(_, m)| m.state.running && m.health_task.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in names {
             if self.modules.get(&name).is_some_and(|m| m.health.is_none()) {
                 if let Some(spec) = self.spec(&name) {
@@ -540,7 +554,8 @@ impl Agent {
                 failed.insert(name.clone());
                 let unit = self.settings.restart.cool_off_unit;
                 let m = self.modules.entry(name.clone()).or_insert_with(|| Module::new(&name));
-                let wait = plan::cool_off(&RestartSettings { cool_off_unit: unit, ..self.settings.restart }, m.failures);
+                let wait =
+                    plan::cool_off(&RestartSettings { cool_off_unit: unit, ..self.settings.restart }, m.failures);
                 m.failures = m.failures.saturating_add(1);
                 m.over = Some(Override::Failed { retry_at: now_ms() + wait.as_millis() as u64 });
                 m.description = e.message.clone();
@@ -585,11 +600,13 @@ impl Agent {
     }
 
     fn credentials(&self, reference: &Reference) -> Option<Credentials> {
-        let creds: &[RegistryCredential] = self.deployment.as_ref().map(|d| d.agent.registry_credentials.as_slice()).unwrap_or_default();
+        let creds: &[RegistryCredential] =
+            self.deployment.as_ref().map(|d| d.agent.registry_credentials.as_slice()).unwrap_or_default();
         creds
             .iter()
             .find(|c| {
-                let address = c.address.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+                let address =
+                    c.address.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
                 address == reference.registry || address == reference.api_host()
             })
             .map(|c| Credentials { username: c.username.clone(), password: c.password.clone() })
@@ -635,10 +652,21 @@ impl Agent {
         Ok((config, unsupported))
     }
 
-    fn health_plan(&self, spec: &ModuleSpec, config: &ContainerConfig, image: &ReadyImage) -> Option<(Healthcheck, Vec<u8>)> {
+    fn health_plan(
+        &self,
+        spec: &ModuleSpec,
+        config: &ContainerConfig,
+        image: &ReadyImage,
+    ) -> Option<(Healthcheck, Vec<u8>)> {
         let check = config.healthcheck.clone()?;
         let args = spec::health_args(&check.test)?;
-        let inputs = SpecInputs { module: &spec.name, namespace: &self.settings.namespace, image: &image.config, devices: &[], host_files: &[] };
+        let inputs = SpecInputs {
+            module: &spec.name,
+            namespace: &self.settings.namespace,
+            image: &image.config,
+            devices: &[],
+            host_files: &[],
+        };
         let process = spec::process(config, &inputs, Some(args)).ok()?;
         Some((check, serde_json::to_vec(&process).ok()?))
     }
@@ -654,7 +682,14 @@ impl Agent {
                 m.image = spec.image.clone();
                 self.publish();
                 let started = std::time::Instant::now();
-                let image = pull::pull(ctr, &reference, self.credentials(&reference), &self.settings.insecure_registries, &self.settings.downloads_dir()).await?;
+                let image = pull::pull(
+                    ctr,
+                    &reference,
+                    self.credentials(&reference),
+                    &self.settings.insecure_registries,
+                    &self.settings.downloads_dir(),
+                )
+                .await?;
                 log::info!("module {name}: image {} pulled in {} ms", reference, started.elapsed().as_millis());
                 self.images.insert(image.name.clone(), image);
                 if let Some(m) = self.modules.get_mut(&name) {
@@ -690,7 +725,10 @@ impl Agent {
         let image = match self.images.get(&reference.name()) {
             Some(image) => image.clone(),
             None => self.resolve_local(&spec).await?.ok_or_else(|| {
-                CtrError::other(format!("image {reference} is not on the device (imagePullPolicy {})", spec.image_pull_policy.as_str()))
+                CtrError::other(format!(
+                    "image {reference} is not on the device (imagePullPolicy {})",
+                    spec.image_pull_policy.as_str()
+                ))
             })?,
         };
         let (config, unsupported) = self.container_config(&spec)?;
@@ -703,10 +741,18 @@ impl Agent {
             .map(|d| device_node(&d.host_path, &d.container_path, &d.permissions))
             .collect::<Result<Vec<_>, _>>()?;
         for mount in config.mounts.iter().filter(|m| m.kind == container::MountKind::Volume) {
-            std::fs::create_dir_all(&mount.source).map_err(|e| CtrError::other(format!("volume {}: {e}", mount.source)))?;
+            std::fs::create_dir_all(&mount.source)
+                .map_err(|e| CtrError::other(format!("volume {}: {e}", mount.source)))?;
         }
-        let host_files: Vec<&str> = ["/etc/hosts", "/etc/resolv.conf"].into_iter().filter(|f| Path::new(f).exists()).collect();
-        let inputs = SpecInputs { module: name, namespace: &self.settings.namespace, image: &image.config, devices: &devices, host_files: &host_files };
+        let host_files: Vec<&str> =
+            ["/etc/hosts", "/etc/resolv.conf"].into_iter().filter(|f| Path::new(f).exists()).collect();
+        let inputs = SpecInputs {
+            module: name,
+            namespace: &self.settings.namespace,
+            image: &image.config,
+            devices: &devices,
+            host_files: &host_files,
+        };
         let oci = spec::runtime_spec(&config, &inputs).map_err(|e| CtrError::other(format!("module {name}: {e}")))?;
         let spec_json = serde_json::to_vec(&oci).map_err(|e| CtrError::other(e.to_string()))?;
         // A stale snapshot or container of the same name (a crash mid-create) is replaced.
@@ -732,12 +778,18 @@ impl Agent {
         }
         let health = self.health_plan(&spec, &config, &image);
         let m = self.modules.entry(name.to_owned()).or_insert_with(|| Module::new(name));
-        m.state = ModuleState { name: name.to_owned(), config_hash: plan::config_hash(&spec), image: image.name.clone(), ..ModuleState::default() };
+        m.state = ModuleState {
+            name: name.to_owned(),
+            config_hash: plan::config_hash(&spec),
+            image: image.name.clone(),
+            ..ModuleState::default()
+        };
         m.exists = true;
         m.image = spec.image.clone();
         m.health = health;
         m.health_failures = 0;
-        m.description = if unsupported.is_empty() { String::new() } else { format!("createOptions not applied: {unsupported}") };
+        m.description =
+            if unsupported.is_empty() { String::new() } else { format!("createOptions not applied: {unsupported}") };
         log::info!("module {name}: container created from {}", image.name);
         Ok(())
     }
@@ -748,7 +800,10 @@ impl Agent {
         let max = self.settings.log_max_bytes;
         let m = self.modules.entry(name.to_owned()).or_insert_with(|| Module::new(name));
         if m.pump.is_none() {
-            m.pump = Some(stdio::start_pump(&fifo_dir, &logs_dir, name, max).map_err(|e| CtrError::other(format!("log FIFOs: {e}")))?);
+            m.pump = Some(
+                stdio::start_pump(&fifo_dir, &logs_dir, name, max)
+                    .map_err(|e| CtrError::other(format!("log FIFOs: {e}")))?,
+            );
         }
         ctr.delete_task(name).await?;
         let mounts = match ctr.mounts(name).await {
@@ -871,9 +926,14 @@ impl Agent {
                 match (&m.over, spec) {
                     (Some(Override::Downloading), _) => (RuntimeStatus::Unknown, "downloading".to_owned()),
                     (Some(Override::Failed { .. }), _) => (RuntimeStatus::Failed, m.description.clone()),
-                    (None, Some(spec)) if m.exists => (plan::runtime_status(spec.restart_policy, &m.state, &self.settings.restart, now), m.description.clone()),
+                    (None, Some(spec)) if m.exists => (
+                        plan::runtime_status(spec.restart_policy, &m.state, &self.settings.restart, now),
+                        m.description.clone(),
+                    ),
                     (None, None) if m.exists => (RuntimeStatus::Stopped, "not in the deployment: removing".to_owned()),
-                    (None, _) if m.description.contains("not on the device") => (RuntimeStatus::Failed, m.description.clone()),
+                    (None, _) if m.description.contains("not on the device") => {
+                        (RuntimeStatus::Failed, m.description.clone())
+                    }
                     (None, _) => (RuntimeStatus::Unknown, m.description.clone()),
                 }
             };
@@ -958,7 +1018,13 @@ impl Agent {
 }
 
 /// One health check: exec, wait with timeout, clean up. `(passed, detail)`.
-async fn health_once(ctr: &Containerd, module: &str, exec_id: &str, process: Vec<u8>, timeout: Duration) -> (bool, String) {
+async fn health_once(
+    ctr: &Containerd,
+    module: &str,
+    exec_id: &str,
+    process: Vec<u8>,
+    timeout: Duration,
+) -> (bool, String) {
     if let Err(e) = ctr.exec(module, exec_id, process).await {
         let _ = ctr.delete_process(module, exec_id).await;
         return (false, e.message);

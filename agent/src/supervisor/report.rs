@@ -31,7 +31,10 @@ fn utc(ms: Option<u64>) -> String {
     match ms {
         Some(ms) => {
             let t = tinyedge_platform::utc::UtcDateTime::from_unix_millis(ms);
-            format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis)
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
+            )
         }
         None => NEVER.to_owned(),
     }
@@ -148,9 +151,29 @@ mod tests {
 
     #[test]
     fn document_and_table() {
-        let state = ModuleState { name: "sensor".into(), exit_code: Some(137), restart_count: 2, last_start_unix_ms: Some(0), ..ModuleState::default() };
-        let modules = [ModuleReport { spec: None, name: "sensor", state: &state, status: RuntimeStatus::Backoff, description: "exited with code 137", image: "localhost:5000/s:1" }];
-        let header = Header { schema_version: "1.1", desired_version: 3, status_code: 200, status_description: "", started_unix_ms: 1000, containerd_error: None };
+        let state = ModuleState {
+            name: "sensor".into(),
+            exit_code: Some(137),
+            restart_count: 2,
+            last_start_unix_ms: Some(0),
+            ..ModuleState::default()
+        };
+        let modules = [ModuleReport {
+            spec: None,
+            name: "sensor",
+            state: &state,
+            status: RuntimeStatus::Backoff,
+            description: "exited with code 137",
+            image: "localhost:5000/s:1",
+        }];
+        let header = Header {
+            schema_version: "1.1",
+            desired_version: 3,
+            status_code: 200,
+            status_description: "",
+            started_unix_ms: 1000,
+            containerd_error: None,
+        };
         let doc = document(&header, &modules);
         assert_eq!(doc["modules"]["sensor"]["runtimeStatus"], "backoff");
         assert_eq!(doc["modules"]["sensor"]["exitCode"], 137);

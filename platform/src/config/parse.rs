@@ -298,7 +298,8 @@ fn parse_agent(table: Option<Table>, base_dir: &Path) -> Result<AgentConfig, Con
     if let Some(v) = section.count("intensive_care_secs", 1, 86_400 * 365)? {
         agent.intensive_care_secs = v as u64;
     }
-    for (index, value) in section.array("insecure_registries", "an array of host:port strings")?.into_iter().enumerate() {
+    for (index, value) in section.array("insecure_registries", "an array of host:port strings")?.into_iter().enumerate()
+    {
         match value {
             Value::String(host) if !host.is_empty() => agent.insecure_registries.push(host),
             other => {
