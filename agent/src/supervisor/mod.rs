@@ -124,13 +124,21 @@ pub struct AgentHandle {
 /// # Errors
 /// `(code, message)`: 400 naming the field, 412 for a schema version, 417 for no deployment.
 pub fn validate(bytes: &[u8], volumes_dir: &Path) -> Result<Deployment, (u16, String)> {
-    let deployment =
-        manifest::parse_deployment(bytes).map_err(|e: DeploymentError| (e.status.code(), e.to_string()))?;
+    let deployment = manifest::parse_deployment(bytes).map_err(|e: DeploymentError| {
+        // The one-line rendering (escaped path), without its leading code: the answer has it.
+        let code = e.status.code();
+        let text = e.to_string();
+        let text = text
+            .strip_prefix(&format!("{code} at "))
+            .or_else(|| text.strip_prefix(&format!("{code}: ")))
+            .unwrap_or(&text);
+        (code, text.to_owned())
+    })?;
     for spec in &deployment.agent.modules {
-        let at = format!("$edgeAgent.properties.desired.modules.{}", spec.name);
-        Reference::parse(&spec.image).map_err(|e| (400, format!("ConfigFormatError at {at}.settings.image: {e}")))?;
+        let at = format!("modulesContent.$edgeAgent.properties.desired.modules.{}", spec.name);
+        Reference::parse(&spec.image).map_err(|e| (400, format!("{at}.settings.image: {e}")))?;
         container::translate(&spec.create_options, &spec.env, &[], volumes_dir)
-            .map_err(|e| (400, format!("ConfigFormatError at {at}.settings: {e}")))?;
+            .map_err(|e| (400, format!("{at}.settings.{e}")))?;
     }
     Ok(deployment)
 }
