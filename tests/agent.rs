@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 fn agent_section(ns: &Namespace, extra: &str) -> String {
     format!(
         "[agent]\ncontainerd = \"{}\"\nnamespace = \"{}\"\ncool_off_ms = 300\ncool_off_max_ms = 1200\nstop_timeout_secs = 2\n{extra}",
-        ns.services.containerd.socket.display(),
+        ns.containerd().socket.display(),
         ns.name
     )
 }
@@ -128,11 +128,16 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     });
     let mut first = module(&v1, options, "always");
     first["env"] = json!({"OVERRIDDEN": {"value": "manifest"}});
-    let dep = deployment(json!({"first": first, "second": module(&v1, Value::Null, "always")}));
+    // An option tinyedge does not translate is reported, not dropped silently.
+    let second = module(&v1, json!({"HostConfig": {"CapAdd": ["NET_ADMIN"]}}), "always");
+    let dep = deployment(json!({"first": first, "second": second}));
     let rt = start(&ns, &dep);
     for name in ["first", "second"] {
         wait_module(&rt, name, Duration::from_secs(60), status_is("running"));
     }
+    let second = list(&rt)["modules"]["second"].clone();
+    assert!(second["statusDescription"].as_str().unwrap_or_default().contains("HostConfig.CapAdd"), "{second:#}");
+    assert!(rt.log().contains("createOptions not applied: HostConfig.CapAdd"), "{}", rt.log());
     let env = wait_file(&host.0.join("env.txt"), Duration::from_secs(20));
     for needle in [
         "FROM_OPTIONS=1",
@@ -463,4 +468,24 @@ fn registry_credentials_are_used_and_required() {
     assert!(ok, "{text}");
     wait_module(&rt, "app", Duration::from_secs(60), status_is("running"));
     assert!(!rt.log().contains("s3cret"), "a registry password reached the log");
+}
+
+#[test]
+fn containerd_killed_mid_run_is_reported_and_reconnected() {
+    let ns = Namespace::with_own_containerd("ctrdies");
+    let (v1, _, _) = images(&ns.services);
+    let rt = start(&ns, &deployment(json!({"survivor": module(&v1, Value::Null, "always")})));
+    wait_module(&rt, "survivor", Duration::from_secs(60), status_is("running"));
+    let pid = pid_of(&ns, "survivor").expect("running");
+    ns.containerd().kill9();
+    let m = wait_module(&rt, "survivor", Duration::from_secs(20), status_is("unknown"));
+    assert!(m["statusDescription"].as_str().unwrap_or_default().contains("containerd"), "{m:#}");
+    ns.containerd().start_again();
+    wait_module(&rt, "survivor", Duration::from_secs(30), status_is("running"));
+    assert_eq!(pid_of(&ns, "survivor"), Some(pid), "the module must run on, untouched, across a containerd restart");
+    // Supervision works again: a SIGKILL is seen (events re-subscribed) and the module restarted.
+    kill9(&ns, "survivor");
+    wait_module(&rt, "survivor", Duration::from_secs(20), |m| {
+        m["runtimeStatus"] == "running" && m["restartCount"] == 1
+    });
 }

@@ -95,6 +95,8 @@ const DEPLOYMENT: &str = r#"{"modulesContent":{"$edgeAgent":{"properties.desired
 pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_start: impl FnOnce(u32)) -> Broker {
     let port = free_port();
     std::fs::write(dir.join("deployment.json"), DEPLOYMENT).expect("write deployment");
+    // The hub alone (as mosquitto is a broker alone): the agent has its own bench (agent.rs).
+    let agent = if extra_toml.contains("[agent]") { "" } else { "[agent]\nenabled = false\n" };
     // Downstream devices leaf-0.. for the idle-connection measurement, all with the device key.
     let leaves: String = (0..IDLE_CONNECTIONS)
         .map(|i| format!("[[devices]]\nid = \"leaf-{i}\"\nkey = \"{DEVICE_KEY_B64}\"\n"))
@@ -102,7 +104,7 @@ pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_star
     std::fs::write(
         dir.join("tinyedge.toml"),
         format!(
-            "iothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"warn\"\n[hub]\nmqtt = \"127.0.0.1:{port}\"\nmqtts = \"\"\nmax_connections = 5000\n{extra_toml}\n{leaves}"
+            "iothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"warn\"\n[hub]\nmqtt = \"127.0.0.1:{port}\"\nmqtts = \"\"\nmax_connections = 5000\n{extra_toml}\n{leaves}{agent}"
         ),
     )
     .expect("write config");

@@ -52,7 +52,7 @@ fn require(path: &str, package: &str) {
 pub struct Containerd {
     pub socket: PathBuf,
     dir: TempDir,
-    child: Child,
+    child: Mutex<Child>,
 }
 
 /// Debian's docker-registry on a free loopback port, with its storage in a temp dir.
@@ -96,7 +96,8 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 impl Containerd {
-    fn start() -> Containerd {
+    /// Starts a containerd with its own root, state and socket under a temp dir.
+    pub fn start() -> Containerd {
         require("/usr/bin/containerd", "containerd");
         require("/usr/sbin/runc", "runc");
         let dir = TempDir::new("containerd");
@@ -107,17 +108,42 @@ impl Containerd {
             socket.display()
         );
         std::fs::write(dir.0.join("config.toml"), config).expect("write containerd config");
-        let log = std::fs::File::create(dir.0.join("containerd.log")).expect("containerd log");
-        let child = Command::new("/usr/bin/containerd")
+        let child = Containerd::spawn(&dir);
+        let c = Containerd { socket, dir, child: Mutex::new(child) };
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(dir: &TempDir) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.0.join("containerd.log"))
+            .expect("containerd log");
+        Command::new("/usr/bin/containerd")
             .arg("--config")
             .arg(dir.0.join("config.toml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start containerd");
-        let c = Containerd { socket, dir, child };
-        wait_until("containerd", Duration::from_secs(20), || c.ctr("default", &["version"]).status.success());
-        c
+            .expect("start containerd")
+    }
+
+    fn wait_ready(&self) {
+        wait_until("containerd", Duration::from_secs(20), || self.ctr("default", &["version"]).status.success());
+    }
+
+    /// SIGKILLs containerd (its shims, and so the containers, keep running).
+    pub fn kill9(&self) {
+        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts containerd again on the same root, state and socket after [`Containerd::kill9`].
+    pub fn start_again(&self) {
+        *self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Containerd::spawn(&self.dir);
+        self.wait_ready();
     }
 
     /// `ctr` against this containerd in `namespace`.
@@ -139,16 +165,17 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let child = self.child.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
         // Mounts left by a crashed shim would keep the directory busy.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             for line in mounts.lines() {
@@ -227,16 +254,30 @@ impl Drop for Registry {
 pub struct Namespace {
     pub name: String,
     pub services: Arc<Services>,
+    /// A containerd of this test alone (to kill it), instead of the shared one.
+    own: Option<Containerd>,
 }
 
 impl Namespace {
     pub fn new(test: &str) -> Namespace {
         let name = format!("t-{test}-{}", std::process::id());
-        Namespace { name, services: services() }
+        Namespace { name, services: services(), own: None }
+    }
+
+    /// A namespace on a containerd of its own (the registry is still the shared one).
+    pub fn with_own_containerd(test: &str) -> Namespace {
+        let mut ns = Namespace::new(test);
+        ns.own = Some(Containerd::start());
+        ns
+    }
+
+    /// The containerd this namespace lives in.
+    pub fn containerd(&self) -> &Containerd {
+        self.own.as_ref().unwrap_or(&self.services.containerd)
     }
 
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        self.services.containerd.ctr(&self.name, args)
+        self.containerd().ctr(&self.name, args)
     }
 
     /// `ctr tasks ls` as (container, pid, status).

@@ -132,8 +132,17 @@ pub fn table(doc: &Value) -> String {
             }
         }
     }
-    let width = |f: &dyn Fn(&(String, String, String, String)) -> usize| rows.iter().map(f).max().unwrap_or(0);
-    let (w0, w1, w2) = (width(&|r| r.0.len()), width(&|r| r.1.len()), width(&|r| r.2.chars().count()));
+    let width = |column: usize| {
+        rows.iter()
+            .map(|r| match column {
+                0 => r.0.chars().count(),
+                1 => r.1.chars().count(),
+                _ => r.2.chars().count(),
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
     let mut out = String::new();
     for (name, status, description, image) in &rows {
         let pad = w2.saturating_sub(description.chars().count());
