@@ -123,6 +123,7 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     containers::host_file(&host.0, "input.txt", "from the host\n");
     let options = json!({
         "Env": ["FROM_OPTIONS=1", "OVERRIDDEN=options"],
+        "Labels": {"com.example.owner": "tests"},
         "Cmd": ["/bin/sh", "-c", "env > /data/env.txt; cat /data/input.txt > /data/seen.txt; echo hello-from-module; sleep 3600"],
         "HostConfig": {"Binds": [format!("{}:/data", host.0.display())]},
     });
@@ -174,6 +175,25 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     let mut containers = ns.containers();
     containers.sort();
     assert_eq!(containers, vec!["first".to_owned(), "second".to_owned()]);
+    let info = String::from_utf8_lossy(&ns.ctr(&["containers", "info", "first"]).stdout).into_owned();
+    assert!(
+        info.contains("\"com.example.owner\": \"tests\"") && info.contains("\"tinyedge.module\": \"first\""),
+        "{info}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(rt.data_dir().join("mgmt.sock")).expect("management socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the management socket must be root-only");
+}
+
+#[test]
+fn agent_disabled_runs_the_hub_alone() {
+    let dep = deployment(json!({"m": module("localhost:5000/x:1", Value::Null, "always")}));
+    let rt = Runtime::start(&dep, "");
+    assert!(rt.wait_log("agent disabled ([agent] enabled = false): the hub runs alone"), "{}", rt.log());
+    assert!(!rt.data_dir().join("mgmt.sock").exists());
+    let out = rt.cli(&["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("mgmt.sock") && err.contains("agent enabled"), "{err}");
 }
 
 fn kill9(ns: &Namespace, container: &str) {
@@ -290,13 +310,27 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     assert!(!ok && text.contains("400"), "{text}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!((pid("a"), pid("b"), pid("c")), (a0, b0, c0), "a rejected deployment changed running modules");
-    assert_eq!(list(&rt)["lastDesiredVersion"], version);
+    let doc = list(&rt);
+    assert_eq!(doc["lastDesiredVersion"], version);
+    assert_eq!(doc["lastDesiredStatus"]["code"], 400, "the last refusal is reported: {:#}", doc["lastDesiredStatus"]);
+
+    // A new image that cannot be pulled leaves the running container alone.
+    let mut missing = modules.clone();
+    missing["a"]["settings"]["image"] = json!(v1.replace(":v1", ":v404"));
+    let (ok, text) = deploy(&rt, &deployment(missing));
+    assert!(ok, "{text}");
+    let a = wait_module(&rt, "a", Duration::from_secs(20), |m| {
+        m["statusDescription"].as_str().unwrap_or_default().contains("not found")
+    });
+    assert_eq!(a["runtimeStatus"], "running", "{a:#}");
+    assert_eq!(pid("a"), a0, "a failed pull must not take the old container down");
 
     // a: new image → recreated; b: stopped; c: removed.
     let mut next = json!({"a": module(&v2, Value::Null, "always"), "b": module(&v1, Value::Null, "always")});
     next["b"]["status"] = json!("stopped");
     let (ok, text) = deploy(&rt, &deployment(next));
     assert!(ok && text.starts_with("200"), "{text}");
+    assert_eq!(list(&rt)["lastDesiredStatus"]["code"], 200);
     let a = wait_module(&rt, "a", Duration::from_secs(60), |m| {
         m["runtimeStatus"] == "running" && m["settings"]["image"] == v2.as_str()
     });

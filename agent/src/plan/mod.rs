@@ -32,7 +32,7 @@ use log::debug;
 use crate::manifest::{DesiredStatus, ImagePullPolicy, ModuleSpec};
 
 /// One step for the caller to execute against the container runtime. A recreate is
-/// `Stop` (if running) + `Remove` + `Pull` (per policy) + `Create` + `Start` (if wanted).
+/// `Pull` (per policy) + `Stop` (if running) + `Remove` + `Create` + `Start` (if wanted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Pull `image` (the spec's `settings.image`; the executor applies its `digest`).
@@ -113,9 +113,11 @@ struct Decision {
 ///   (IoT Edge never detects unhealthy; see [`restart`]).
 /// - Running long enough → its restart counts are reset (IoT Edge's intensive care).
 ///
-/// Order: removals (by name); then other `Stop`s and `Remove`s in reverse (startupOrder, name);
-/// then per module in ascending (startupOrder, name) its `Pull`, `Create`, `Start` (IoT Edge:
-/// lower startupOrder starts first; stopping in reverse keeps dependencies up longest).
+/// Order: removals (by name); then every `Pull` in ascending (startupOrder, name), so a module
+/// being recreated runs on while its new image downloads (IoT Edge removes it first); then other
+/// `Stop`s and `Remove`s in reverse (startupOrder, name); then per module in ascending
+/// (startupOrder, name) its `Create`, `Start` (IoT Edge: lower startupOrder starts first;
+/// stopping in reverse keeps dependencies up longest).
 ///
 /// Cost: O(desired × actual) name lookups, fine for the tens of modules a gateway runs.
 pub fn plan(
@@ -146,6 +148,14 @@ pub fn plan(
         })
         .collect();
 
+    // Pulls before any stop: a module being recreated keeps running while its new image
+    // downloads, and keeps running if the pull fails (the executor skips a module's remaining
+    // commands after one fails).
+    for (spec, decision) in &decisions {
+        if decision.pull {
+            result.commands.push(Command::Pull { module: spec.name.clone(), image: spec.image.clone() });
+        }
+    }
     for (spec, decision) in decisions.iter().rev() {
         if decision.stop {
             result.commands.push(stop(&spec.name));
@@ -158,9 +168,6 @@ pub fn plan(
     }
     for (spec, decision) in decisions {
         let module = spec.name.clone();
-        if decision.pull {
-            result.commands.push(Command::Pull { module: module.clone(), image: spec.image.clone() });
-        }
         if decision.create {
             result.commands.push(Command::Create { module: module.clone() });
         }

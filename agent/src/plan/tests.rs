@@ -68,7 +68,7 @@ fn changed_image_create_options_or_env_recreates_exactly_that_module() {
         let result = plan_now(&[new.clone(), other.clone()], &[running(&old), running(&other)]);
         assert_eq!(
             result.commands,
-            [stop("sensor"), remove("sensor"), pull("sensor", &new.image), create("sensor"), start("sensor"),]
+            [pull("sensor", &new.image), stop("sensor"), remove("sensor"), create("sensor"), start("sensor"),]
         );
     }
 }

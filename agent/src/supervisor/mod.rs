@@ -34,6 +34,8 @@ use crate::plan::{self, Command, ModuleState, RestartSettings, RuntimeStatus};
 
 /// Label on every container the agent makes: the module's name.
 pub const LABEL_MODULE: &str = "tinyedge.module";
+/// Label with the image as the deployment wrote it (reported as `settings.image`).
+pub const LABEL_IMAGE: &str = "tinyedge.image";
 /// Label with the [`plan::config_hash`] the container was made from.
 pub const LABEL_CONFIG: &str = "tinyedge.config-hash";
 /// Inputs waiting for the agent (deployments, exits, health verdicts); a full queue makes
@@ -105,6 +107,8 @@ pub enum Input {
         detail: String,
     },
     Disconnected(CtrError),
+    /// A deployment was refused: only `lastDesiredStatus` changes.
+    Rejected(u16, String),
 }
 
 /// Called with every accepted deployment (the runtime updates the hub's routes and identities).
@@ -149,7 +153,11 @@ impl AgentHandle {
     pub async fn deploy(&self, bytes: &[u8]) -> (u16, String) {
         let deployment = match validate(bytes, &self.edge_ids_check) {
             Ok(d) => d,
-            Err(answer) => return answer,
+            Err(answer) => {
+                // Reported as edgeAgent reports a bad desired state; nothing else changes.
+                let _ = self.tx.send(Input::Rejected(answer.0, answer.1.clone())).await;
+                return answer;
+            }
         };
         let (reply_tx, reply_rx) = smol::channel::bounded(1);
         if self.tx.send(Input::Deploy(Box::new(deployment), bytes.to_vec(), reply_tx)).await.is_err() {
@@ -335,6 +343,10 @@ impl Agent {
                 }
             }
             Input::Health { module, started_ms, ok, detail } => self.health_verdict(&module, started_ms, ok, &detail),
+            Input::Rejected(code, message) => {
+                self.last_status = (code, message);
+                self.publish();
+            }
             Input::Disconnected(e) => {
                 log::error!("{e}; reconnecting");
                 self.ctr = None;
@@ -367,6 +379,7 @@ impl Agent {
             }
         }
         log::info!("deployment {} accepted: {} module(s)", self.desired_version, self.desired().len());
+        self.publish();
     }
 
     fn health_verdict(&mut self, module: &str, started_ms: u64, ok: bool, detail: &str) {
@@ -450,7 +463,7 @@ impl Agent {
             let m = self.modules.entry(c.id.clone()).or_insert_with(|| Module::new(&c.id));
             let adopted = !m.exists;
             m.exists = true;
-            m.image = c.image.clone();
+            m.image = c.labels.get(LABEL_IMAGE).cloned().unwrap_or_else(|| c.image.clone());
             m.state.image = c.image.clone();
             m.state.config_hash = c.labels.get(LABEL_CONFIG).cloned().unwrap_or_default();
             if m.pump.is_none() {
@@ -687,7 +700,6 @@ impl Agent {
                 let reference = self.reference(&spec)?;
                 let m = self.modules.entry(name.clone()).or_insert_with(|| Module::new(&name));
                 m.over = Some(Override::Downloading);
-                m.image = spec.image.clone();
                 self.publish();
                 let started = std::time::Instant::now();
                 let image = pull::pull(
@@ -770,10 +782,11 @@ impl Agent {
         // garbage collector (which runs after every lease deletion, e.g. a pull's) off it.
         let lease = format!("tinyedge-create-{name}-{}", now_ms());
         ctr.create_lease(&lease).await?;
-        let labels = HashMap::from([
-            (LABEL_MODULE.to_owned(), name.to_owned()),
-            (LABEL_CONFIG.to_owned(), plan::config_hash(&spec)),
-        ]);
+        // createOptions Labels become container labels (as in Docker); ours win.
+        let mut labels: HashMap<String, String> = config.labels.iter().cloned().collect();
+        labels.insert(LABEL_MODULE.to_owned(), name.to_owned());
+        labels.insert(LABEL_CONFIG.to_owned(), plan::config_hash(&spec));
+        labels.insert(LABEL_IMAGE.to_owned(), spec.image.clone());
         let created = async {
             ctr.prepare(name, &image.top_snapshot, Some(&lease)).await?;
             ctr.create_container(name, &image.name, spec_json, labels).await
@@ -933,6 +946,11 @@ impl Agent {
             } else {
                 match (&m.over, spec) {
                     (Some(Override::Downloading), _) => (RuntimeStatus::Unknown, "downloading".to_owned()),
+                    // A recreate whose pull failed: the old container runs on.
+                    (Some(Override::Failed { .. }), Some(spec)) if m.exists && m.state.running => (
+                        plan::runtime_status(spec.restart_policy, &m.state, &self.settings.restart, now),
+                        m.description.clone(),
+                    ),
                     (Some(Override::Failed { .. }), _) => (RuntimeStatus::Failed, m.description.clone()),
                     (None, Some(spec)) if m.exists => (
                         plan::runtime_status(spec.restart_policy, &m.state, &self.settings.restart, now),
@@ -955,7 +973,12 @@ impl Agent {
                 state: &m.state,
                 status: *status,
                 description,
-                image: spec.map_or(m.image.as_str(), |s| s.image.as_str()),
+                // What runs: the container's image; the desired one until a container exists.
+                image: if m.exists || spec.is_none() {
+                    m.image.as_str()
+                } else {
+                    spec.map_or("", |s| s.image.as_str())
+                },
             })
             .collect();
         let schema = self.deployment.as_ref().map_or("1.1", |d| d.agent.schema_version.as_str());
