@@ -228,6 +228,8 @@ pub struct Agent {
     rx: Receiver<Input>,
     report: Arc<Mutex<Value>>,
     started_ms: u64,
+    /// The clock reading the last plan was made with.
+    planned_at: u64,
     /// Images resolved in this process, by containerd name.
     images: HashMap<String, ReadyImage>,
 }
@@ -254,6 +256,7 @@ impl Agent {
             rx,
             report,
             started_ms: now_ms(),
+            planned_at: now_ms(),
             images: HashMap::new(),
         };
         agent.publish();
@@ -554,6 +557,7 @@ impl Agent {
         }
         let actual: Vec<ModuleState> = self.modules.values().filter(|m| m.exists).map(|m| m.state.clone()).collect();
         let plan = plan::plan(&desired, &actual, &|image| present.contains(image), &self.settings.restart, now);
+        self.planned_at = now;
         for (module, reason) in &plan.reasons {
             let m = self.modules.entry(module.clone()).or_insert_with(|| Module::new(module));
             m.description.clone_from(reason);
@@ -915,8 +919,10 @@ impl Agent {
 
     fn next_wakeup(&self) -> Option<u64> {
         let actual: Vec<ModuleState> = self.modules.values().filter(|m| m.exists).map(|m| m.state.clone()).collect();
+        // From the time the last plan was made: a restart that came due while that plan was
+        // being executed (pulls and stops take time) is still ahead of it, so it is not lost.
         let now = now_ms();
-        let planned = plan::next_wakeup(&self.desired(), &actual, &self.settings.restart, now);
+        let planned = plan::next_wakeup(&self.desired(), &actual, &self.settings.restart, self.planned_at);
         let retries = self.modules.values().filter_map(|m| match m.over {
             Some(Override::Failed { retry_at }) if retry_at > now => Some(retry_at),
             _ => None,
