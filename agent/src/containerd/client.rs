@@ -53,13 +53,11 @@ impl CtrError {
 }
 
 fn status_error(what: &str, status: &tonic::Status) -> CtrError {
-    let unavailable = matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown)
-        && (status.message().contains("connect")
-            || status.message().contains("transport")
-            || status.code() == Code::Unavailable);
+    // Only the transport says containerd is gone (tonic reports a broken or refused
+    // connection as Unavailable); Unknown carries runc's and the module's own error text.
     CtrError {
         message: format!("containerd {what}: {} ({:?})", status.message(), status.code()),
-        unavailable,
+        unavailable: status.code() == Code::Unavailable,
         not_found: status.code() == Code::NotFound,
     }
 }
@@ -67,6 +65,19 @@ fn status_error(what: &str, status: &tonic::Status) -> CtrError {
 /// Runs a tonic future inside tokio's context.
 async fn compat<F: Future>(future: F) -> F::Output {
     Compat::new(future).await
+}
+
+/// Longest wait for containerd's answer to a unary call (not for waits on processes, layer
+/// applies or the event stream, which take as long as they take).
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A unary call with [`CALL_TIMEOUT`]: a hung containerd or shim must not freeze the agent.
+async fn unary<T, F: Future<Output = Result<T, tonic::Status>>>(future: F) -> Result<T, tonic::Status> {
+    smol::future::or(compat(future), async {
+        smol::Timer::after(CALL_TIMEOUT).await;
+        Err(tonic::Status::deadline_exceeded(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))
+    })
+    .await
 }
 
 /// A task as containerd reports it.
@@ -141,7 +152,7 @@ impl Containerd {
             namespace: namespace.to_owned(),
             socket: socket.to_owned(),
         };
-        let version = compat(ctr.client.version().version(ctr.req(()))).await.map_err(|s| {
+        let version = unary(ctr.client.version().version(ctr.req(()))).await.map_err(|s| {
             let mut e = status_error("version", &s);
             e.unavailable = true;
             e
@@ -177,13 +188,13 @@ impl Containerd {
     pub async fn create_lease(&self, id: &str) -> Result<(), CtrError> {
         let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), expire_in_an_hour())]);
         let request = self.req(api::CreateRequest { id: id.to_owned(), labels });
-        compat(self.client.leases().create(request)).await.map_err(|s| status_error(&format!("lease {id}"), &s))?;
+        unary(self.client.leases().create(request)).await.map_err(|s| status_error(&format!("lease {id}"), &s))?;
         Ok(())
     }
 
     pub async fn delete_lease(&self, id: &str) -> Result<(), CtrError> {
         let request = self.req(api::DeleteRequest { id: id.to_owned(), sync: false });
-        compat(self.client.leases().delete(request))
+        unary(self.client.leases().delete(request))
             .await
             .map_err(|s| status_error(&format!("delete lease {id}"), &s))?;
         Ok(())
@@ -194,7 +205,7 @@ impl Containerd {
     /// Whether the content store has `digest`.
     pub async fn content_exists(&self, digest: &str) -> Result<bool, CtrError> {
         let request = self.req(api::InfoRequest { digest: digest.to_owned() });
-        match compat(self.client.content().info(request)).await {
+        match unary(self.client.content().info(request)).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(status_error(&format!("content {digest}"), &s)),
@@ -252,7 +263,7 @@ impl Containerd {
             Ok(()) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => Ok(()),
             Err(s) => {
-                let _ = compat(self.client.content().abort(self.req(api::AbortRequest { r#ref: reference }))).await;
+                let _ = unary(self.client.content().abort(self.req(api::AbortRequest { r#ref: reference }))).await;
                 Err(status_error(&what, &s))
             }
         }
@@ -263,7 +274,7 @@ impl Containerd {
     /// The image's target descriptor (manifest or index), or `None` when absent.
     pub async fn image(&self, name: &str) -> Result<Option<Descriptor>, CtrError> {
         let request = self.req(api::GetImageRequest { name: name.to_owned() });
-        match compat(self.client.images().get(request)).await {
+        match unary(self.client.images().get(request)).await {
             Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(&format!("image {name}"), &s)),
@@ -281,14 +292,14 @@ impl Containerd {
         };
         let request =
             self.leased(api::CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease);
-        match compat(self.client.images().create(request)).await {
+        match unary(self.client.images().create(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
                 let request = self.leased(
                     api::UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None },
                     lease,
                 );
-                compat(self.client.images().update(request))
+                unary(self.client.images().update(request))
                     .await
                     .map_err(|s| status_error(&format!("update image {name}"), &s))?;
                 Ok(())
@@ -301,7 +312,7 @@ impl Containerd {
 
     pub async fn snapshot_exists(&self, key: &str) -> Result<bool, CtrError> {
         let request = self.req(snap::StatSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
-        match compat(self.client.snapshots().stat(request)).await {
+        match unary(self.client.snapshots().stat(request)).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(status_error(&format!("snapshot {key}"), &s)),
@@ -320,7 +331,7 @@ impl Containerd {
             Some(lease) => self.leased(message, lease),
             None => self.req(message),
         };
-        let response = compat(self.client.snapshots().prepare(request))
+        let response = unary(self.client.snapshots().prepare(request))
             .await
             .map_err(|s| status_error(&format!("prepare snapshot {key}"), &s))?;
         Ok(response.into_inner().mounts)
@@ -328,7 +339,7 @@ impl Containerd {
 
     pub async fn mounts(&self, key: &str) -> Result<Vec<Mount>, CtrError> {
         let request = self.req(snap::MountsRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
-        let response = compat(self.client.snapshots().mounts(request))
+        let response = unary(self.client.snapshots().mounts(request))
             .await
             .map_err(|s| status_error(&format!("snapshot mounts {key}"), &s))?;
         Ok(response.into_inner().mounts)
@@ -344,7 +355,7 @@ impl Containerd {
             },
             lease,
         );
-        match compat(self.client.snapshots().commit(request)).await {
+        match unary(self.client.snapshots().commit(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
                 self.remove_snapshot(key).await?;
@@ -357,7 +368,7 @@ impl Containerd {
     pub async fn remove_snapshot(&self, key: &str) -> Result<(), CtrError> {
         let request =
             self.req(snap::RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() });
-        match compat(self.client.snapshots().remove(request)).await {
+        match unary(self.client.snapshots().remove(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(status_error(&format!("remove snapshot {key}"), &s)),
@@ -385,7 +396,7 @@ impl Containerd {
     pub async fn containers_with_label(&self, label: &str) -> Result<Vec<ContainerInfo>, CtrError> {
         let request = self.req(api::ListContainersRequest { filters: vec![format!("labels.\"{label}\"")] });
         let response =
-            compat(self.client.containers().list(request)).await.map_err(|s| status_error("list containers", &s))?;
+            unary(self.client.containers().list(request)).await.map_err(|s| status_error("list containers", &s))?;
         Ok(response
             .into_inner()
             .containers
@@ -416,7 +427,7 @@ impl Containerd {
             sandbox: String::new(),
         };
         let request = self.req(api::CreateContainerRequest { container: Some(container) });
-        compat(self.client.containers().create(request))
+        unary(self.client.containers().create(request))
             .await
             .map_err(|s| status_error(&format!("create container {id}"), &s))?;
         Ok(())
@@ -424,7 +435,7 @@ impl Containerd {
 
     pub async fn delete_container(&self, id: &str) -> Result<(), CtrError> {
         let request = self.req(api::DeleteContainerRequest { id: id.to_owned() });
-        match compat(self.client.containers().delete(request)).await {
+        match unary(self.client.containers().delete(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(status_error(&format!("delete container {id}"), &s)),
@@ -436,15 +447,17 @@ impl Containerd {
     /// The container's task, or `None` when it has none.
     pub async fn task(&self, id: &str) -> Result<Option<TaskInfo>, CtrError> {
         let request = self.req(api::GetRequest { container_id: id.to_owned(), exec_id: String::new() });
-        match compat(self.client.tasks().get(request)).await {
+        match unary(self.client.tasks().get(request)).await {
             Ok(r) => Ok(r.into_inner().process.map(|p| {
-                let running = p.status == containerd_client::types::v1::Status::Running as i32
-                    || p.status == containerd_client::types::v1::Status::Created as i32
-                    || p.status == containerd_client::types::v1::Status::Paused as i32;
+                // A Created task was never started (a crash between create and start): not
+                // running, and never exited, so the planner starts it.
+                use containerd_client::types::v1::Status;
+                let running = [Status::Running, Status::Paused, Status::Pausing].iter().any(|s| p.status == *s as i32);
+                let exited = p.status == Status::Stopped as i32;
                 TaskInfo {
                     pid: p.pid,
                     running,
-                    exit_status: (!running).then_some(p.exit_status),
+                    exit_status: exited.then_some(p.exit_status),
                     exited_at_unix_ms: timestamp_ms(p.exited_at.as_ref()),
                 }
             })),
@@ -472,14 +485,16 @@ impl Containerd {
             options: None,
             runtime_path: String::new(),
         });
-        compat(self.client.tasks().create(request))
-            .await
-            .map_err(|s| status_error(&format!("create task {id}"), &s))?;
+        unary(self.client.tasks().create(request)).await.map_err(|s| status_error(&format!("create task {id}"), &s))?;
         let request = self.req(api::StartRequest { container_id: id.to_owned(), exec_id: String::new() });
-        let response = compat(self.client.tasks().start(request))
-            .await
-            .map_err(|s| status_error(&format!("start task {id}"), &s))?;
-        Ok(response.into_inner().pid)
+        match unary(self.client.tasks().start(request)).await {
+            Ok(response) => Ok(response.into_inner().pid),
+            Err(s) => {
+                // Leave no Created task behind: the next start begins from scratch.
+                let _ = self.delete_task(id).await;
+                Err(status_error(&format!("start task {id}"), &s))
+            }
+        }
     }
 
     /// Sends `signal` to the init process (`exec_id` empty) or an exec'd one.
@@ -490,7 +505,7 @@ impl Containerd {
             signal,
             all: exec_id.is_empty(),
         });
-        match compat(self.client.tasks().kill(request)).await {
+        match unary(self.client.tasks().kill(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(status_error(&format!("kill {id} {exec_id}"), &s)),
@@ -500,7 +515,7 @@ impl Containerd {
     /// Deletes the (stopped) task; returns its exit status when it had one.
     pub async fn delete_task(&self, id: &str) -> Result<Option<u32>, CtrError> {
         let request = self.req(api::DeleteTaskRequest { container_id: id.to_owned() });
-        match compat(self.client.tasks().delete(request)).await {
+        match unary(self.client.tasks().delete(request)).await {
             Ok(r) => Ok(Some(r.into_inner().exit_status)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(status_error(&format!("delete task {id}"), &s)),
@@ -528,9 +543,9 @@ impl Containerd {
             spec: Some(prost_types::Any { type_url: PROCESS_TYPE.to_owned(), value: process_json }),
             exec_id: exec_id.to_owned(),
         });
-        compat(self.client.tasks().exec(request)).await.map_err(|s| status_error(&format!("exec in {id}"), &s))?;
+        unary(self.client.tasks().exec(request)).await.map_err(|s| status_error(&format!("exec in {id}"), &s))?;
         let request = self.req(api::StartRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned() });
-        compat(self.client.tasks().start(request))
+        unary(self.client.tasks().start(request))
             .await
             .map_err(|s| status_error(&format!("start exec in {id}"), &s))?;
         Ok(())
@@ -538,7 +553,7 @@ impl Containerd {
 
     pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<(), CtrError> {
         let request = self.req(api::DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned() });
-        match compat(self.client.tasks().delete_process(request)).await {
+        match unary(self.client.tasks().delete_process(request)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(status_error(&format!("delete exec {exec_id} in {id}"), &s)),

@@ -96,10 +96,11 @@ async fn pull_leased(
     dir: &Path,
     lease: &str,
 ) -> Result<ReadyImage, CtrError> {
-    let repo = Repository::new(reference, credentials, insecure);
     let wanted = reference.manifest_ref().to_owned();
+    let (for_repo, insecure) = (reference.clone(), insecure.to_vec());
+    // Made off the executor: it reads and parses the system CA bundle.
     let (mut repo, top) = smol::unblock(move || {
-        let mut repo = repo;
+        let mut repo = Repository::new(&for_repo, credentials, &insecure);
         let top = repo.manifest(&wanted);
         (repo, top)
     })

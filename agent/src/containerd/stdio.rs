@@ -121,9 +121,16 @@ pub fn start_pump(fifo_dir: &Path, logs_dir: &Path, module: &str, max_bytes: u64
                         smol::Timer::after(std::time::Duration::from_millis(100)).await;
                     }
                     Ok(n) => {
-                        if let Ok(mut log) = log.lock() {
-                            log.append(&buffer[..n]);
-                        }
+                        // File writes (and rotation) off the executor: slow flash must not
+                        // stall the hub's connections.
+                        let chunk = buffer[..n].to_vec();
+                        let log = log.clone();
+                        smol::unblock(move || {
+                            if let Ok(mut log) = log.lock() {
+                                log.append(&chunk);
+                            }
+                        })
+                        .await;
                     }
                     Err(e) => {
                         log::warn!("module {module}: reading {}: {e}; its output is no longer logged", path.display());

@@ -138,7 +138,10 @@ impl Repository {
                 request = request.header("Authorization", auth);
             }
             let response = request.call().map_err(|e| fail(format!("GET {url}: {e}")))?;
-            if response.status() == 401 && attempt == 0 {
+            if response.status() == 401 && attempt == 1 {
+                break;
+            }
+            if response.status() == 401 {
                 let challenge = response
                     .headers()
                     .get("www-authenticate")

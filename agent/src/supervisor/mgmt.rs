@@ -27,7 +27,8 @@ use crate::manifest::DEPLOYMENT_BYTES_MAX;
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Most connections served at once; more are answered 503.
 pub const CONNECTIONS_MAX: usize = 16;
-/// A client must send its request within this time.
+/// A client must send its request within this time (answering may take longer: a deployment
+/// waits for the agent, see `AgentHandle::deploy`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The socket's path under `data_dir`.
@@ -141,12 +142,16 @@ pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, hand
         let handle = handle.clone();
         let active = active.clone();
         smol::spawn(async move {
-            let answer = smol::future::or(async { Some(serve_one(&mut stream, &handle).await) }, async {
+            let request = smol::future::or(async { Some(read_request(&mut stream).await) }, async {
                 smol::Timer::after(REQUEST_TIMEOUT).await;
                 None
             })
-            .await
-            .unwrap_or_else(|| message(400, "request not received in time"));
+            .await;
+            let answer = match request {
+                None => message(400, "request not received in time"),
+                Some(Err(answer)) => answer,
+                Some(Ok((head, body))) => answer(&head, &body, &handle).await,
+            };
             let _ = stream.write_all(&answer).await;
             let _ = stream.close().await;
             active.fetch_sub(1, Ordering::SeqCst);
@@ -155,7 +160,8 @@ pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, hand
     }
 }
 
-async fn serve_one(stream: &mut smol::Async<std::os::unix::net::UnixStream>, handle: &AgentHandle) -> Vec<u8> {
+/// Reads one request: its head and body, or the error answer.
+async fn read_request(stream: &mut smol::Async<std::os::unix::net::UnixStream>) -> Result<(Head, Vec<u8>), Vec<u8>> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -163,28 +169,30 @@ async fn serve_one(stream: &mut smol::Async<std::os::unix::net::UnixStream>, han
             break i;
         }
         if buffer.len() > HEAD_BYTES_MAX {
-            return message(400, &format!("request head longer than {HEAD_BYTES_MAX} bytes"));
+            return Err(message(400, &format!("request head longer than {HEAD_BYTES_MAX} bytes")));
         }
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return message(400, "connection closed before the request was complete"),
+            Ok(0) | Err(_) => return Err(message(400, "connection closed before the request was complete")),
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
     };
-    let head = match parse_head(&buffer[..head_end]) {
-        Ok(h) => h,
-        Err(e) => return message(400, &e),
-    };
+    let head = parse_head(&buffer[..head_end]).map_err(|e| message(400, &e))?;
     let mut body = buffer.split_off(head_end + 4);
     while body.len() < head.content_length {
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return message(400, "connection closed before the body was complete"),
+            Ok(0) | Err(_) => return Err(message(400, "connection closed before the body was complete")),
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
     body.truncate(head.content_length);
+    Ok((head, body))
+}
+
+/// The answer to a complete request.
+async fn answer(head: &Head, body: &[u8], handle: &AgentHandle) -> Vec<u8> {
     match (head.method.as_str(), head.path.as_str()) {
         ("PUT" | "POST", "/deployment") => {
-            let (code, text) = handle.deploy(&body).await;
+            let (code, text) = handle.deploy(body).await;
             if code == 200 {
                 log::info!("management API: deployment accepted");
             } else {

@@ -46,6 +46,10 @@ pub const INPUT_QUEUE_MAX: usize = 256;
 pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// Health-check output is not kept; a check that does not exit within its timeout is killed.
 const HEALTH_EXEC_PREFIX: &str = "tinyedge-health-";
+/// How long `tinyedge deploy` waits for the agent to take a validated deployment.
+const DEPLOY_REPLY_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for a process to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What the agent needs to know about its device and host.
 #[derive(Debug, Clone)]
@@ -163,7 +167,13 @@ impl AgentHandle {
         if self.tx.send(Input::Deploy(Box::new(deployment), bytes.to_vec(), reply_tx)).await.is_err() {
             return (DeploymentStatus::Failed.code(), "the agent is not running".to_owned());
         }
-        reply_rx.recv().await.unwrap_or((500, "the agent stopped before answering".to_owned()))
+        // The agent takes inputs between reconciles; a long pull can hold it. The deployment is
+        // queued and will be applied, so say so rather than time out.
+        smol::future::or(async { reply_rx.recv().await.unwrap_or((500, "the agent stopped before answering".to_owned())) }, async {
+            smol::Timer::after(DEPLOY_REPLY_WAIT).await;
+            (200, "deployment accepted and queued: the agent is busy (pulling or stopping modules) and applies it next".to_owned())
+        })
+        .await
     }
 
     /// The reported properties document as of the last change.
@@ -230,6 +240,8 @@ pub struct Agent {
     started_ms: u64,
     /// The clock reading the last plan was made with.
     planned_at: u64,
+    /// The bookkeeping file's last written text.
+    saved: Mutex<String>,
     /// Images resolved in this process, by containerd name.
     images: HashMap<String, ReadyImage>,
 }
@@ -257,6 +269,7 @@ impl Agent {
             report,
             started_ms: now_ms(),
             planned_at: now_ms(),
+            saved: Mutex::new(String::new()),
             images: HashMap::new(),
         };
         agent.publish();
@@ -279,8 +292,11 @@ impl Agent {
             }
         }
         let _ = std::fs::set_permissions(&self.settings.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        // Downloads interrupted by a crash or power cut are of no use: blobs are fetched again.
+        let _ = std::fs::remove_dir_all(self.settings.downloads_dir());
         self.load_bookkeeping();
         let mut backoff = Duration::from_secs(1);
+        let mut work = true;
         loop {
             if self.ctr.is_none() {
                 match Containerd::connect(&self.settings.socket, &self.settings.namespace).await {
@@ -294,20 +310,25 @@ impl Agent {
                         }
                         self.ctr_error = Some(e.message);
                         self.publish();
+                        work = true;
                         self.wait_input(Some(now_ms() + backoff.as_millis() as u64)).await;
                         backoff = (backoff * 2).min(RECONNECT_MAX);
                         continue;
                     }
                 }
             }
-            self.reconcile().await;
-            let wake = self.next_wakeup();
-            self.wait_input(wake).await;
+            if work {
+                self.reconcile().await;
+            }
+            // containerd lost during the reconcile: go back to connecting (with backoff).
+            let wake = if self.ctr.is_none() { Some(now_ms()) } else { self.next_wakeup() };
+            work = self.wait_input(wake).await;
         }
     }
 
     /// Waits for an input (or until `until_ms`), then handles it and every input already queued.
-    async fn wait_input(&mut self, until_ms: Option<u64>) {
+    /// Returns whether something happened that calls for a reconcile (the timer counts).
+    async fn wait_input(&mut self, until_ms: Option<u64>) -> bool {
         let rx = self.rx.clone();
         let timer = async {
             match until_ms {
@@ -317,22 +338,25 @@ impl Agent {
             None
         };
         let first = smol::future::or(async { rx.recv().await.ok() }, timer).await;
-        let Some(first) = first else { return };
-        self.handle(first).await;
+        let Some(first) = first else { return true };
+        let mut work = self.handle(first).await;
         while let Ok(next) = rx.try_recv() {
-            self.handle(next).await;
+            work |= self.handle(next).await;
         }
+        work
     }
 
-    async fn handle(&mut self, input: Input) {
+    /// Handles one input; returns whether it calls for a reconcile.
+    async fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Deploy(deployment, raw, reply) => {
                 self.accept(*deployment, &raw);
-                let _ = reply.send((200, "deployment accepted; modules are being reconciled".to_owned())).await;
+                let _ = reply.try_send((200, "deployment accepted; modules are being reconciled".to_owned()));
+                true
             }
             Input::Exit(exit) => {
                 if exit.container_id != exit.process_id {
-                    return; // an exec'd health check; its task waits for it itself
+                    return false; // an exec'd health check; its task waits for it itself
                 }
                 if let Some(m) = self.modules.get_mut(&exit.container_id) {
                     log::info!("module {}: exited with code {}", exit.container_id, exit.exit_status);
@@ -344,21 +368,18 @@ impl Agent {
                     }
                     m.health_task = None;
                 }
+                true
             }
             Input::Health { module, started_ms, ok, detail } => self.health_verdict(&module, started_ms, ok, &detail),
             Input::Rejected(code, message) => {
                 self.last_status = (code, message);
                 self.publish();
+                false
             }
             Input::Disconnected(e) => {
                 log::error!("{e}; reconnecting");
-                self.ctr = None;
-                self.watcher = None;
-                for m in self.modules.values_mut() {
-                    m.health_task = None;
-                }
-                self.ctr_error = Some(e.message);
-                self.publish();
+                self.lost(e);
+                true
             }
         }
     }
@@ -385,29 +406,33 @@ impl Agent {
         self.publish();
     }
 
-    fn health_verdict(&mut self, module: &str, started_ms: u64, ok: bool, detail: &str) {
-        let Some(m) = self.modules.get_mut(module) else { return };
+    /// Books a health check's result; returns whether the module's health changed.
+    fn health_verdict(&mut self, module: &str, started_ms: u64, ok: bool, detail: &str) -> bool {
+        let Some(m) = self.modules.get_mut(module) else { return false };
         if !m.state.running || m.state.last_start_unix_ms != Some(started_ms) {
-            return; // a verdict about an earlier run
+            return false; // a verdict about an earlier run
         }
-        let Some((check, _)) = &m.health else { return };
+        let Some((check, _)) = &m.health else { return false };
         if ok {
             m.health_failures = 0;
-            if m.state.healthy != Some(true) {
-                log::info!("module {module}: healthy");
+            if m.state.healthy == Some(true) {
+                return false;
             }
+            log::info!("module {module}: healthy");
             m.state.healthy = Some(true);
-            return;
+            return true;
         }
         if now_ms().saturating_sub(started_ms) < check.start_period.as_millis() as u64 {
-            return; // failures in the start period do not count (Docker)
+            return false; // failures in the start period do not count (Docker)
         }
         m.health_failures += 1;
         log::warn!("module {module}: health check failed ({}/{}): {detail}", m.health_failures, check.retries);
         if m.health_failures >= check.retries.max(1) && m.state.healthy != Some(false) {
             m.state.healthy = Some(false);
             m.description = format!("health check failed {} times: {detail}", m.health_failures);
+            return true;
         }
+        false
     }
 
     /// A fresh connection: subscribe to exits first (so none is missed), then adopt.
@@ -455,9 +480,13 @@ impl Agent {
         for c in containers {
             let task = match ctr.task(&c.id).await {
                 Ok(t) => t,
-                Err(e) => {
+                Err(e) if e.unavailable => {
                     self.lost(e);
                     return;
+                }
+                Err(e) => {
+                    log::warn!("module {}: {e}; its state is read again at the next reconcile", c.id);
+                    continue;
                 }
             };
             let fifo_dir = self.settings.fifo_dir();
@@ -528,12 +557,20 @@ impl Agent {
         }
     }
 
+    /// containerd is gone (or answered unusably): drop the connection, the event watcher and
+    /// the health loops; verdicts from before the outage do not count after it.
     fn lost(&mut self, e: CtrError) {
         log::error!("{e}");
         if e.unavailable {
             self.ctr = None;
             self.watcher = None;
+            for m in self.modules.values_mut() {
+                m.health_task = None;
+                m.health_failures = 0;
+                m.state.healthy = None;
+            }
             self.ctr_error = Some(e.message);
+            self.publish();
         }
     }
 
@@ -589,7 +626,18 @@ impl Agent {
                     break;
                 }
             } else if let Some(m) = self.modules.get_mut(&name) {
-                if matches!(command, Command::Start { .. } | Command::Create { .. }) {
+                if !matches!(command, Command::Pull { .. }) || m.over == Some(Override::Downloading) {
+                    m.over = None;
+                }
+                m.failures = 0;
+            }
+        }
+        // A failure whose retry came and found nothing left to do is over.
+        let commanded: HashSet<&str> = plan.commands.iter().map(Command::module).collect();
+        let planned_at = self.planned_at;
+        for (name, m) in &mut self.modules {
+            if let Some(Override::Failed { retry_at }) = m.over {
+                if retry_at <= planned_at && !failed.contains(name) && !commanded.contains(name.as_str()) {
                     m.over = None;
                     m.failures = 0;
                 }
@@ -866,12 +914,17 @@ impl Agent {
         let Some(started_ms) = m.state.last_start_unix_ms else { return };
         let module = name.to_owned();
         m.health_task = Some(smol::spawn(async move {
-            let mut n: u64 = 0;
+            static EXECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             loop {
                 smol::Timer::after(check.interval.max(Duration::from_millis(100))).await;
-                n += 1;
-                let exec_id = format!("{HEALTH_EXEC_PREFIX}{n}");
-                let (ok, detail) = health_once(&ctr, &module, &exec_id, process.clone(), check.timeout).await;
+                // Unique per process lifetime: a loop cancelled mid-check may leave its exec
+                // behind in the shim, and a reused id would then fail as "already exists".
+                let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let exec_id = format!("{HEALTH_EXEC_PREFIX}{started_ms}-{n}");
+                let Some((ok, detail)) = health_once(&ctr, &module, &exec_id, process.clone(), check.timeout).await
+                else {
+                    continue; // containerd unreachable: no verdict on the module
+                };
                 if tx.send(Input::Health { module: module.clone(), started_ms, ok, detail }).await.is_err() {
                     return;
                 }
@@ -898,7 +951,13 @@ impl Agent {
                 _ => {
                     log::warn!("module {name}: still running {}s after SIGTERM; SIGKILL", timeout.as_secs());
                     ctr.kill(name, "", 9).await?;
-                    ctr.wait(name, "").await.ok()
+                    // A process stuck in the kernel (D state) may never die: do not wait forever.
+                    smol::future::or(async { ctr.wait(name, "").await.ok() }, async {
+                        smol::Timer::after(KILL_WAIT).await;
+                        log::error!("module {name}: still not dead {} s after SIGKILL", KILL_WAIT.as_secs());
+                        None
+                    })
+                    .await
                 }
             };
         }
@@ -921,10 +980,12 @@ impl Agent {
         let actual: Vec<ModuleState> = self.modules.values().filter(|m| m.exists).map(|m| m.state.clone()).collect();
         // From the time the last plan was made: a restart that came due while that plan was
         // being executed (pulls and stops take time) is still ahead of it, so it is not lost.
-        let now = now_ms();
         let planned = plan::next_wakeup(&self.desired(), &actual, &self.settings.restart, self.planned_at);
+        // Retries the last plan could not act on yet, even if due by now (a long pull of
+        // another module may have outlasted them).
+        let planned_at = self.planned_at;
         let retries = self.modules.values().filter_map(|m| match m.over {
-            Some(Override::Failed { retry_at }) if retry_at > now => Some(retry_at),
+            Some(Override::Failed { retry_at }) if retry_at > planned_at => Some(retry_at),
             _ => None,
         });
         planned.into_iter().chain(retries).min()
@@ -1027,9 +1088,16 @@ impl Agent {
                 )
             })
             .collect();
+        let text = Value::Object(doc).to_string();
+        if let Ok(mut last) = self.saved.lock() {
+            if *last == text {
+                return; // unchanged: spare the SD card
+            }
+            last.clone_from(&text);
+        }
         let path = self.settings.bookkeeping_file();
         let tmp = path.with_extension("json.tmp");
-        let result = std::fs::write(&tmp, Value::Object(doc).to_string()).and_then(|()| std::fs::rename(&tmp, &path));
+        let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = result {
             log::warn!("{}: {e}", path.display());
         }
@@ -1054,17 +1122,18 @@ impl Agent {
     }
 }
 
-/// One health check: exec, wait with timeout, clean up. `(passed, detail)`.
+/// One health check: exec, wait with timeout, clean up. `(passed, detail)`, or `None` when
+/// containerd could not be asked (that says nothing about the module).
 async fn health_once(
     ctr: &Containerd,
     module: &str,
     exec_id: &str,
     process: Vec<u8>,
     timeout: Duration,
-) -> (bool, String) {
+) -> Option<(bool, String)> {
     if let Err(e) = ctr.exec(module, exec_id, process).await {
         let _ = ctr.delete_process(module, exec_id).await;
-        return (false, e.message);
+        return (!e.unavailable).then_some((false, e.message));
     }
     let waited = smol::future::or(async { Some(ctr.wait(module, exec_id).await) }, async {
         smol::Timer::after(timeout).await;
@@ -1072,13 +1141,18 @@ async fn health_once(
     })
     .await;
     let result = match waited {
-        Some(Ok(0)) => (true, "exit 0".to_owned()),
-        Some(Ok(code)) => (false, format!("the check exited with code {code}")),
-        Some(Err(e)) => (false, e.message),
+        Some(Ok(0)) => Some((true, "exit 0".to_owned())),
+        Some(Ok(code)) => Some((false, format!("the check exited with code {code}"))),
+        Some(Err(e)) if e.unavailable => None,
+        Some(Err(e)) => Some((false, e.message)),
         None => {
             let _ = ctr.kill(module, exec_id, 9).await;
-            let _ = ctr.wait(module, exec_id).await;
-            (false, format!("the check did not finish within {} s", timeout.as_secs_f32()))
+            let _ = smol::future::or(async { ctr.wait(module, exec_id).await.ok() }, async {
+                smol::Timer::after(KILL_WAIT).await;
+                None
+            })
+            .await;
+            Some((false, format!("the check did not finish within {} s", timeout.as_secs_f32())))
         }
     };
     let _ = ctr.delete_process(module, exec_id).await;
