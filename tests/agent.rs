@@ -346,6 +346,23 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     }
     assert!(list(&rt)["modules"].get("c").is_none());
     assert!(ns.containers().contains(&"b".to_owned()), "stopping must keep the container");
+    // b (stopped) still uses v1, a uses v2: both images stay.
+    let images = |ns: &Namespace| String::from_utf8_lossy(&ns.ctr(&["images", "ls", "-q"]).stdout).into_owned();
+    assert!(images(&ns).contains(&v1) && images(&ns).contains(&v2), "{}", images(&ns));
+    // With no modules left, the agent's images are deleted (disk is bounded by what runs).
+    let (ok, text) = deploy(&rt, &deployment(json!({})));
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ns.containers().is_empty() || !images(&ns).trim().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers {:?} / images {} left; log:\n{}",
+            ns.containers(),
+            images(&ns),
+            rt.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

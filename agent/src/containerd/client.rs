@@ -282,6 +282,17 @@ impl Containerd {
     }
 
     /// Creates the image record, or points an existing one at `target`.
+    /// Deletes the image record; containerd's garbage collector then frees its content and
+    /// snapshots that nothing else references.
+    pub async fn delete_image(&self, name: &str) -> Result<(), CtrError> {
+        let request = self.req(api::DeleteImageRequest { name: name.to_owned(), sync: false, target: None });
+        match unary(self.client.images().delete(request)).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status_error(&format!("delete image {name}"), &s)),
+        }
+    }
+
     pub async fn put_image(&self, name: &str, target: Descriptor, lease: &str) -> Result<(), CtrError> {
         let image = api::Image {
             name: name.to_owned(),

@@ -242,6 +242,8 @@ pub struct Agent {
     planned_at: u64,
     /// The bookkeeping file's last written text.
     saved: Mutex<String>,
+    /// Images this agent manages (pulled, or run by its containers), by containerd name.
+    managed_images: HashSet<String>,
     /// Images resolved in this process, by containerd name.
     images: HashMap<String, ReadyImage>,
 }
@@ -270,6 +272,7 @@ impl Agent {
             started_ms: now_ms(),
             planned_at: now_ms(),
             saved: Mutex::new(String::new()),
+            managed_images: HashSet::new(),
             images: HashMap::new(),
         };
         agent.publish();
@@ -497,6 +500,7 @@ impl Agent {
             m.exists = true;
             m.image = c.labels.get(LABEL_IMAGE).cloned().unwrap_or_else(|| c.image.clone());
             m.state.image = c.image.clone();
+            self.managed_images.insert(c.image.clone());
             m.state.config_hash = c.labels.get(LABEL_CONFIG).cloned().unwrap_or_default();
             if m.pump.is_none() {
                 match stdio::start_pump(&fifo_dir, &logs_dir, &c.id, max) {
@@ -659,8 +663,34 @@ impl Agent {
         // Modules that are neither desired nor in containerd are gone.
         let desired_names: HashSet<&str> = desired.iter().map(|s| s.name.as_str()).collect();
         self.modules.retain(|name, m| m.exists || desired_names.contains(name.as_str()));
+        self.collect_images(&ctr, &desired).await;
         self.save_bookkeeping();
         self.publish();
+    }
+
+    /// Deletes the images this agent pulled that no container and no desired module uses any
+    /// more (a module removed, or recreated from a new image), so the disk does not fill up
+    /// with every image ever deployed. containerd's garbage collector frees their layers.
+    /// Images put into the namespace by other means and never run by a module are left alone.
+    async fn collect_images(&mut self, ctr: &Containerd, desired: &[ModuleSpec]) {
+        let mut used: HashSet<String> =
+            self.modules.values().filter(|m| m.exists).map(|m| m.state.image.clone()).collect();
+        for spec in desired {
+            if let Ok(reference) = self.reference(spec) {
+                used.insert(reference.name());
+            }
+        }
+        let unused: Vec<String> = self.managed_images.iter().filter(|name| !used.contains(*name)).cloned().collect();
+        for name in unused {
+            match ctr.delete_image(&name).await {
+                Ok(()) => {
+                    log::info!("image {name}: no module uses it any more; deleted");
+                    self.images.remove(&name);
+                    self.managed_images.remove(&name);
+                }
+                Err(e) => log::warn!("{e}"),
+            }
+        }
     }
 
     fn reference(&self, spec: &ModuleSpec) -> Result<Reference, CtrError> {
@@ -763,6 +793,7 @@ impl Agent {
                 )
                 .await?;
                 log::info!("module {name}: image {} pulled in {} ms", reference, started.elapsed().as_millis());
+                self.managed_images.insert(image.name.clone());
                 self.images.insert(image.name.clone(), image);
                 if let Some(m) = self.modules.get_mut(&name) {
                     m.over = None;
