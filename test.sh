@@ -32,3 +32,5 @@ export TINYEDGE_PYSDK="$PYSDK"
 
 # One target directory for everything; tests run the real binary built here.
 cargo test --workspace --all-targets "$@"
+# The hub-only build (`--no-default-features`, no agent) must keep compiling.
+cargo build --quiet -p tinyedge --bin tinyedge --no-default-features

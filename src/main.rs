@@ -1,6 +1,8 @@
 //! `tinyedge`: the command line. It parses arguments, loads the config and the deployment,
 //! and wires the crates together; everything else lives in `hub/`, `agent/` and `platform/`.
 
+#[cfg(feature = "agent")]
+mod agent;
 mod cloud;
 mod runtime;
 mod status;
@@ -78,6 +80,7 @@ fn out(text: &str) {
 }
 
 /// `logs MODULE [--tail N] [-f|--follow]`.
+#[cfg(feature = "agent")]
 fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runtime::Failure> {
     let mut tail = None;
     let mut follow = false;
@@ -93,7 +96,7 @@ fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runt
             other => return Err(runtime::Failure::Usage(format!("logs: unknown option {other:?}"))),
         }
     }
-    runtime::logs(config, module, tail, follow)
+    agent::logs(config, module, tail, follow)
 }
 
 fn main() -> ExitCode {
@@ -135,10 +138,18 @@ fn main() -> ExitCode {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
             Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
-        ["deploy", file] => runtime::deploy(&config, file).map(|s| out(&s)),
-        ["list"] => runtime::list(&config, false).map(|s| out(&s)),
-        ["list", "--json"] => runtime::list(&config, true).map(|s| out(&s)),
+        #[cfg(feature = "agent")]
+        ["deploy", file] => agent::deploy(&config, file).map(|s| out(&s)),
+        #[cfg(feature = "agent")]
+        ["list"] => agent::list(&config, false).map(|s| out(&s)),
+        #[cfg(feature = "agent")]
+        ["list", "--json"] => agent::list(&config, true).map(|s| out(&s)),
+        #[cfg(feature = "agent")]
         ["logs", module, rest @ ..] => logs_command(&config, module, rest),
+        #[cfg(not(feature = "agent"))]
+        ["deploy" | "list" | "logs", ..] => {
+            Err(runtime::Failure::Usage("this tinyedge was built without the agent (cargo feature `agent`)".into()))
+        }
         [] => Err(runtime::Failure::Usage("no command given".into())),
         _ => Err(runtime::Failure::Usage(format!("unknown command {:?}", cli.command.join(" ")))),
     };

@@ -14,8 +14,11 @@
 #![forbid(unsafe_code)]
 
 pub mod container;
+#[cfg(feature = "runtime")]
 pub mod containerd;
+#[cfg(feature = "runtime")]
 pub mod image;
 pub mod manifest;
 pub mod plan;
+#[cfg(feature = "runtime")]
 pub mod supervisor;
