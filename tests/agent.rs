@@ -125,7 +125,7 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
         "Env": ["FROM_OPTIONS=1", "OVERRIDDEN=options"],
         "Labels": {"com.example.owner": "tests"},
         "Cmd": ["/bin/sh", "-c", "env > /data/env.txt; cat /data/input.txt > /data/seen.txt; echo hello-from-module; sleep 3600"],
-        "HostConfig": {"Binds": [format!("{}:/data", host.0.display())]},
+        "HostConfig": {"Binds": [format!("{}:/data", host.0.display())], "Memory": 67_108_864, "NanoCpus": 500_000_000},
     });
     let mut first = module(&v1, options, "always");
     first["env"] = json!({"OVERRIDDEN": {"value": "manifest"}});
@@ -180,6 +180,21 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
         info.contains("\"com.example.owner\": \"tests\"") && info.contains("\"tinyedge.module\": \"first\""),
         "{info}"
     );
+    // HostConfig.Memory and NanoCpus reach the module's cgroup (v1 or v2 layout).
+    let read =
+        |paths: &[String]| paths.iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|t| t.trim().to_owned());
+    let cg = |v1: &str, v2: &str| {
+        [
+            format!("/sys/fs/cgroup/{v1}/{}/first/{}", ns.name, v2.split('|').next().unwrap_or_default()),
+            format!("/sys/fs/cgroup/{}/first/{}", ns.name, v2.split('|').nth(1).unwrap_or_default()),
+        ]
+    };
+    let memory = read(&cg("memory", "memory.limit_in_bytes|memory.max")).expect("the module's memory cgroup");
+    assert_eq!(memory, "67108864");
+    let quota = read(&cg("cpu,cpuacct", "cpu.cfs_quota_us|cpu.max"))
+        .or_else(|| read(&cg("cpu", "cpu.cfs_quota_us|cpu.max")))
+        .expect("cpu cgroup");
+    assert!(quota == "50000" || quota.starts_with("50000 "), "cpu quota {quota}");
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(rt.data_dir().join("mgmt.sock")).expect("management socket").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the management socket must be root-only");
