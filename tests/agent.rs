@@ -127,16 +127,33 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
         "Cmd": ["/bin/sh", "-c", "env > /data/env.txt; cat /data/input.txt > /data/seen.txt; echo hello-from-module; sleep 3600"],
         "HostConfig": {"Binds": [format!("{}:/data", host.0.display())], "Memory": 67_108_864, "NanoCpus": 500_000_000},
     });
-    let mut first = module(&v1, options, "always");
+    let mut first = module(&v1, Value::Null, "always");
+    // createOptions split into chunks, as IoT Hub stores long ones (createOptions01, 02, …).
+    let text = options.to_string();
+    let (head, rest) = text.split_at(40);
+    let (middle, tail) = rest.split_at(rest.len() / 2);
+    first["settings"]["createOptions"] = json!(head);
+    first["settings"]["createOptions01"] = json!(middle);
+    first["settings"]["createOptions02"] = json!(tail);
     first["env"] = json!({"OVERRIDDEN": {"value": "manifest"}});
+    first["startupOrder"] = json!(2);
     // An option tinyedge does not translate is reported, not dropped silently.
-    let second = module(&v1, json!({"HostConfig": {"CapAdd": ["NET_ADMIN"]}}), "always");
+    let mut second = module(&v1, json!({"HostConfig": {"CapAdd": ["NET_ADMIN"]}}), "always");
+    second["startupOrder"] = json!(1);
     let dep = deployment(json!({"first": first, "second": second}));
     let rt = start(&ns, &dep);
     for name in ["first", "second"] {
         wait_module(&rt, name, Duration::from_secs(60), status_is("running"));
     }
-    let second = list(&rt)["modules"]["second"].clone();
+    let doc = list(&rt);
+    let started = |m: &str| doc["modules"][m]["lastStartTimeUtc"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        started("second") <= started("first"),
+        "startupOrder 1 starts before 2: {} vs {}",
+        started("second"),
+        started("first")
+    );
+    let second = doc["modules"]["second"].clone();
     assert!(second["statusDescription"].as_str().unwrap_or_default().contains("HostConfig.CapAdd"), "{second:#}");
     assert!(rt.log().contains("createOptions not applied: HostConfig.CapAdd"), "{}", rt.log());
     let env = wait_file(&host.0.join("env.txt"), Duration::from_secs(20));
@@ -461,6 +478,26 @@ fn restarted_agent_adopts_running_containers() {
     let after_restart = log.rsplit("existing module container(s) adopted").next().unwrap_or_default();
     assert!(log.contains("agent: 1 existing module container(s) adopted"), "{log}");
     assert!(!after_restart.contains("module keeper: container created"), "recreated after restart:\n{log}");
+    // `tinyedge logs -f` follows the output as it comes.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_tinyedge"))
+        .args([
+            "--config",
+            rt.dir.0.join("config.toml").to_str().expect("utf-8"),
+            "logs",
+            "keeper",
+            "--tail",
+            "0",
+            "-f",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tinyedge logs -f");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(follow.stdout.take().expect("stdout")), &mut line)
+        .expect("a followed line");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(line, "tick\n");
     // Its output is still collected through the same FIFOs.
     let logs = rt.dir.0.join("data/agent/logs/keeper.log");
     let before = std::fs::metadata(&logs).map(|m| m.len()).unwrap_or(0);
