@@ -33,6 +33,10 @@ pub fn start(config: &Config, deployment: Option<Deployment>, key: &[u8], broker
         gateway_hostname: config.hostname.clone(),
         device_key: key.to_vec(),
         workload_uri: a.workload_uri.clone(),
+        trust_bundle: config
+            .data_dir
+            .join(tinyedge_platform::certs::CERTS_DIR)
+            .join(tinyedge_platform::certs::CA_CERT_FILE),
     };
     let hook_config = config.clone();
     let hook_key = key.to_vec();

@@ -124,7 +124,7 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
     let options = json!({
         "Env": ["FROM_OPTIONS=1", "OVERRIDDEN=options"],
         "Labels": {"com.example.owner": "tests"},
-        "Cmd": ["/bin/sh", "-c", "env > /data/env.txt; cat /data/input.txt > /data/seen.txt; echo hello-from-module; sleep 3600"],
+        "Cmd": ["/bin/sh", "-c", "env > /data/env.txt; cat /data/input.txt > /data/seen.txt; test -S /var/run/iotedge/workload.sock && echo yes > /data/workload.txt; echo hello-from-module; sleep 3600"],
         "HostConfig": {"Binds": [format!("{}:/data", host.0.display())], "Memory": 67_108_864, "NanoCpus": 500_000_000},
     });
     let mut first = module(&v1, Value::Null, "always");
@@ -171,6 +171,11 @@ fn two_modules_run_with_env_binds_and_cmd_from_create_options() {
         assert!(env.contains(needle), "{needle} missing from the module's environment:\n{env}");
     }
     assert_eq!(wait_file(&host.0.join("seen.txt"), Duration::from_secs(5)), "from the host\n");
+    assert_eq!(
+        wait_file(&host.0.join("workload.txt"), Duration::from_secs(5)),
+        "yes\n",
+        "the module's workload API socket is mounted"
+    );
     // The image's Cmd applies when createOptions give none: "second" prints "started".
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -68,7 +68,7 @@ fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
     std::fs::write(
         dir.0.join("config.toml"),
         format!(
-            "hostname = \"localhost\"\niothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\n[hub]\nmqtt = \"\"\nmqtts = \"127.0.0.1:8883\"\n"
+            "hostname = \"localhost\"\niothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\n[hub]\nmqtt = \"\"\nmqtts = \"127.0.0.1:8883\"\n[agent]\nenabled = false\n"
         ),
     )
     .expect("write");
@@ -112,4 +112,59 @@ fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
         stdout.trim(),
         r#"input=alerts body={"temperature": 42.5} message_id=sdk-1 content_type=application/json alert=yes"#
     );
+}
+
+#[test]
+fn python_sdk_create_from_edge_environment_signs_through_the_workload_api() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sdk = python_sdk_path();
+    assert!(
+        sdk.join("azure/iot/device").is_dir(),
+        "the Azure IoT Python SDK is not installed in {}: run ./test.sh",
+        sdk.display()
+    );
+    let dir = TempDir::new("workload");
+    let route =
+        r#"FROM /messages/modules/edgesource/outputs/out1 INTO BrokeredEndpoint("/modules/edgesink/inputs/in1")"#;
+    std::fs::write(dir.0.join("deployment.json"), deployment(&["edgesource", "edgesink"], &[("r", route)]))
+        .expect("write");
+    // The agent runs (it serves the workload sockets of the deployment's modules) but has no
+    // containerd here: the SDK clients play the modules from the host.
+    std::fs::write(
+        dir.0.join("config.toml"),
+        format!(
+            "hostname = \"localhost\"\niothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\n[hub]\nmqtt = \"\"\nmqtts = \"127.0.0.1:8883\"\n[agent]\ncontainerd = \"{}/no-containerd.sock\"\n",
+            dir.0.display()
+        ),
+    )
+    .expect("write");
+    let mut hub = Command::new(env!("CARGO_BIN_EXE_tinyedge"))
+        .arg("--config")
+        .arg(dir.0.join("config.toml"))
+        .arg("run")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tinyedge");
+    let listening = wait_listening(&[8883]);
+    let socket = dir.0.join("data/agent/workload/edgesource/workload.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = listening.then(|| {
+        Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/edge_environment.py"))
+            .arg(dir.0.join("data"))
+            .args([HUB, DEVICE])
+            .env("PYTHONPATH", &sdk)
+            .output()
+            .expect("run python3")
+    });
+    let _ = hub.kill();
+    let _ = hub.wait();
+    assert!(listening, "tinyedge did not listen on 127.0.0.1:8883");
+    let out = out.expect("ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "SDK script failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), r#"input=in1 body={"via": "workload"}"#);
 }

@@ -77,6 +77,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         412 => "Precondition Failed",
@@ -86,7 +87,7 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn response(code: u16, body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(code: u16, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         reason(code),
@@ -97,7 +98,7 @@ fn response(code: u16, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn message(code: u16, text: &str) -> Vec<u8> {
+pub(crate) fn message(code: u16, text: &str) -> Vec<u8> {
     response(code, serde_json::json!({"code": code, "message": text}).to_string().as_bytes())
 }
 
@@ -161,7 +162,9 @@ pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, hand
 }
 
 /// Reads one request: its head and body, or the error answer.
-async fn read_request(stream: &mut smol::Async<std::os::unix::net::UnixStream>) -> Result<(Head, Vec<u8>), Vec<u8>> {
+pub(crate) async fn read_request(
+    stream: &mut smol::Async<std::os::unix::net::UnixStream>,
+) -> Result<(Head, Vec<u8>), Vec<u8>> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {

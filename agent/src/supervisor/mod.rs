@@ -13,6 +13,7 @@
 
 pub mod mgmt;
 pub mod report;
+pub mod workload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -73,8 +74,10 @@ pub struct AgentSettings {
     pub gateway_hostname: String,
     /// The device key; module keys derive from it.
     pub device_key: Vec<u8>,
-    /// Workload API URI given to modules.
+    /// Workload API URI given to modules; each module's socket is mounted at its path.
     pub workload_uri: String,
+    /// The edge CA (PEM) the workload API hands out as the trust bundle.
+    pub trust_bundle: PathBuf,
 }
 
 impl AgentSettings {
@@ -242,6 +245,9 @@ pub struct Agent {
     planned_at: u64,
     /// The bookkeeping file's last written text.
     saved: Mutex<String>,
+    /// Workload API sockets, one per desired module (served while the module is desired,
+    /// whether or not containerd is up).
+    workloads: HashMap<String, smol::Task<()>>,
     /// Images this agent manages (pulled, or run by its containers), by containerd name.
     managed_images: HashSet<String>,
     /// Images resolved in this process, by containerd name.
@@ -273,6 +279,7 @@ impl Agent {
             planned_at: now_ms(),
             saved: Mutex::new(String::new()),
             managed_images: HashSet::new(),
+            workloads: HashMap::new(),
             images: HashMap::new(),
         };
         agent.publish();
@@ -298,6 +305,7 @@ impl Agent {
         // Downloads interrupted by a crash or power cut are of no use: blobs are fetched again.
         let _ = std::fs::remove_dir_all(self.settings.downloads_dir());
         self.load_bookkeeping();
+        self.sync_workloads();
         let mut backoff = Duration::from_secs(1);
         let mut work = true;
         loop {
@@ -396,6 +404,7 @@ impl Agent {
             log::warn!("{}: {e}; this deployment will not survive a restart", path.display());
         }
         self.deployment = Some(deployment);
+        self.sync_workloads();
         self.desired_version += 1;
         self.last_status = (200, String::new());
         for m in self.modules.values_mut() {
@@ -407,6 +416,34 @@ impl Agent {
         }
         log::info!("deployment {} accepted: {} module(s)", self.desired_version, self.desired().len());
         self.publish();
+    }
+
+    /// One workload API socket per desired module; sockets of modules no longer desired go.
+    fn sync_workloads(&mut self) {
+        let desired: HashSet<String> = self.desired().into_iter().map(|s| s.name).collect();
+        let gone: Vec<String> = self.workloads.keys().filter(|m| !desired.contains(*m)).cloned().collect();
+        for module in gone {
+            self.workloads.remove(&module);
+            let _ = std::fs::remove_dir_all(workload::module_dir(&self.settings.dir, &module));
+        }
+        let (socket_name, _) = workload::container_location(&self.settings.workload_uri);
+        for module in desired {
+            if self.workloads.contains_key(&module) {
+                continue;
+            }
+            let dir = workload::module_dir(&self.settings.dir, &module);
+            let w = workload::ModuleWorkload {
+                module: module.clone(),
+                key: tinyedge_platform::identity::derive_module_key(&self.settings.device_key, &module),
+                trust_bundle: self.settings.trust_bundle.clone(),
+            };
+            match workload::start(&dir, &socket_name, w) {
+                Ok(task) => {
+                    self.workloads.insert(module, task);
+                }
+                Err(e) => log::error!("module {module}: workload API socket in {}: {e}", dir.display()),
+            }
+        }
     }
 
     /// Books a health check's result; returns whether the module's health changed.
@@ -834,7 +871,15 @@ impl Agent {
                 ))
             })?,
         };
-        let (config, unsupported) = self.container_config(&spec)?;
+        let (mut config, unsupported) = self.container_config(&spec)?;
+        // The module's own workload API socket, at the path IOTEDGE_WORKLOADURI names.
+        let (_, workload_dir) = workload::container_location(&self.settings.workload_uri);
+        config.mounts.push(container::Mount {
+            source: workload::module_dir(&self.settings.dir, name).display().to_string(),
+            target: workload_dir,
+            read_only: false,
+            kind: container::MountKind::Bind,
+        });
         if !unsupported.is_empty() {
             log::warn!("module {name}: createOptions not applied: {unsupported}");
         }
