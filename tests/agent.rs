@@ -320,13 +320,16 @@ fn deploy(rt: &Runtime, dep: &str) -> (bool, String) {
 fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     let ns = Namespace::new("redeploy");
     let (v1, v2, _) = images(&ns.services);
-    let modules = json!({"a": module(&v1, Value::Null, "always"), "b": module(&v1, Value::Null, "always"), "c": module(&v1, Value::Null, "always")});
+    let modules = json!({
+        "a": module(&v1, Value::Null, "always"), "b": module(&v1, Value::Null, "always"),
+        "c": module(&v1, Value::Null, "always"), "d": module(&v1, Value::Null, "always"),
+    });
     let rt = start(&ns, &deployment(modules.clone()));
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "d"] {
         wait_module(&rt, name, Duration::from_secs(60), status_is("running"));
     }
     let pid = |m: &str| pid_of(&ns, m).expect("running");
-    let (a0, b0, c0) = (pid("a"), pid("b"), pid("c"));
+    let (a0, b0, c0, d0) = (pid("a"), pid("b"), pid("c"), pid("d"));
     let version = list(&rt)["lastDesiredVersion"].clone();
 
     // Rejected deployments change nothing.
@@ -362,8 +365,8 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     assert_eq!(a["runtimeStatus"], "running", "{a:#}");
     assert_eq!(pid("a"), a0, "a failed pull must not take the old container down");
 
-    // a: new image → recreated; b: stopped; c: removed.
-    let mut next = json!({"a": module(&v2, Value::Null, "always"), "b": module(&v1, Value::Null, "always")});
+    // a: new image → recreated; b: stopped; c: removed; d: unchanged.
+    let mut next = json!({"a": module(&v2, Value::Null, "always"), "b": module(&v1, Value::Null, "always"), "d": module(&v1, Value::Null, "always")});
     next["b"]["status"] = json!("stopped");
     let (ok, text) = deploy(&rt, &deployment(next));
     assert!(ok && text.starts_with("200"), "{text}");
@@ -383,6 +386,7 @@ fn redeploy_recreates_changed_stops_removes_and_rejects_bad_manifests() {
     }
     assert!(list(&rt)["modules"].get("c").is_none());
     assert!(ns.containers().contains(&"b".to_owned()), "stopping must keep the container");
+    assert_eq!(pid("d"), d0, "an unchanged module must not be touched by a new deployment");
     // b (stopped) still uses v1, a uses v2: both images stay.
     let images = |ns: &Namespace| String::from_utf8_lossy(&ns.ctr(&["images", "ls", "-q"]).stdout).into_owned();
     assert!(images(&ns).contains(&v1) && images(&ns).contains(&v2), "{}", images(&ns));
