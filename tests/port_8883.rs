@@ -45,22 +45,24 @@ fn runs_on_embedded_defaults_and_generates_key_and_certificates() {
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
 }
 
-/// Where test.sh installs the Python SDK (override with TINYEDGE_PYSDK).
+/// Where test.sh installs the Python SDK (override with TINYEDGE_PYSDK); fails the test loudly
+/// when it is not there.
 fn python_sdk_path() -> std::path::PathBuf {
-    std::env::var_os("TINYEDGE_PYSDK")
+    let sdk: std::path::PathBuf = std::env::var_os("TINYEDGE_PYSDK")
         .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pysdk"))
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pysdk"));
+    assert!(
+        sdk.join("azure/iot/device").is_dir(),
+        "the Azure IoT Python SDK is not installed in {}: run ./test.sh (it pip-installs azure-iot-device there)",
+        sdk.display()
+    );
+    sdk
 }
 
 #[test]
 fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
     let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let sdk = python_sdk_path();
-    assert!(
-        sdk.join("azure/iot/device").is_dir(),
-        "the Azure IoT Python SDK is not installed in {}: run ./test.sh (it pip-installs azure-iot-device there)",
-        sdk.display()
-    );
     let dir = TempDir::new("sdk");
     let route = r#"FROM /messages/modules/sender/outputs/out1 WHERE $body.temperature > 40 AND alert = 'yes' INTO BrokeredEndpoint("/modules/receiver/inputs/alerts")"#;
     std::fs::write(dir.0.join("deployment.json"), deployment(&["sender", "receiver"], &[("alerts", route)]))
@@ -118,11 +120,6 @@ fn azure_iot_python_sdk_module_clients_route_through_the_hub() {
 fn python_sdk_create_from_edge_environment_signs_through_the_workload_api() {
     let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let sdk = python_sdk_path();
-    assert!(
-        sdk.join("azure/iot/device").is_dir(),
-        "the Azure IoT Python SDK is not installed in {}: run ./test.sh",
-        sdk.display()
-    );
     let dir = TempDir::new("workload");
     let route =
         r#"FROM /messages/modules/edgesource/outputs/out1 INTO BrokeredEndpoint("/modules/edgesink/inputs/in1")"#;

@@ -25,7 +25,8 @@ use crate::manifest::DEPLOYMENT_BYTES_MAX;
 
 /// Largest request head (request line and headers).
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
-/// Most connections served at once; more are answered 503.
+/// Most connections served at once per socket (management, or one module's workload API);
+/// more are answered 503.
 pub const CONNECTIONS_MAX: usize = 16;
 /// A client must send its request within this time (answering may take longer: a deployment
 /// waits for the agent, see `AgentHandle::deploy`).
@@ -125,23 +126,42 @@ pub fn bind(path: &Path) -> std::io::Result<smol::Async<std::os::unix::net::Unix
 
 /// Serves the management API on `listener`.
 pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, handle: AgentHandle) {
+    serve_requests(listener, "management", move |head, body| {
+        let handle = handle.clone();
+        async move { answer(&head, &body, &handle).await }
+    })
+    .await;
+}
+
+/// Serves HTTP/1.1 requests on a Unix socket, one per connection: at most [`CONNECTIONS_MAX`]
+/// at once (more are answered 503), each read within [`REQUEST_TIMEOUT`] and bounded as
+/// [`read_request`] bounds it, then answered by `respond`. Shared by the management socket
+/// and the workload API sockets (`what` names the socket in errors).
+pub(crate) async fn serve_requests<F, Fut>(
+    listener: smol::Async<std::os::unix::net::UnixListener>,
+    what: &'static str,
+    respond: F,
+) where
+    F: Fn(Head, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    let respond = Arc::new(respond);
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("management socket: {e}");
+                log::warn!("{what} socket: {e}");
                 smol::Timer::after(Duration::from_millis(100)).await;
                 continue;
             }
         };
         if active.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.write_all(&message(503, "too many management connections")).await;
+            let _ = stream.write_all(&message(503, &format!("too many {what} connections"))).await;
             continue;
         }
-        let handle = handle.clone();
-        let active = active.clone();
+        let (respond, active) = (respond.clone(), active.clone());
         smol::spawn(async move {
             let request = smol::future::or(async { Some(read_request(&mut stream).await) }, async {
                 smol::Timer::after(REQUEST_TIMEOUT).await;
@@ -151,7 +171,7 @@ pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, hand
             let answer = match request {
                 None => message(400, "request not received in time"),
                 Some(Err(answer)) => answer,
-                Some(Ok((head, body))) => answer(&head, &body, &handle).await,
+                Some(Ok((head, body))) => respond(head, body).await,
             };
             let _ = stream.write_all(&answer).await;
             let _ = stream.close().await;
@@ -162,9 +182,7 @@ pub async fn serve(listener: smol::Async<std::os::unix::net::UnixListener>, hand
 }
 
 /// Reads one request: its head and body, or the error answer.
-pub(crate) async fn read_request(
-    stream: &mut smol::Async<std::os::unix::net::UnixStream>,
-) -> Result<(Head, Vec<u8>), Vec<u8>> {
+async fn read_request(stream: &mut smol::Async<std::os::unix::net::UnixStream>) -> Result<(Head, Vec<u8>), Vec<u8>> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {

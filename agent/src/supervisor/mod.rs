@@ -204,6 +204,8 @@ struct Module {
     over: Option<Override>,
     failures: u32,
     health: Option<(Healthcheck, Vec<u8>)>,
+    /// `health` has been worked out for the current container (it may be `None`: no check).
+    health_known: bool,
     health_task: Option<smol::Task<()>>,
     health_failures: u32,
     pump: Option<Pump>,
@@ -219,6 +221,7 @@ impl Module {
             over: None,
             failures: 0,
             health: None,
+            health_known: false,
             health_task: None,
             health_failures: 0,
             pump: None,
@@ -582,13 +585,15 @@ impl Agent {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            if self.modules.get(&name).is_some_and(|m| m.health.is_none()) {
+            if self.modules.get(&name).is_some_and(|m| !m.health_known) {
                 if let Some(spec) = self.spec(&name) {
                     if let Ok(Some(image)) = self.resolve_local(&spec).await {
                         if let Ok((config, _)) = self.container_config(&spec) {
                             let health = self.health_plan(&spec, &config, &image);
                             if let Some(m) = self.modules.get_mut(&name) {
                                 m.health = health;
+                                m.health_known = true;
+                                m.health_known = true;
                             }
                         }
                     }
@@ -851,6 +856,7 @@ impl Agent {
                     m.pump = None;
                     m.health_task = None;
                     m.health = None;
+                    m.health_known = false;
                     m.state = ModuleState { name: name.clone(), ..ModuleState::default() };
                 }
                 log::info!("module {name}: container removed");

@@ -27,17 +27,9 @@ pub struct ModuleReport<'a> {
     pub image: &'a str,
 }
 
+/// RFC 3339 with milliseconds, or IoT Edge's "never".
 fn utc(ms: Option<u64>) -> String {
-    match ms {
-        Some(ms) => {
-            let t = tinyedge_platform::utc::UtcDateTime::from_unix_millis(ms);
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
-            )
-        }
-        None => NEVER.to_owned(),
-    }
+    ms.map_or_else(|| NEVER.to_owned(), |ms| tinyedge_platform::utc::UtcDateTime::from_unix_millis(ms).to_string())
 }
 
 fn module_json(report: &ModuleReport<'_>) -> Value {

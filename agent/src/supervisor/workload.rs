@@ -17,21 +17,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::mgmt::{message, response, serve_requests, Head};
 use base64::Engine as _;
-use smol::io::AsyncWriteExt;
-
-use super::mgmt::{message, read_request, response, Head};
 
 /// Largest `data` to sign (SDKs sign `{resource}\n{expiry}`, about 100 bytes).
 pub const SIGN_DATA_BYTES_MAX: usize = 4096;
-/// Connections served at once per module socket; more are answered 503.
-pub const CONNECTIONS_MAX: usize = 16;
-/// A request must arrive within this time.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The directory of one module's socket on the host.
 pub fn module_dir(agent_dir: &Path, module: &str) -> PathBuf {
@@ -69,37 +61,10 @@ pub fn start(dir: &Path, socket_name: &str, workload: ModuleWorkload) -> std::io
     // The module's processes may run as any user: the socket is the module's own anyway.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     let workload = Arc::new(workload);
-    let active = Arc::new(AtomicUsize::new(0));
-    Ok(smol::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                smol::Timer::after(Duration::from_millis(100)).await;
-                continue;
-            };
-            if active.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
-                active.fetch_sub(1, Ordering::SeqCst);
-                let _ = stream.write_all(&message(503, "too many workload API connections")).await;
-                continue;
-            }
-            let (workload, active) = (workload.clone(), active.clone());
-            smol::spawn(async move {
-                let request = smol::future::or(async { Some(read_request(&mut stream).await) }, async {
-                    smol::Timer::after(REQUEST_TIMEOUT).await;
-                    None
-                })
-                .await;
-                let answer = match request {
-                    None => message(400, "request not received in time"),
-                    Some(Ok((head, body))) => answer(&head, &body, &workload),
-                    Some(Err(answer)) => answer,
-                };
-                let _ = stream.write_all(&answer).await;
-                let _ = stream.close().await;
-                active.fetch_sub(1, Ordering::SeqCst);
-            })
-            .detach();
-        }
-    }))
+    Ok(smol::spawn(serve_requests(listener, "workload API", move |head, body| {
+        let workload = workload.clone();
+        async move { answer(&head, &body, &workload) }
+    })))
 }
 
 /// The answer to one request (pure but for reading the trust bundle file).
