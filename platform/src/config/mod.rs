@@ -16,7 +16,9 @@
 //! max_packet_bytes = 262144
 //! subscriber_queue_max = 1000
 //! max_inflight = 16
-//! max_connections = 1000
+//! max_connections = 1000           # sockets, counted from accept (CONNECT pending included)
+//! max_unauthenticated = 64          # of those, sockets that have not finished CONNECT yet
+//! connect_timeout_secs = 10         # accept → TLS handshake and CONNECT done, or closed
 //! [store]                           # the on-disk store and forward log
 //! dir = "store"                     # default {data_dir}/store
 //! max_bytes = 268435456             # default 256 MiB; $edgeHub storeLimits.maxSizeBytes overrides
@@ -97,12 +99,27 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Upper bound for `max_connections`: beyond this the per-process file descriptor limit, not
 /// this setting, is what binds on any system we target.
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// Sockets that have not finished CONNECT (TLS handshake included). A client needs one such
+/// slot only for the few milliseconds its handshake and CONNECT take, so 64 lets dozens of
+/// modules and devices reconnect at once after a restart while bounding what a peer that
+/// opens sockets and says nothing can hold (64 descriptors and their TLS state).
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+/// Time from accept to a complete CONNECT (TLS handshake included). A client on a gateway's
+/// LAN needs well under a second; 10 s leaves room for a slow TLS handshake on a loaded ARM
+/// board while freeing a silent socket's slot six times sooner than IoT Edge's 60 s
+/// `ConnectArrivalTimeout`.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Longest `connect_timeout_secs`: IoT Edge's 60 s with room to spare for very slow links;
+/// beyond 5 minutes a silent socket is not a client.
+pub const CONNECT_TIMEOUT_SECS_MAX: u64 = 300;
 
 const _: () = assert!(MAX_PACKET_BYTES_MIN <= DEFAULT_MAX_PACKET_BYTES);
 const _: () = assert!(DEFAULT_MAX_PACKET_BYTES <= MAX_PACKET_BYTES_MAX);
 const _: () = assert!(DEFAULT_SUBSCRIBER_QUEUE_MAX <= SUBSCRIBER_QUEUE_MAX_LIMIT);
 const _: () = assert!(DEFAULT_MAX_INFLIGHT <= MAX_INFLIGHT_LIMIT);
 const _: () = assert!(DEFAULT_MAX_CONNECTIONS <= MAX_CONNECTIONS_LIMIT);
+const _: () = assert!(DEFAULT_MAX_UNAUTHENTICATED <= MAX_CONNECTIONS_LIMIT);
+const _: () = assert!(DEFAULT_CONNECT_TIMEOUT_SECS >= 1 && DEFAULT_CONNECT_TIMEOUT_SECS <= CONNECT_TIMEOUT_SECS_MAX);
 
 /// The whole runtime config. `Debug` redacts keys.
 #[derive(Clone, PartialEq, Eq)]
@@ -243,7 +260,12 @@ pub struct HubConfig {
     pub subscriber_queue_max: usize,
     /// Unacknowledged QoS 1 deliveries per client.
     pub max_inflight: usize,
+    /// Open sockets, counted from accept; more are closed right after accept.
     pub max_connections: usize,
+    /// Open sockets that have not finished CONNECT; more are closed right after accept.
+    pub max_unauthenticated: usize,
+    /// Seconds from accept to a complete CONNECT (TLS handshake included).
+    pub connect_timeout_secs: u64,
 }
 
 /// One `[[devices]]` entry: a downstream device allowed to connect. `Debug` redacts the key.
@@ -284,6 +306,8 @@ impl Default for HubConfig {
             subscriber_queue_max: DEFAULT_SUBSCRIBER_QUEUE_MAX,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
         }
     }
 }

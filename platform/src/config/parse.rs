@@ -55,6 +55,8 @@ const HUB_KEYS: &[&str] = &[
     "subscriber_queue_max",
     "max_inflight",
     "max_connections",
+    "max_unauthenticated",
+    "connect_timeout_secs",
 ];
 const DEVICE_KEYS: &[&str] = &["id", "key"];
 
@@ -419,11 +421,16 @@ fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigE
         ("subscriber_queue_max", 1, SUBSCRIBER_QUEUE_MAX_LIMIT, &mut hub.subscriber_queue_max),
         ("max_inflight", 1, MAX_INFLIGHT_LIMIT, &mut hub.max_inflight),
         ("max_connections", 1, MAX_CONNECTIONS_LIMIT, &mut hub.max_connections),
+        ("max_unauthenticated", 1, MAX_CONNECTIONS_LIMIT, &mut hub.max_unauthenticated),
     ];
     for (name, min, max, slot) in limits {
         if let Some(value) = section.count(name, min, max)? {
             *slot = value;
         }
+    }
+    // Both bounds fit in usize on every target (300 s).
+    if let Some(secs) = section.count("connect_timeout_secs", 1, CONNECT_TIMEOUT_SECS_MAX as usize)? {
+        hub.connect_timeout_secs = secs as u64;
     }
     Ok(hub)
 }

@@ -43,6 +43,8 @@ fn empty_config_gives_defaults_with_data_dir_beside_the_file() {
     assert_eq!(config.hub.subscriber_queue_max, 1000);
     assert_eq!(config.hub.max_inflight, 16);
     assert_eq!(config.hub.max_connections, 1000);
+    assert_eq!(config.hub.max_unauthenticated, 64);
+    assert_eq!(config.hub.connect_timeout_secs, 10);
 }
 
 #[test]
@@ -70,6 +72,8 @@ max_packet_bytes = 1024
 subscriber_queue_max = 1
 max_inflight = 65535
 max_connections = 5
+max_unauthenticated = 2
+connect_timeout_secs = 300
 [[devices]]
 id = "sensor-7"
 key = "{KEY_B64}"
@@ -93,6 +97,7 @@ key = "MDEyMzQ1Njc4OWFiY2RlZg=="
     assert_eq!(hub.tls_key, Some(PathBuf::from("/secure/server.key.pem")));
     assert_eq!((hub.max_packet_bytes, hub.subscriber_queue_max), (1024, 1));
     assert_eq!((hub.max_inflight, hub.max_connections), (65_535, 5));
+    assert_eq!((hub.max_unauthenticated, hub.connect_timeout_secs), (2, 300));
     assert_eq!(config.devices.len(), 2);
     assert_eq!(config.devices[0], DeviceConfig { id: "sensor-7".into(), key: KEY.to_vec() });
     assert_eq!(config.devices[1].id, "sensor-8:$x@y");
@@ -196,6 +201,11 @@ fn limits_out_of_range_are_refused() {
         ("max_inflight", 65_536),
         ("max_connections", 0),
         ("max_connections", i64::MIN),
+        ("max_unauthenticated", 0),
+        ("max_unauthenticated", 1_000_001),
+        ("connect_timeout_secs", 0),
+        ("connect_timeout_secs", 301),
+        ("connect_timeout_secs", -5),
     ];
     for (name, value) in table {
         match parse_error(&format!("[hub]\n{name} = {value}")) {
