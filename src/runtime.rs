@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tinyedge_agent::manifest::{self, Deployment};
 use tinyedge_hub::auth::{Authenticator, Identity};
-use tinyedge_hub::broker::{Broker, Limits};
+use tinyedge_hub::broker::{fdlimit, Broker, Limits};
 use tinyedge_hub::route::{Route, RouteTable};
 use tinyedge_platform::{certs, identity, logger, Config};
 
@@ -182,13 +182,10 @@ pub fn run(config: Config) -> Result<(), Failure> {
     let auth = authenticator(&config, deployment.as_ref(), &key);
     let table = routes(deployment.as_ref());
     log::info!("{} route(s) active", table.routes().len());
-    let limits = Limits {
-        max_packet_bytes: config.hub.max_packet_bytes,
-        subscriber_queue_max: config.hub.subscriber_queue_max,
-        max_inflight: config.hub.max_inflight,
-        max_connections: config.hub.max_connections,
-        ..Limits::default()
-    };
+    let mut limits = Limits::from(&config.hub);
+    // Before any socket or file is opened for clients: raise RLIMIT_NOFILE to its hard limit
+    // and keep max_connections within the descriptors left after the runtime's own.
+    limits.max_connections = fdlimit::fit_max_connections(limits.max_connections);
     let store = crate::cloud::open_store(crate::cloud::store_config(&config, deployment.as_ref()))?;
     let broker = Broker::new(&config.device_id, auth, table, limits, store.clone());
     let link = crate::cloud::start_upstream(&config, &key, &broker)?;

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Monotonic counters since start (and `connections_open`, a gauge).
+        /// Monotonic counters since start (and `connections_open`, `connections_unauthenticated`,
+        /// gauges).
         #[derive(Debug, Default)]
         pub struct Metrics { $($(#[$doc])* pub $name: AtomicU64,)* }
 
@@ -19,11 +20,20 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Connections currently open (gauge).
+    /// Sockets currently open, counted from accept (gauge; `max_connections` bounds it).
     connections_open,
-    /// CONNECTs refused (authentication, protocol, limits).
+    /// Of those, sockets whose CONNECT is not accepted yet, TLS handshake included (gauge;
+    /// `max_unauthenticated` bounds it).
+    connections_unauthenticated,
+    /// CONNECTs refused (authentication, protocol version).
     connections_refused,
-    /// Connections closed for a malformed or oversized packet.
+    /// Sockets closed right after accept: `max_connections` or `max_unauthenticated` reached.
+    connections_refused_limit,
+    /// Sockets closed for sending no complete CONNECT within `connect_timeout_secs`.
+    connect_timeouts,
+    /// accept() failures (out of file descriptors and the like); the listener backs off.
+    accept_errors,
+    /// Connections closed for a malformed, oversized or out-of-place packet.
     malformed_packets,
     /// PUBLISH or SUBSCRIBE refused because the topic is not the client's own.
     unauthorized_topics,
@@ -41,6 +51,9 @@ counters! {
     store_rejected,
     /// Messages not accepted because the store failed to write or sync (no PUBACK).
     store_errors,
+    /// Connections closed because the store did not take one of their QoS 1 messages: the
+    /// client sends it again after reconnecting (QoS 0 messages are dropped, counted above).
+    store_refused_disconnects,
 }
 
 impl Metrics {

@@ -2,25 +2,27 @@
 //! routing, acknowledgements out through the writer task).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use mqttbytes::v4::{Connect, LastWill, Packet, Publish, Subscribe, Unsubscribe};
 use mqttbytes::{Protocol, QoS};
 
 use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tinyedge_platform::log_limited;
+use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
 
 use crate::auth::{Authenticated, Identity};
 use crate::message::{Message, Properties};
 use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
-use super::codec;
+use super::codec::{self, ConnectStart, DecodeError};
 use super::queue::{Queue, Signal};
 use super::session::{Kick, Owner, Slot};
 use super::transport::Reader;
 use super::writer::{Ctrl, Writer};
-use super::Broker;
+use super::{Broker, Permit};
 
 /// Bytes asked of the socket per read. Small, because the buffer stays allocated while a
 /// connection is idle; a bigger packet grows it only for as long as it takes to read.
@@ -32,17 +34,43 @@ const CTRL_QUEUE_MAX: usize = 16;
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
+// One rate limit per kind of line a peer can repeat at will by reconnecting, so a flood of one
+// kind does not hide the others.
+/// Sockets closed before a complete CONNECT by bytes that cannot be one.
+static BAD_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Sockets the peer closed after part of a CONNECT.
+static CLOSED_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Sockets without a complete CONNECT (or TLS handshake) at the deadline.
+pub(super) static CONNECT_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Failed TLS handshakes.
+pub(super) static TLS_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Messages the store did not take.
+static NOT_ACCEPTED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+
+/// A socket accepted under the connection limits, on its way to a CONNECT.
+pub(super) struct Accepted {
+    pub peer: String,
+    /// Its place under the limits, given back when the connection ends.
+    pub permit: Permit,
+    /// When the CONNECT must be complete (accept + `connect_timeout`, TLS handshake included).
+    pub deadline: Instant,
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Why the reading loop ended.
+/// Why the reading loop ended. Every kind but `Graceful` publishes the will (if any).
 #[derive(Debug)]
 enum End {
     /// DISCONNECT received: no will.
     Graceful,
-    /// Anything else: the will (if any) is published.
+    /// The network, the client or a takeover ended it (logged at info).
     Abnormal(String),
+    /// The client broke the protocol or the hub's rules (one warning line).
+    Refused(String),
+    /// Ended for a reason already logged, rate-limited, where it happened (debug only).
+    Logged(String),
 }
 
 enum Wake {
@@ -93,45 +121,79 @@ async fn fill<R: AsyncRead + Unpin>(
 }
 
 /// Serves one client until it disconnects or misbehaves.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: Reader<R>, mut writer: W, peer: String)
+pub(super) async fn serve<R, W>(broker: Arc<Broker>, mut reader: Reader<R>, mut writer: W, accepted: Accepted)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted { peer, mut permit, deadline } = accepted;
     let mut buf = BytesMut::new();
     let limits = broker.limits.clone();
-    // The first packet must be a CONNECT, within the connect timeout.
+    // Before authentication a packet is at most a CONNECT's size, not max_packet_bytes.
+    let connect_max = limits.max_packet_bytes.min(codec::CONNECT_BYTES_MAX);
+    // The first packet must be a CONNECT, complete by the deadline; its start is checked on
+    // every read, so bytes that cannot be one are refused as they arrive.
     let connect = loop {
-        if let Some(level) = codec::connect_protocol_level(&buf).filter(|level| *level != 4) {
-            log::warn!(
-                "{peer}: CONNECT refused: protocol level {level} (MQTT 5 is not supported; IoT Hub speaks MQTT 3.1.1)"
-            );
-            Metrics::inc(&broker.metrics.connections_refused);
-            let mut out = BytesMut::new();
-            codec::put_connack(&mut out, false, 1);
-            let _ = writer.write_all(&out).await;
-            let _ = writer.flush().await;
+        let refusal = match codec::connect_start(&buf, connect_max) {
+            Ok(ConnectStart::Unsupported(version)) => {
+                log::warn!("{peer}: CONNECT refused: {version}");
+                Metrics::inc(&broker.metrics.connections_refused);
+                let mut out = BytesMut::new();
+                codec::put_connack(&mut out, false, 1);
+                let _ = writer.write_all(&out).await;
+                let _ = writer.flush().await;
+                return;
+            }
+            Ok(ConnectStart::Mqtt311) => match codec::decode(&mut buf, connect_max) {
+                Ok(Some(Packet::Connect(c))) => break c,
+                // connect_start saw a CONNECT; kept for completeness, naming only the type.
+                Ok(Some(other)) => Some(DecodeError::NotConnect(codec::packet_kind(&other))),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            },
+            Ok(ConnectStart::Pending) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = refusal {
+            Metrics::inc(&broker.metrics.malformed_packets);
+            log_limited!(BAD_BEFORE_CONNECT, log::Level::Warn, "{peer}: {e}; closed before CONNECT");
             return;
         }
-        match codec::decode(&mut buf, limits.max_packet_bytes) {
-            Ok(Some(Packet::Connect(c))) => break c,
-            Ok(Some(other)) => {
-                log::warn!("{peer}: first packet is not CONNECT ({other:?}); closing");
-                Metrics::inc(&broker.metrics.malformed_packets);
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                log::warn!("{peer}: {e}; closing");
-                Metrics::inc(&broker.metrics.malformed_packets);
-                return;
-            }
-        }
-        match fill(&mut reader, &mut buf, Some(limits.connect_timeout), limits.connect_timeout, None).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match fill(&mut reader, &mut buf, None, left, None).await {
             Wake::Read(Ok(n)) if n > 0 => {}
-            Wake::Read(_) => return,
+            Wake::Read(Ok(_)) if buf.is_empty() => {
+                // Port probes and health checks do this; nothing to report.
+                log::debug!("{peer}: closed before sending anything");
+                return;
+            }
+            Wake::Read(Ok(_)) => {
+                log_limited!(
+                    CLOSED_BEFORE_CONNECT,
+                    log::Level::Warn,
+                    "{peer}: closed after {} bytes, before a complete CONNECT",
+                    buf.len()
+                );
+                return;
+            }
+            Wake::Read(Err(e)) => {
+                log_limited!(
+                    CLOSED_BEFORE_CONNECT,
+                    log::Level::Warn,
+                    "{peer}: read error after {} bytes, before a complete CONNECT: {e}",
+                    buf.len()
+                );
+                return;
+            }
             _ => {
-                log::info!("{peer}: no CONNECT within {:?}; closing", limits.connect_timeout);
+                Metrics::inc(&broker.metrics.connect_timeouts);
+                log_limited!(
+                    CONNECT_TIMED_OUT,
+                    log::Level::Info,
+                    "{peer}: no complete CONNECT within {} s (hub.connect_timeout_secs; {} bytes received); closing",
+                    limits.connect_timeout.as_secs(),
+                    buf.len()
+                );
                 return;
             }
         }
@@ -141,6 +203,7 @@ where
     let Some(auth) = Box::pin(accept(&broker, &connect, &peer, &mut writer)).await else {
         return;
     };
+    permit.authenticated();
     let session = Box::pin(Session::open(&broker, auth, &connect, peer, reader.probe.clone())).await;
     // Keep only what outlives CONNECT: the block drops credentials and client id now, not when
     // the connection ends (a partial move would keep the rest alive until then).
@@ -149,6 +212,8 @@ where
         (connect.last_will, connect.keep_alive)
     };
     session.run(broker, will, keep_alive, reader, writer, buf).await;
+    // The socket is closed by now; its place under max_connections is free again.
+    drop(permit);
 }
 
 /// Checks protocol and credentials; answers refusals itself.
@@ -191,6 +256,14 @@ async fn accept<W: AsyncWrite + Unpin>(
             None
         }
     }
+}
+
+/// What became of a PUBLISH the client was allowed to send.
+enum Published {
+    /// Accepted once record `seq` is durable (0: nothing stored to wait for).
+    Accepted(u64),
+    /// The store did not take it (full under `reject_new`, or failing): why.
+    NotStored(String),
 }
 
 /// An accepted connection and the slot it owns.
@@ -292,15 +365,16 @@ impl Session {
             }
             .run(),
         );
-        Metrics::inc(&broker.metrics.connections_open);
         // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
         let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
         match &end {
             End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
             End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
+            End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
+            End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
         }
-        if let (End::Abnormal(_), Some(will)) = (&end, will) {
+        if let (false, Some(will)) = (matches!(end, End::Graceful), will) {
             let publish = Publish {
                 dup: false,
                 qos: will.qos,
@@ -310,14 +384,21 @@ impl Session {
                 payload: will.message,
             };
             match Box::pin(self.publish(&broker, publish)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => log::warn!("{}: will of {} not stored", self.peer, self.identity),
+                Ok(Published::Accepted(_)) => {}
+                Ok(Published::NotStored(why)) => {
+                    log_limited!(
+                        NOT_ACCEPTED,
+                        log::Level::Warn,
+                        "{}: will of {} not accepted: {why}",
+                        self.peer,
+                        self.identity
+                    )
+                }
                 Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
             }
         }
         ctrl.close();
         writer_task.await;
-        Metrics::dec(&broker.metrics.connections_open);
         let released = {
             let mut state = self.slot.state();
             let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
@@ -362,8 +443,7 @@ impl Session {
                     }
                     Err(e) => {
                         Metrics::inc(&broker.metrics.malformed_packets);
-                        log::warn!("{}: {} sent a bad packet: {e}", self.peer, self.identity);
-                        return End::Abnormal(e.to_string());
+                        return End::Refused(e.to_string());
                     }
                 }
             }
@@ -390,43 +470,70 @@ impl Session {
                 let pkid = p.pkid;
                 // Boxed: routing is the largest future of a connection; inline it would size every
                 // idle connection's task for it.
-                let accepted = match Box::pin(self.publish(broker, p)).await {
-                    Ok(accepted) => accepted,
-                    Err(why) => return Some(End::Abnormal(why)),
+                let published = match Box::pin(self.publish(broker, p)).await {
+                    Ok(published) => published,
+                    Err(why) => return Some(End::Refused(why)),
                 };
-                // Not accepted (store full or failing): no PUBACK, so the client keeps the
-                // message and sends it again; its in-flight window makes it back off. Accepted:
-                // the writer sends the PUBACK once the store has made the record durable.
-                match accepted {
-                    Some(seq) if qos == QoS::AtLeastOnce => ctrl.push(Ctrl::PubAckAfter(pkid, seq)).await,
-                    _ => Ok(()),
+                match published {
+                    // The writer sends the PUBACK once the store has made the record durable.
+                    Published::Accepted(seq) if qos == QoS::AtLeastOnce => {
+                        ctrl.push(Ctrl::PubAckAfter(pkid, seq)).await
+                    }
+                    Published::Accepted(_) => Ok(()),
+                    // Store full (reject_new) or failing. A QoS 1 message without a PUBACK
+                    // would stall a standard MQTT 3.1.1 client's window until it reconnects,
+                    // so the connection is closed now: the client reconnects and sends the
+                    // unacknowledged message again, with DUP. A QoS 0 message is dropped
+                    // (counted by the router as store_rejected or store_errors).
+                    Published::NotStored(why) if qos == QoS::AtLeastOnce => {
+                        Metrics::inc(&broker.metrics.store_refused_disconnects);
+                        log_limited!(
+                            NOT_ACCEPTED,
+                            log::Level::Warn,
+                            "{}: message from {} not accepted: {why}; connection closed so the client sends it again",
+                            self.peer,
+                            self.identity
+                        );
+                        return Some(End::Logged(format!("QoS 1 message not accepted: {why}")));
+                    }
+                    Published::NotStored(why) => {
+                        log_limited!(
+                            NOT_ACCEPTED,
+                            log::Level::Warn,
+                            "{}: message from {} not accepted: {why}; dropped (QoS 0)",
+                            self.peer,
+                            self.identity
+                        );
+                        Ok(())
+                    }
                 }
             }
             Packet::PubAck(ack) => ctrl.push(Ctrl::Acked(ack.pkid)).await,
             // MQTT-2.3.1-1: SUBSCRIBE and UNSUBSCRIBE carry a non-zero packet identifier.
             Packet::Subscribe(s) if s.pkid == 0 || s.filters.is_empty() => {
-                return Some(End::Abnormal("SUBSCRIBE with packet id 0 or no filter".into()))
+                return Some(End::Refused("SUBSCRIBE with packet id 0 or no filter".into()))
             }
             Packet::Unsubscribe(u) if u.pkid == 0 || u.topics.is_empty() => {
-                return Some(End::Abnormal("UNSUBSCRIBE with packet id 0 or no filter".into()))
+                return Some(End::Refused("UNSUBSCRIBE with packet id 0 or no filter".into()))
             }
             Packet::Subscribe(s) => Box::pin(self.subscribe(broker, s, ctrl)).await,
             Packet::Unsubscribe(u) => self.unsubscribe(u, ctrl).await,
             Packet::PingReq => ctrl.push(Ctrl::PingResp).await,
             Packet::Disconnect => return Some(End::Graceful),
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
-                return Some(End::Abnormal("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into()))
+                return Some(End::Refused("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into()))
             }
-            other => return Some(End::Abnormal(format!("unexpected packet {other:?}"))),
+            // A second CONNECT (MQTT-3.1.0-2) or a server's packet. Only the type is named: a
+            // CONNECT's fields include its SAS token.
+            other => return Some(End::Refused(format!("unexpected {} packet", codec::packet_kind(&other)))),
         };
         // The writer is gone: the socket failed.
         sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
     }
 
-    /// Accepts one PUBLISH: authorization, properties, routing into the store. `Ok(Some(seq))`:
-    /// accepted once record `seq` is durable (0: nothing stored to wait for); `Ok(None)`: the
-    /// store did not take it (answered by withholding the PUBACK); `Err`: close the connection.
-    async fn publish(&self, broker: &Broker, p: Publish) -> Result<Option<u64>, String> {
+    /// Accepts one PUBLISH: authorization, properties, routing into the store. `Err`: the
+    /// client broke a rule; close the connection with that reason.
+    async fn publish(&self, broker: &Broker, p: Publish) -> Result<Published, String> {
         if p.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported (IoT Hub supports QoS 0 and 1)".into());
         }
@@ -440,15 +547,14 @@ impl Session {
                     self.peer,
                     self.identity
                 );
-                return Ok(Some(0));
+                return Ok(Published::Accepted(0));
             }
             Err(e) => {
                 Metrics::inc(&broker.metrics.unauthorized_topics);
-                log::warn!("{}: {} may not publish to {:?}: {e}", self.peer, self.identity, p.topic);
-                return Err(format!("unauthorized publish to {:?}", p.topic));
+                return Err(format!("may not publish to {:?}: {e}", p.topic));
             }
         };
-        let mut properties = Properties::parse(bag).map_err(|e| e.to_string())?;
+        let mut properties = Properties::parse(bag).map_err(|e| format!("PUBLISH to {:?}: {e}", p.topic))?;
         properties.set_system("$.cdid", &self.identity.device_id);
         let source = match &self.identity.module_id {
             Some(m) => {
@@ -472,11 +578,8 @@ impl Session {
         };
         let mut endpoints = Vec::new();
         match broker.router.route(msg, &mut endpoints) {
-            Ok(seq) => Ok(Some(seq.unwrap_or(0))),
-            Err(failure) => {
-                log::warn!("{}: message from {} not accepted: {failure}", self.peer, self.identity);
-                Ok(None)
-            }
+            Ok(seq) => Ok(Published::Accepted(seq.unwrap_or(0))),
+            Err(failure) => Ok(Published::NotStored(failure.to_string())),
         }
     }
 

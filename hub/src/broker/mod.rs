@@ -8,10 +8,20 @@
 //! - `router`: from a message to its endpoints, into the store;
 //! - `pump`: from the store to a module's connection, one task per module-input endpoint;
 //! - `outbox`: from the store to the upstream link;
-//! - `queue`, `transport`: lazily allocated queues and signals, the byte streams.
+//! - `queue`, `transport`: lazily allocated queues and signals, the byte streams;
+//! - `fdlimit`: the file descriptor budget `max_connections` is fitted to at start.
+//!
+//! # Bounds before authentication
+//! A socket counts toward `max_connections` from the moment it is accepted, and toward
+//! `max_unauthenticated` until its CONNECT is accepted (TLS handshake included); at either
+//! bound a new socket is accepted and closed at once, so the kernel's backlog never fills.
+//! From accept to a complete CONNECT a connection has `connect_timeout` in all, and its first
+//! bytes are checked as they arrive (type, flags, length, protocol name), so a peer that says
+//! nothing, dribbles, or sends bytes that cannot be a CONNECT holds its slot briefly.
 
 pub mod codec;
 mod connection;
+pub mod fdlimit;
 pub mod outbox;
 pub mod priority;
 mod pump;
@@ -24,7 +34,7 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::Async;
 use std::net::{TcpListener, TcpStream};
@@ -33,6 +43,9 @@ use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::route::{Endpoint, RouteTable};
 use crate::store::Store;
+use tinyedge_platform::config::HubConfig;
+use tinyedge_platform::log_limited;
+use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
 
 pub use router::{endpoint_name, Router};
 pub use session::Sessions;
@@ -47,21 +60,93 @@ pub struct Limits {
     pub subscriber_queue_max: usize,
     /// Unacknowledged QoS 1 deliveries per connection.
     pub max_inflight: usize,
-    /// Open connections; more are closed right after accept.
+    /// Open sockets, counted from accept; more are closed right after accept.
     pub max_connections: usize,
-    /// Time a new connection has to send CONNECT (IoT Edge: `ConnectArrivalTimeout`).
+    /// Open sockets whose CONNECT is not accepted yet; more are closed right after accept.
+    pub max_unauthenticated: usize,
+    /// Time from accept to a complete CONNECT, TLS handshake included.
     pub connect_timeout: Duration,
 }
 
+impl From<&HubConfig> for Limits {
+    fn from(hub: &HubConfig) -> Limits {
+        Limits {
+            max_packet_bytes: hub.max_packet_bytes,
+            subscriber_queue_max: hub.subscriber_queue_max,
+            max_inflight: hub.max_inflight,
+            max_connections: hub.max_connections,
+            max_unauthenticated: hub.max_unauthenticated,
+            connect_timeout: Duration::from_secs(hub.connect_timeout_secs),
+        }
+    }
+}
+
+/// The config's defaults (`tinyedge_platform::config`), so they are written down once.
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_packet_bytes: 256 * 1024,
-            subscriber_queue_max: 1000,
-            max_inflight: 16,
-            max_connections: 1000,
-            connect_timeout: Duration::from_secs(60),
+        Limits::from(&HubConfig::default())
+    }
+}
+
+/// How long a listener waits after a failed accept() (out of descriptors, mostly) before it
+/// tries again: the pending connection stays in the backlog and would wake it at once, so
+/// without a pause the loop would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Sockets closed at accept because a connection limit is reached.
+static REFUSED_AT_LIMIT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// accept() failures.
+static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+
+/// Which bound a socket met at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtLimit {
+    Connections,
+    Unauthenticated,
+}
+
+/// A socket's place under `max_connections` and, until its CONNECT is accepted, under
+/// `max_unauthenticated`: taken at accept, given back on drop, whichever way the connection
+/// ends.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    metrics: Arc<Metrics>,
+    authenticated: bool,
+}
+
+/// Adds one to `counter` unless it is at `max` already.
+fn increment_below(counter: &AtomicU64, max: usize) -> bool {
+    let max = u64::try_from(max).unwrap_or(u64::MAX);
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+}
+
+impl Permit {
+    fn acquire(metrics: &Arc<Metrics>, limits: &Limits) -> Result<Permit, AtLimit> {
+        if !increment_below(&metrics.connections_open, limits.max_connections) {
+            return Err(AtLimit::Connections);
         }
+        if !increment_below(&metrics.connections_unauthenticated, limits.max_unauthenticated) {
+            Metrics::dec(&metrics.connections_open);
+            return Err(AtLimit::Unauthenticated);
+        }
+        Ok(Permit { metrics: metrics.clone(), authenticated: false })
+    }
+
+    /// The CONNECT is accepted: the socket leaves the unauthenticated count.
+    pub(crate) fn authenticated(&mut self) {
+        if !self.authenticated {
+            self.authenticated = true;
+            Metrics::dec(&self.metrics.connections_unauthenticated);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.authenticated {
+            Metrics::dec(&self.metrics.connections_unauthenticated);
+        }
+        Metrics::dec(&self.metrics.connections_open);
     }
 }
 
@@ -165,21 +250,45 @@ impl Broker {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    log::warn!("accept on {local}: {e}");
-                    smol::Timer::after(Duration::from_millis(100)).await;
+                    // Out of file descriptors (EMFILE, ENFILE) and the like: back off instead
+                    // of spinning on the connection still waiting in the backlog.
+                    Metrics::inc(&self.metrics.accept_errors);
+                    log_limited!(
+                        ACCEPT_FAILED,
+                        log::Level::Warn,
+                        "accept on {local}: {e} ({} sockets open); retrying every {} ms",
+                        self.metrics.connections_open.load(Ordering::Relaxed),
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    smol::Timer::after(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
-            if self.metrics.connections_open.load(Ordering::Relaxed) >= self.limits.max_connections as u64 {
-                Metrics::inc(&self.metrics.connections_refused);
-                log::warn!("{peer}: refused: {} connections open (limit)", self.limits.max_connections);
-                continue;
-            }
+            let deadline = Instant::now() + self.limits.connect_timeout;
+            let permit = match Permit::acquire(&self.metrics, &self.limits) {
+                Ok(permit) => permit,
+                Err(at) => {
+                    // Dropping the stream closes it: the backlog keeps moving.
+                    drop(stream);
+                    Metrics::inc(&self.metrics.connections_refused_limit);
+                    let (max, what, key) = match at {
+                        AtLimit::Connections => (self.limits.max_connections, "sockets open", "hub.max_connections"),
+                        AtLimit::Unauthenticated => {
+                            (self.limits.max_unauthenticated, "sockets before CONNECT", "hub.max_unauthenticated")
+                        }
+                    };
+                    log_limited!(
+                        REFUSED_AT_LIMIT,
+                        log::Level::Warn,
+                        "{peer}: closed at accept: {max} {what} already, the limit ({key})"
+                    );
+                    continue;
+                }
+            };
             let _ = stream.get_ref().set_nodelay(true);
             let broker = self.clone();
             let tls = tls.clone();
-            smol::spawn(async move { broker.serve_stream(stream, peer, tls).await }).detach();
+            smol::spawn(async move { broker.serve_stream(stream, peer, tls, permit, deadline).await }).detach();
         }
     }
 
@@ -188,6 +297,8 @@ impl Broker {
         stream: Async<TcpStream>,
         peer: SocketAddr,
         tls: Option<futures_rustls::TlsAcceptor>,
+        permit: Permit,
+        deadline: Instant,
     ) {
         let peer = peer.to_string();
         match tls {
@@ -195,11 +306,12 @@ impl Broker {
                 let socket = Arc::new(stream);
                 let reader =
                     transport::Reader { inner: transport::TcpHalf(socket.clone()), probe: Some(socket.clone()) };
-                connection::serve(self, reader, transport::TcpHalf(socket), peer).await;
+                let accepted = connection::Accepted { peer, permit, deadline };
+                connection::serve(self, reader, transport::TcpHalf(socket), accepted).await;
             }
             // Boxed: the TLS handshake state is large and only needed while it runs, and the
             // spawned task would otherwise be sized for it for the connection's whole life.
-            Some(acceptor) => Box::pin(self.serve_tls(stream, peer, acceptor)).await,
+            Some(acceptor) => Box::pin(self.serve_tls(stream, peer, acceptor, permit, deadline)).await,
         }
     }
 
@@ -208,19 +320,65 @@ impl Broker {
         stream: Async<TcpStream>,
         peer: String,
         acceptor: futures_rustls::TlsAcceptor,
+        permit: Permit,
+        deadline: Instant,
     ) {
         let handshake = async { Some(acceptor.accept(stream).await) };
         let timeout = async {
-            smol::Timer::after(self.limits.connect_timeout).await;
+            smol::Timer::at(deadline).await;
             None
         };
         match smol::future::or(handshake, timeout).await {
             Some(Ok(tls_stream)) => {
                 let (read_half, write_half) = smol::io::split(tls_stream);
-                connection::serve(self, transport::Reader { inner: read_half, probe: None }, write_half, peer).await;
+                let accepted = connection::Accepted { peer, permit, deadline };
+                connection::serve(self, transport::Reader { inner: read_half, probe: None }, write_half, accepted)
+                    .await;
             }
-            Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
-            None => log::warn!("{peer}: TLS handshake timed out"),
+            Some(Err(e)) => {
+                log_limited!(connection::TLS_FAILED, log::Level::Warn, "{peer}: TLS handshake failed: {e}")
+            }
+            None => {
+                Metrics::inc(&self.metrics.connect_timeouts);
+                log_limited!(
+                    connection::CONNECT_TIMED_OUT,
+                    log::Level::Info,
+                    "{peer}: TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
+                    self.limits.connect_timeout.as_secs()
+                );
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_count_sockets_from_accept_and_give_them_back_on_drop() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits { max_connections: 3, max_unauthenticated: 2, ..Limits::default() };
+        let mut a = Permit::acquire(&metrics, &limits).expect("first");
+        let b = Permit::acquire(&metrics, &limits).expect("second");
+        assert_eq!(Permit::acquire(&metrics, &limits).map(|_| ()), Err(AtLimit::Unauthenticated));
+        a.authenticated();
+        a.authenticated();
+        let c = Permit::acquire(&metrics, &limits).expect("a slot before CONNECT is free again");
+        assert_eq!(Permit::acquire(&metrics, &limits).map(|_| ()), Err(AtLimit::Connections));
+        let gauges = |m: &Metrics| {
+            (m.connections_open.load(Ordering::Relaxed), m.connections_unauthenticated.load(Ordering::Relaxed))
+        };
+        assert_eq!(gauges(&metrics), (3, 2));
+        drop((a, b, c));
+        assert_eq!(gauges(&metrics), (0, 0));
+    }
+
+    #[test]
+    fn default_limits_are_the_configs() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_connections, tinyedge_platform::config::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(limits.max_unauthenticated, tinyedge_platform::config::DEFAULT_MAX_UNAUTHENTICATED);
+        assert_eq!(limits.connect_timeout, Duration::from_secs(10));
     }
 }
