@@ -9,7 +9,7 @@ use tinyedge_agent::manifest::Deployment;
 use tinyedge_hub::broker::outbox::StoreOutbox;
 use tinyedge_hub::broker::Broker;
 use tinyedge_hub::route::Endpoint;
-use tinyedge_hub::store::{FsyncPolicy, FullPolicy, RecoveryReport, Store, StoreConfig};
+use tinyedge_hub::store::{CheckpointLoad, FsyncPolicy, FullPolicy, RecoveryReport, RegistryLoad, Store, StoreConfig};
 use tinyedge_hub::upstream::{Link, UpstreamConfig};
 use tinyedge_platform::config::DEFAULT_STORE_MAX_BYTES;
 use tinyedge_platform::{Config, FsyncSetting, WhenFull};
@@ -63,11 +63,10 @@ fn log_recovery(dir: &std::path::Path, report: &RecoveryReport) {
     );
     if report.truncated_bytes > 0 || report.records_lost > 0 || report.damage_count > 0 {
         log::warn!(
-            "store recovery: truncated {} byte(s) of a torn tail, {} record(s) lost, {} damaged region(s): {:?}",
-            report.truncated_bytes,
+            "store recovery: lost {} record(s) in {} damaged region(s) (truncated {} byte(s) at the end)",
             report.records_lost,
             report.damage_count,
-            report.damage
+            report.truncated_bytes,
         );
     }
 }
@@ -117,6 +116,7 @@ pub fn store_status(store: &Store) -> Value {
         "records_stored": stats.records_stored,
         "dropped_full": stats.dropped_full,
         "rejected_full": stats.rejected_full,
+        "rejected_no_space": stats.rejected_no_space,
         "expired_skipped": stats.expired_skipped,
         "reclaimed_segments": stats.reclaimed_segments,
         "fsyncs": stats.fsyncs,
@@ -124,6 +124,31 @@ pub fn store_status(store: &Store) -> Value {
         "last_seq": stats.last_seq,
         "durable_seq": stats.durable_seq,
         "endpoints": endpoints,
+        "recovery": recovery_status(store.recovery_report()),
+    })
+}
+
+/// What the store's recovery found at start, for `tinyedge store stats`.
+fn recovery_status(report: &RecoveryReport) -> Value {
+    let registry = match &report.registry {
+        RegistryLoad::Loaded { .. } => "loaded".to_string(),
+        RegistryLoad::Created => "created".to_string(),
+        RegistryLoad::Repaired { reason, .. } => format!("repaired: {reason}"),
+        RegistryLoad::Lost { placeholders, reason } => format!("lost ({reason}); {placeholders} placeholder names"),
+    };
+    let checkpoints = match &report.checkpoints {
+        CheckpointLoad::Loaded { .. } => "loaded".to_string(),
+        CheckpointLoad::Missing => "missing".to_string(),
+        CheckpointLoad::Repaired { reason, .. } => format!("repaired: {reason}"),
+        CheckpointLoad::Corrupt(reason) => format!("unreadable ({reason}); endpoints restarted from the oldest record"),
+    };
+    json!({
+        "records_lost": report.records_lost,
+        "damage_count": report.damage_count,
+        "truncated_bytes": report.truncated_bytes,
+        "deliveries_unattributable": report.deliveries_unattributable,
+        "registry": registry,
+        "checkpoints": checkpoints,
     })
 }
 

@@ -135,7 +135,12 @@ impl VecOutbox {
     fn append(&self, from: u64, to: u64) {
         let mut messages = self.messages.lock().expect("outbox lock");
         for seq in from..=to {
-            messages.push(OutMessage { seq, topic: topic(seq), payload: Bytes::from(format!("msg-{seq}")) });
+            messages.push(OutMessage {
+                seq,
+                topic: topic(seq),
+                payload: Bytes::from(format!("msg-{seq}")),
+                maybe_sent: false,
+            });
             self.last.store(seq, Ordering::SeqCst);
         }
         drop(messages);

@@ -80,7 +80,10 @@ impl Outbox for StoreOutbox {
                         let link_seq = cursor.next_link_seq;
                         cursor.next_link_seq += 1;
                         cursor.in_flight.push_back((link_seq, queue, record.seq));
-                        batch.push(OutMessage { seq: link_seq, topic, payload: record.payload });
+                        // Lease first, so a crash after the send still flags the resend.
+                        self.store.note_sent(queue, record.seq);
+                        let maybe_sent = self.store.maybe_sent_before(queue, record.seq);
+                        batch.push(OutMessage { seq: link_seq, topic, payload: record.payload, maybe_sent });
                     }
                     None => {
                         log::warn!("$upstream record {} has no sender properties; skipped", record.seq);

@@ -101,7 +101,9 @@ impl ModulePump {
         let mut topic = String::with_capacity(self.topic_prefix.len() + record.properties.len());
         topic.push_str(&self.topic_prefix);
         topic.push_str(&record.properties);
-        let dup = self.slot.last_sent(endpoint) >= record.seq;
+        // Lease first, so a crash after the send still flags the resend as a duplicate.
+        self.store.note_sent(endpoint, record.seq);
+        let dup = self.slot.last_sent(endpoint) >= record.seq || self.store.maybe_sent_before(endpoint, record.seq);
         let delivery = Delivery {
             topic,
             payload: record.payload,

@@ -6,6 +6,13 @@
 //! IO error) the file is cut back to that end before the error is returned, so no partial
 //! record is ever followed by a good one; if even the cut fails, the next append retries it
 //! first. A failed append consumes no seq.
+//!
+//! With the file system full (`ENOSPC`, `EDQUOT`) an append first tries to make space itself:
+//! it seals the active segment (if it holds records) so that it can be reclaimed once
+//! delivered, deletes every segment already done, and writes again once. If that fails too the
+//! record is refused with [`StoreError::NoSpace`]; since checkpoints are overwritten in place,
+//! delivery keeps moving them and housekeeping keeps reclaiming, so appends succeed again by
+//! themselves as soon as space is freed.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -23,6 +30,11 @@ use super::registry::ENDPOINTS_MAX;
 use super::retention::SegmentSummary;
 use super::segment::{self, as_u64, Segment, SegmentShared};
 use super::stats::Counters;
+
+/// One "dropped the oldest segment" line per interval: a small `max_bytes` under load would
+/// otherwise write hundreds a second.
+static DROPPED: tinyedge_platform::logger::RateLimit =
+    tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
 
 /// What segment deletion consults: persisted checkpoints of the registered endpoints.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +66,16 @@ pub struct Log {
     /// Test hook: the next write stops after this many bytes and fails like a full disk.
     #[cfg(test)]
     pub fail_next_write_after: Option<usize>,
+    /// Test hook: every write fails like a full disk.
+    #[cfg(test)]
+    pub fail_writes_no_space: bool,
+}
+
+/// Whether an IO error means the file system (or the user's quota) is full.
+fn is_no_space(error: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(error.raw_os_error(), Some(ENOSPC | EDQUOT)) || error.kind() == ErrorKind::StorageFull
 }
 
 impl Log {
@@ -73,6 +95,8 @@ impl Log {
             encode_buf: Vec::new(),
             #[cfg(test)]
             fail_next_write_after: None,
+            #[cfg(test)]
+            fail_writes_no_space: false,
         }
     }
 
@@ -108,14 +132,22 @@ impl Log {
         self.encode_buf.clear();
         record::encode(seq, record, &mut self.encode_buf)?;
         debug_assert_eq!(self.encode_buf.len(), len);
-        let offset = self.active_len();
-        if let Err(error) = self.write(offset) {
-            let path = self.active_segment().shared.path.clone();
-            if let Err(cut) = self.active.set_len(offset) {
-                log::error!("store: cannot cut {} back after a failed write: {cut}", path.display());
-                self.needs_truncate = true;
+        let mut offset = self.active_len();
+        if let Err(error) = self.write_or_cut(offset) {
+            if !is_no_space(&error) {
+                return Err(StoreError::io("append to", &self.active_segment().shared.path, error));
             }
-            return Err(StoreError::io("append to", &path, error));
+            self.free_space(config, retention, counters, record.enqueued_unix_ms);
+            offset = self.active_len();
+            if let Err(error) = self.write_or_cut(offset) {
+                counters.rejected_no_space.fetch_add(1, Ordering::Relaxed);
+                let path = self.active_segment().shared.path.clone();
+                return Err(if is_no_space(&error) {
+                    StoreError::NoSpace { path, source: error }
+                } else {
+                    StoreError::io("append to", &path, error)
+                });
+            }
         }
         let len = as_u64(len);
         let active = self.segments.len() - 1;
@@ -134,7 +166,38 @@ impl Log {
         Ok(seq)
     }
 
+    /// Writes the encoded record at `offset`; on failure cuts the file back to `offset`.
+    fn write_or_cut(&mut self, offset: u64) -> std::io::Result<()> {
+        let Err(error) = self.write(offset) else { return Ok(()) };
+        if let Err(cut) = self.active.set_len(offset) {
+            log::error!(
+                "store: cannot cut {} back after a failed write: {cut}",
+                self.active_segment().shared.path.display()
+            );
+            self.needs_truncate = true;
+        }
+        Err(error)
+    }
+
+    /// With the disk full: seals the active segment if it holds records (so it can go once
+    /// delivered) and deletes what is done. Failures here are part of being full; the retried
+    /// write reports.
+    fn free_space(&mut self, config: &StoreConfig, retention: Retention<'_>, counters: &Counters, now_unix_ms: u64) {
+        if self.active_len() > 0 {
+            if let Err(error) = self.roll(config) {
+                log::debug!("{error} (sealing the active segment with the disk full)");
+            }
+        }
+        if let Err(error) = self.reclaim(retention, counters, now_unix_ms) {
+            log::debug!("{error} (reclaiming with the disk full)");
+        }
+    }
+
     fn write(&mut self, offset: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes_no_space {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
         #[cfg(test)]
         if let Some(prefix) = self.fail_next_write_after.take() {
             let prefix = prefix.min(self.encode_buf.len());
@@ -191,7 +254,9 @@ impl Log {
             if let Some(last_seq) = dropped.summary.last_seq {
                 counters.dropped_through.fetch_max(last_seq, Ordering::AcqRel);
             }
-            log::warn!(
+            tinyedge_platform::log_limited!(
+                DROPPED,
+                log::Level::Warn,
                 "store: full at {} bytes; dropped {} with {records} records (seq {}..={})",
                 config.max_bytes,
                 dropped.shared.path.display(),

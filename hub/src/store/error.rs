@@ -16,6 +16,9 @@ pub enum StoreError {
     Io { action: &'static str, path: PathBuf, source: io::Error },
     /// The configuration's limits contradict each other.
     Config(String),
+    /// The file system is full: the record was refused (nothing partial written). Appends
+    /// succeed again by themselves once delivery or retention frees space.
+    NoSpace { path: PathBuf, source: io::Error },
     /// The store holds `max_bytes` and is configured to refuse new records.
     Full { max_bytes: u64 },
     /// The record breaks a size limit.
@@ -44,6 +47,11 @@ impl fmt::Display for StoreError {
             StoreError::Io { action, path, source } => {
                 write!(f, "store: cannot {action} {}: {source}", path.display())
             }
+            StoreError::NoSpace { path, source } => write!(
+                f,
+                "store: disk full writing {} ({source}); new messages are refused until delivery or retention frees space",
+                path.display()
+            ),
             StoreError::Config(reason) => write!(f, "store: bad configuration: {reason}"),
             StoreError::Full { max_bytes } => write!(f, "store: full ({max_bytes} bytes); record refused"),
             StoreError::Record(error) => write!(f, "store: {error}"),
@@ -63,7 +71,7 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Io { source, .. } => Some(source),
+            StoreError::Io { source, .. } | StoreError::NoSpace { source, .. } => Some(source),
             StoreError::Record(error) => Some(error),
             _ => None,
         }

@@ -45,6 +45,7 @@ mod checkpoint;
 mod crc32c;
 mod error;
 mod fsio;
+mod meta;
 mod reader;
 mod registry;
 mod retention;
@@ -63,13 +64,13 @@ use std::thread::JoinHandle;
 
 use event_listener::Event;
 
-pub use self::checkpoint::CheckpointLoad;
+pub use self::checkpoint::{CheckpointLoad, PERSIST_LAG_SEQS, SENT_LEASE_SEQS};
 pub use self::config::{FsyncPolicy, FullPolicy, StoreConfig};
 pub use self::error::StoreError;
 pub use self::reader::EndpointReader;
 pub use self::record::{EndpointRef, NewRecord, StoredRecord};
 pub use self::recovery::{Damage, RecoveryReport};
-pub use self::registry::{RegistryLoad, ENDPOINTS_MAX, ENDPOINT_NAME_BYTES_MAX};
+pub use self::registry::{RegistryLoad, ENDPOINTS_MAX, ENDPOINT_NAME_BYTES_MAX, PLACEHOLDER_PREFIX};
 pub use self::stats::{EndpointStats, ReaderStats, StoreStats};
 
 use self::appender::{Log, Retention};
@@ -108,6 +109,8 @@ struct Inner {
     counters: Counters,
     /// The newest records, for readers that keep up (see `tail`).
     tail: Mutex<tail::TailCache>,
+    /// What recovery found when the store was opened.
+    report: RecoveryReport,
 }
 
 impl Store {
@@ -118,31 +121,43 @@ impl Store {
         fs::create_dir_all(&config.dir).map_err(|error| StoreError::io("create", &config.dir, error))?;
         let mut report = RecoveryReport::default();
         let segments = recovery::list_segments(&config.dir, &mut report)?;
-        let (registry, registry_load) = Registry::load(&config.dir)?;
-        let segments = if matches!(registry_load, RegistryLoad::Loaded { .. }) {
-            segments
-        } else {
-            // Ids in records and checkpoints mean nothing without the names they stood for.
-            recovery::discard_unattributable(segments, &mut report)?;
-            checkpoint::discard(&config.dir)?;
-            Vec::new()
+        let (mut registry, mut registry_load) = Registry::load(&config.dir)?;
+        let opened = Checkpoints::open(&config.dir)?;
+        let checkpoints = opened.checkpoints;
+        let known = recovery::Known {
+            checkpoint_max: opened.max_seq,
+            checkpoint_min: (0..registry.len())
+                .filter_map(|index| u16::try_from(index).ok())
+                .map(|id| checkpoints.committed(id))
+                .min()
+                .unwrap_or(0),
+            head: opened.head,
+            checkpoint_of: &|id| checkpoints.committed(id),
         };
-        let (entries, checkpoint_load) = Checkpoints::load(&config.dir, registry.len())?;
-        let checkpoint_max = entries.iter().map(|entry| entry.1).max().unwrap_or(0);
-        let log = recovery::recover(&config, segments, checkpoint_max, &mut report)?;
+        let (log, pending) = recovery::recover(&config, segments, &known, &mut report)?;
+        if let RegistryLoad::Lost { reason, .. } = registry_load {
+            // Names are gone but records are not: every id the segments name gets a
+            // placeholder, so its records stay (and are counted) instead of being discarded.
+            let ids = log.last_routed.iter().rposition(|seq| *seq > 0).map_or(0, |index| index + 1);
+            let placeholders = registry.fill_placeholders(ids)?;
+            report.deliveries_unattributable = pending.iter().take(ids).sum();
+            registry_load = RegistryLoad::Lost { placeholders, reason };
+        }
+        checkpoints.forget_unregistered(registry.len())?;
         report.registry = registry_load;
-        report.checkpoints = checkpoint_load;
+        report.checkpoints = opened.load;
         log_report(&config, &report);
         let inner = Arc::new(Inner {
             durability: Durability::new(log.last_seq()),
             log: Mutex::new(log),
             registered: AtomicUsize::new(registry.len()),
             registry: Mutex::new(registry),
-            checkpoints: Checkpoints::new(&entries),
+            checkpoints,
             signal: Signal::default(),
             appended: Event::new(),
             counters: Counters::default(),
             tail: Mutex::new(tail::TailCache::default()),
+            report: report.clone(),
             config,
         });
         let thread_inner = Arc::clone(&inner);
@@ -156,7 +171,7 @@ impl Store {
     /// The id of endpoint `name`, registering it (durably) if it is new.
     pub fn endpoint_id(&self, name: &str) -> Result<u16, StoreError> {
         let mut registry = lock(&self.inner.registry);
-        let id = registry.register(&self.inner.config.dir, name)?;
+        let id = registry.register(name)?;
         self.inner.registered.store(registry.len(), Ordering::Release);
         Ok(id)
     }
@@ -180,6 +195,11 @@ impl Store {
             let mut log = lock(&inner.log);
             let seq = log.append(&inner.config, retention, &inner.counters, record, len)?;
             inner.durability.appended(seq);
+            // The head tells recovery how many records a cut tail took (a failed write of it
+            // only makes that count an estimate).
+            if let Err(error) = inner.checkpoints.note_head(seq) {
+                log::debug!("{error} (log head)");
+            }
             // Under the log lock, so the cache receives seqs in order.
             lock(&inner.tail).push(seq, record);
             seq
@@ -214,15 +234,28 @@ impl Store {
         EndpointReader::new(Arc::clone(&self.inner), endpoint_id)
     }
 
-    /// Everything up to and including `seq` is done for `endpoint_id`. Persisted lazily (within
-    /// about a second, and on close), so after a crash delivery resumes at the last persisted
-    /// checkpoint. A seq past the last appended one is clamped to it.
+    /// Everything up to and including `seq` is done for `endpoint_id`. Written to the checkpoint
+    /// file once it is [`PERSIST_LAG_SEQS`] ahead of it (the rest within a second, and on
+    /// close), so after a crash fewer than that many acknowledged records are sent again. A seq
+    /// past the last appended one is clamped to it.
     pub fn commit(&self, endpoint_id: u16, seq: u64) {
         let last = self.inner.durability.appended_seq();
         debug_assert!(seq <= last, "commit of seq {seq} past the last appended {last}");
         if usize::from(endpoint_id) < self.inner.registered.load(Ordering::Acquire) {
             self.inner.checkpoints.commit(endpoint_id, seq.min(last));
         }
+    }
+
+    /// Record `seq` of `endpoint_id` is about to be sent to a client: recorded (ahead, in
+    /// leases) so that after a crash it is re-sent flagged as a possible duplicate.
+    pub fn note_sent(&self, endpoint_id: u16, seq: u64) {
+        self.inner.checkpoints.note_sent(endpoint_id, seq);
+    }
+
+    /// Whether record `seq` of `endpoint_id` may have been sent before this process opened the
+    /// store (so a delivery of it must be flagged as a duplicate).
+    pub fn maybe_sent_before(&self, endpoint_id: u16, seq: u64) -> bool {
+        self.inner.checkpoints.maybe_sent_before(endpoint_id, seq)
     }
 
     /// Notified on every append; readers at the end of the log wait on it.
@@ -233,7 +266,8 @@ impl Store {
     /// Persists committed checkpoints now.
     pub fn flush_checkpoints(&self) -> Result<(), StoreError> {
         let registered = self.inner.registered.load(Ordering::Acquire);
-        self.inner.checkpoints.flush(&self.inner.config.dir, registered).map(|_| ())
+        let sync = self.inner.config.fsync != FsyncPolicy::Never;
+        self.inner.checkpoints.flush(registered, sync).map(|_| ())
     }
 
     /// Persists checkpoints, then deletes the segments that every endpoint has passed or whose
@@ -241,6 +275,11 @@ impl Store {
     /// second on its own; call it to reclaim space at once.
     pub fn reclaim(&self, now_unix_ms: u64) -> Result<usize, StoreError> {
         writer::reclaim_now(&self.inner, now_unix_ms)
+    }
+
+    /// What recovery found and did when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
     }
 
     /// A snapshot of sizes, counters and per-endpoint progress.
@@ -283,6 +322,7 @@ impl Store {
             dropped_full: Counters::get(&counters.dropped_full),
             dropped_segments: Counters::get(&counters.dropped_segments),
             rejected_full: Counters::get(&counters.rejected_full),
+            rejected_no_space: Counters::get(&counters.rejected_no_space),
             expired_skipped: Counters::get(&counters.expired_skipped),
             reclaimed_segments: Counters::get(&counters.reclaimed_segments),
             damaged_skipped: Counters::get(&counters.damaged_skipped),
@@ -322,6 +362,12 @@ impl Store {
     fn fail_next_write_after(&self, bytes: usize) {
         lock(&self.inner.log).fail_next_write_after = Some(bytes);
     }
+
+    /// Test hook: every segment write fails like a full disk (until called with `false`).
+    #[cfg(test)]
+    fn fail_writes_no_space(&self, failing: bool) {
+        lock(&self.inner.log).fail_writes_no_space = failing;
+    }
 }
 
 impl Drop for Store {
@@ -349,10 +395,22 @@ fn log_report(config: &StoreConfig, report: &RecoveryReport) {
             report.records_lost
         );
     }
-    if let CheckpointLoad::Corrupt(reason) = &report.checkpoints {
-        log::warn!("store: checkpoints unreadable ({reason}); endpoints restart from the oldest record");
+    match &report.checkpoints {
+        CheckpointLoad::Corrupt(reason) => {
+            log::warn!("store: checkpoints unreadable ({reason}); endpoints restart from the oldest record");
+        }
+        CheckpointLoad::Repaired { reason, .. } => log::warn!("store: checkpoints repaired: {reason}"),
+        CheckpointLoad::Loaded { .. } | CheckpointLoad::Missing => {}
     }
-    if let RegistryLoad::Reset(reason) = &report.registry {
-        log::error!("store: endpoint registry unreadable ({reason}); stored records were discarded");
+    match &report.registry {
+        RegistryLoad::Repaired { reason, .. } => {
+            log::warn!("store: endpoint registry repaired from its second copy ({reason}); nothing lost");
+        }
+        RegistryLoad::Lost { placeholders, reason } => log::error!(
+            "store: both copies of the endpoint registry unreadable ({reason}); {placeholders} endpoint ids kept \
+             under placeholder names ({PLACEHOLDER_PREFIX}N); {} deliveries kept but undeliverable until their TTL",
+            report.deliveries_unattributable
+        ),
+        RegistryLoad::Loaded { .. } | RegistryLoad::Created => {}
     }
 }

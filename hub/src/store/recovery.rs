@@ -9,7 +9,10 @@
 //!   the seq gap.
 //! - Damage at the end of the last segment (a torn write) is cut off, so new appends follow the
 //!   last valid record. At the end of an older segment it is left in the file but never read.
-//! - The next seq follows both the highest valid seq and the highest checkpoint, so a record
+//! - Records missing at the end of the log (a cut or torn tail) are counted exactly from the log
+//!   head the checkpoint file keeps (the last seq appended): everything after the last valid
+//!   record up to it is lost.
+//! - The next seq follows the highest valid seq, the highest checkpoint and the head, so a record
 //!   that was delivered before a crash and then lost can never have its seq reused (an endpoint
 //!   past it would silently skip the new record).
 //! - Everything kept is fsynced before it is reported durable.
@@ -43,9 +46,12 @@ pub struct RecoveryReport {
     pub next_seq: u64,
     /// Bytes cut off the end of the last segment.
     pub truncated_bytes: u64,
-    /// Records known to be lost: exact for damage between valid records (from the seq gap),
-    /// one per torn record at the end of the log.
+    /// Records known to be lost: exact for damage between valid records (from the seq gap) and
+    /// at the end of the log (from the head); without a head, one per torn record at the end.
     pub records_lost: u64,
+    /// Deliveries kept but undeliverable: records of endpoints whose names were lost with both
+    /// copies of the registry (they carry placeholder names until their TTL).
+    pub deliveries_unattributable: u64,
     /// Damaged regions (at most [`DAMAGE_REPORTED_MAX`]) and how many there were in all.
     pub damage: Vec<Damage>,
     pub damage_count: u64,
@@ -104,42 +110,46 @@ pub(crate) fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<V
     Ok(segments)
 }
 
-/// Deletes segments whose endpoint ids can no longer be mapped to names.
-pub(crate) fn discard_unattributable(
-    segments: Vec<(u64, PathBuf)>,
-    report: &mut RecoveryReport,
-) -> Result<(), StoreError> {
-    for (_, path) in segments {
-        let bytes = fs::metadata(&path).map(|metadata| metadata.len()).unwrap_or(0);
-        fs::remove_file(&path).map_err(|error| StoreError::io("delete", &path, error))?;
-        report.segments_removed += 1;
-        if bytes > 0 {
-            report.damaged(Damage {
-                segment: path,
-                offset: 0,
-                bytes,
-                records_lost: 0,
-                reason: "endpoint registry lost: records cannot be attributed to endpoints".to_string(),
-            });
-        }
-    }
-    Ok(())
+/// What recovery knows from the checkpoint file.
+pub(crate) struct Known<'a> {
+    /// The highest checkpoint of any endpoint.
+    pub checkpoint_max: u64,
+    /// The lowest checkpoint of any registered endpoint: records at or below it were
+    /// delivered everywhere, so losing them loses nothing.
+    pub checkpoint_min: u64,
+    /// The last seq appended before the crash or close, if known.
+    pub head: Option<u64>,
+    /// An endpoint's checkpoint (records at or below it are done for it).
+    pub checkpoint_of: &'a dyn Fn(u16) -> u64,
 }
 
-/// Rebuilds the log from `segments`; `checkpoint_max` is the highest checkpoint of any endpoint.
+/// Per endpoint id: the last seq routed to it, and how many of its records are pending (past
+/// its checkpoint).
+pub(crate) struct Routed {
+    pub last: Vec<u64>,
+    pub pending: Vec<u64>,
+}
+
+/// Rebuilds the log from `segments`.
 pub(crate) fn recover(
     config: &StoreConfig,
     segments: Vec<(u64, PathBuf)>,
-    checkpoint_max: u64,
+    known: &Known<'_>,
     report: &mut RecoveryReport,
-) -> Result<Log, StoreError> {
+) -> Result<(Log, Vec<u64>), StoreError> {
     let mut kept: VecDeque<Segment> = VecDeque::new();
-    let mut last_routed = vec![0u64; ENDPOINTS_MAX];
+    let mut routed = Routed { last: vec![0u64; ENDPOINTS_MAX], pending: vec![0u64; ENDPOINTS_MAX] };
     let count = segments.len();
+    let mut tail_counted = false;
+    let mut tail_floor = 0;
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let upper = segments.get(index + 1).map_or(u64::MAX, |next| next.0);
         let is_last = index + 1 == count;
-        let scanned = scan(config, *first_seq, upper, path, is_last, &mut last_routed, report)?;
+        let scanned = scan(config, *first_seq, upper, path, is_last, known, &mut routed, report)?;
+        if is_last {
+            tail_counted = scanned.tail_cut;
+            tail_floor = scanned.summary.last_seq.unwrap_or(first_seq.saturating_sub(1));
+        }
         if scanned.summary.records == 0 && !is_last {
             fs::remove_file(path).map_err(|error| StoreError::io("delete", path, error))?;
             report.segments_removed += 1;
@@ -149,7 +159,21 @@ pub(crate) fn recover(
         kept.push_back(Segment { shared: Arc::new(shared), summary: scanned.summary, file_bytes: scanned.file_bytes });
     }
     let highest = kept.iter().filter_map(|segment| segment.summary.last_seq).max().unwrap_or(0);
-    let mut next_seq = highest.max(checkpoint_max).saturating_add(1);
+    if let (Some(head), false) = (known.head, tail_counted) {
+        let floor = tail_floor.max(highest).max(known.checkpoint_min);
+        if head > floor {
+            let segment = segments.last().map(|(_, path)| path.clone()).unwrap_or_else(|| config.dir.clone());
+            let offset = kept.back().map_or(0, |last| last.file_bytes);
+            report.damaged(Damage {
+                segment,
+                offset,
+                bytes: 0,
+                records_lost: head - floor,
+                reason: format!("the log ends at seq {} but seq {head} was appended", tail_floor.max(highest)),
+            });
+        }
+    }
+    let mut next_seq = highest.max(known.checkpoint_max).max(known.head.unwrap_or(0)).saturating_add(1);
     if let Some(last) = kept.back() {
         if last.summary.records == 0 {
             next_seq = next_seq.max(last.shared.first_seq);
@@ -166,7 +190,7 @@ pub(crate) fn recover(
     report.records = kept.iter().map(|segment| segment.summary.records).sum();
     report.bytes = kept.iter().map(|segment| segment.file_bytes).sum();
     report.next_seq = next_seq;
-    Ok(Log::new(kept, active, next_seq, last_routed))
+    Ok((Log::new(kept, active, next_seq, routed.last), routed.pending))
 }
 
 /// Reopens the last segment for appending if the next seq follows it, otherwise starts a new
@@ -211,6 +235,8 @@ struct Scanned {
     /// End of the last valid record: readers never read past it.
     good_end: u64,
     file_bytes: u64,
+    /// The tail of the last segment was cut, and its loss counted.
+    tail_cut: bool,
 }
 
 fn scan(
@@ -219,7 +245,8 @@ fn scan(
     upper: u64,
     path: &Path,
     is_last: bool,
-    last_routed: &mut [u64],
+    known: &Known<'_>,
+    routed: &mut Routed,
     report: &mut RecoveryReport,
 ) -> Result<Scanned, StoreError> {
     let io_error = |error| StoreError::io("read", path, error);
@@ -238,15 +265,19 @@ fn scan(
                 let endpoints = view.endpoints().map(|endpoint| (endpoint.id, endpoint.ttl_secs));
                 summary.add(view.seq, view.enqueued_unix_ms, endpoints, config.default_ttl_secs);
                 for endpoint in view.endpoints() {
-                    if let Some(last) = last_routed.get_mut(usize::from(endpoint.id)) {
+                    let id = usize::from(endpoint.id);
+                    if let (Some(last), Some(pending)) = (routed.last.get_mut(id), routed.pending.get_mut(id)) {
                         *last = (*last).max(view.seq);
+                        if view.seq > (known.checkpoint_of)(endpoint.id) {
+                            *pending += 1;
+                        }
                     }
                 }
                 None
             })
             .map_err(io_error)?;
         let (offset, reason) = match step {
-            Step::End => return Ok(Scanned { summary, good_end: file_len, file_bytes: file_len }),
+            Step::End => return Ok(Scanned { summary, good_end: file_len, file_bytes: file_len, tail_cut: false }),
             Step::Found(offset) => (offset, "seq out of order"),
             Step::Torn { offset } => (offset, "incomplete record"),
             Step::Corrupt { offset, reason } => (offset, reason),
@@ -280,10 +311,13 @@ fn scan(
                 segment: path.to_path_buf(),
                 offset,
                 bytes: tail_bytes,
-                records_lost: u64::from(torn_record),
+                // Exact with the head; without it, the torn record is all that is known.
+                records_lost: known
+                    .head
+                    .map_or(u64::from(torn_record), |head| head.saturating_sub(floor.max(known.checkpoint_min))),
                 reason: reason.to_string(),
             });
-            return Ok(Scanned { summary, good_end: offset, file_bytes: offset });
+            return Ok(Scanned { summary, good_end: offset, file_bytes: offset, tail_cut: true });
         }
         report.damaged(Damage {
             segment: path.to_path_buf(),
@@ -292,6 +326,6 @@ fn scan(
             records_lost: upper.saturating_sub(floor).saturating_sub(1),
             reason: reason.to_string(),
         });
-        return Ok(Scanned { summary, good_end: offset, file_bytes: file_len });
+        return Ok(Scanned { summary, good_end: offset, file_bytes: file_len, tail_cut: false });
     }
 }

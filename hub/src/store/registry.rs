@@ -3,15 +3,21 @@
 //! only after the registry file naming it is durable, so no record on disk ever carries an id
 //! that a restart could not map back to its name.
 //!
-//! File `endpoints.reg`: magic `TERG`, version u16, count u16, count × (name len u16, UTF-8
-//! name), CRC-32C u32 of everything before it. Replaced atomically on every registration.
+//! Content: magic `TERG`, version u16, count u16, count × (name len u16, UTF-8 name), CRC-32C
+//! u32 of everything before it. Kept in `endpoints.reg` as two checksummed copies ([`meta`]),
+//! so a damaged copy is repaired from the other. (A file holding the content alone is the
+//! format before copies; it is converted on open.) If both copies are lost, the ids found in
+//! the segments get placeholder names (`lost-endpoint-{id}`): their records are kept and
+//! counted, never discarded because a name is missing.
+//!
+//! [`meta`]: super::meta
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::crc32c;
 use super::error::StoreError;
-use super::fsio;
+use super::meta::{SlotFile, SlotLoad, SLOT_OVERHEAD_BYTES};
 
 /// Most endpoints: ids index fixed per-endpoint tables (checkpoints, segment endpoint sets), so
 /// the count is bounded. A gateway's routes name a few dozen module inputs plus `$upstream`.
@@ -23,8 +29,14 @@ pub const REGISTRY_FILE: &str = "endpoints.reg";
 
 const MAGIC: &[u8; 4] = b"TERG";
 const VERSION: u16 = 1;
-/// Largest valid registry file, checked before reading it.
+/// Largest valid registry content, checked before reading it.
 const FILE_BYTES_MAX: usize = 4 + 2 + 2 + ENDPOINTS_MAX * (2 + ENDPOINT_NAME_BYTES_MAX) + 4;
+/// Slot size of a new registry file: a few dozen endpoints; grows (doubling) when outgrown.
+const SLOT_BYTES_MIN: usize = 4096;
+/// Largest slot: the largest content.
+const SLOT_BYTES_MAX: usize = (FILE_BYTES_MAX + SLOT_OVERHEAD_BYTES).next_power_of_two();
+/// Name given to an endpoint id whose name was lost with both copies of the registry.
+pub const PLACEHOLDER_PREFIX: &str = "lost-endpoint-";
 
 const _: () = assert!(ENDPOINTS_MAX <= u16::MAX as usize + 1);
 const _: () = assert!(ENDPOINT_NAME_BYTES_MAX <= u16::MAX as usize);
@@ -37,29 +49,72 @@ pub enum RegistryLoad {
     /// No file: a new store.
     #[default]
     Created,
-    /// The file was unreadable; a new registry was started (the reason says why).
-    Reset(String),
+    /// One copy was damaged and was repaired from the other (the reason says how).
+    Repaired { endpoints: usize, reason: String },
+    /// Both copies were unreadable (the reason says why): the ids found in the segments got
+    /// placeholder names, so their records are kept but cannot be delivered.
+    Lost { placeholders: usize, reason: String },
 }
 
-/// Endpoint names and their ids (the index in `names`).
+/// Endpoint names and their ids (the index in `names`), and the file that keeps them.
 #[derive(Debug, Default)]
 pub struct Registry {
     names: Vec<String>,
     ids: HashMap<String, u16>,
+    file: Option<SlotFile>,
 }
 
 impl Registry {
-    /// Reads the registry in `dir`; a missing or unreadable file gives an empty registry.
+    /// Reads the registry in `dir`, creating the file if it is missing. If both copies are
+    /// lost the registry starts empty; call [`Registry::fill_placeholders`] once the segments
+    /// have told which ids exist.
     pub fn load(dir: &Path) -> Result<(Registry, RegistryLoad), StoreError> {
-        match fsio::read_bounded(&dir.join(REGISTRY_FILE), FILE_BYTES_MAX)? {
-            None => Ok((Registry::default(), RegistryLoad::Created)),
-            Some(bytes) => match Registry::decode(&bytes) {
-                Ok(registry) => {
-                    let endpoints = registry.len();
-                    Ok((registry, RegistryLoad::Loaded { endpoints }))
-                }
-                Err(reason) => Ok((Registry::default(), RegistryLoad::Reset(reason.to_string()))),
-            },
+        let legacy = |bytes: &[u8]| Registry::decode(bytes).ok().map(|_| bytes.to_vec());
+        let (file, content, load) = SlotFile::open(dir, REGISTRY_FILE, SLOT_BYTES_MIN, SLOT_BYTES_MAX, legacy)?;
+        let decoded = content.map(|bytes| Registry::decode(&bytes));
+        let (mut registry, load) = match (decoded, load) {
+            (None, SlotLoad::Lost(reason)) => (Registry::default(), RegistryLoad::Lost { placeholders: 0, reason }),
+            (None, _) => (Registry::default(), RegistryLoad::Created),
+            // Both copies passed their checksums but the content does not parse: a bug or a
+            // file from a newer version, not damage; treated as lost so nothing is discarded.
+            (Some(Err(reason)), _) => {
+                (Registry::default(), RegistryLoad::Lost { placeholders: 0, reason: reason.to_string() })
+            }
+            (Some(Ok(registry)), SlotLoad::Repaired(reason)) => {
+                let endpoints = registry.len();
+                (registry, RegistryLoad::Repaired { endpoints, reason })
+            }
+            (Some(Ok(registry)), _) => {
+                let endpoints = registry.len();
+                (registry, RegistryLoad::Loaded { endpoints })
+            }
+        };
+        registry.file = Some(file);
+        Ok((registry, load))
+    }
+
+    /// Names ids `0..count` that have no name with placeholders (after both registry copies
+    /// were lost), and writes the registry; returns how many it named.
+    pub fn fill_placeholders(&mut self, count: usize) -> Result<usize, StoreError> {
+        let before = self.names.len();
+        while self.names.len() < count.min(ENDPOINTS_MAX) {
+            let id = u16::try_from(self.names.len()).map_err(|_| StoreError::TooManyEndpoints)?;
+            let name = format!("{PLACEHOLDER_PREFIX}{id}");
+            self.ids.insert(name.clone(), id);
+            self.names.push(name);
+        }
+        if self.names.len() > before {
+            self.persist()?;
+        }
+        Ok(self.names.len() - before)
+    }
+
+    fn persist(&mut self) -> Result<(), StoreError> {
+        let content = self.encode();
+        match self.file.as_mut() {
+            // Both copies: a fallback to the previous content would lose the newest name.
+            Some(file) => file.write_both(&content),
+            None => Ok(()),
         }
     }
 
@@ -75,8 +130,8 @@ impl Registry {
         self.names.get(usize::from(id)).map(String::as_str)
     }
 
-    /// The id of `name`, registering it (durably, in `dir`) if it is new.
-    pub fn register(&mut self, dir: &Path, name: &str) -> Result<u16, StoreError> {
+    /// The id of `name`, registering it (durably) if it is new.
+    pub fn register(&mut self, name: &str) -> Result<u16, StoreError> {
         if let Some(id) = self.lookup(name) {
             return Ok(id);
         }
@@ -88,7 +143,7 @@ impl Registry {
         }
         let id = u16::try_from(self.names.len()).map_err(|_| StoreError::TooManyEndpoints)?;
         self.names.push(name.to_string());
-        if let Err(error) = fsio::replace_atomically(dir, REGISTRY_FILE, &self.encode()) {
+        if let Err(error) = self.persist() {
             self.names.pop();
             return Err(error);
         }
@@ -132,7 +187,7 @@ impl Registry {
         if count > ENDPOINTS_MAX {
             return Err("registry: too many endpoints");
         }
-        let mut registry = Registry::default();
+        let mut registry = Registry { names: Vec::with_capacity(count), ..Registry::default() };
         for id in 0..count {
             let len = usize::from(read_u16(&mut rest)?);
             if len == 0 || len > ENDPOINT_NAME_BYTES_MAX {

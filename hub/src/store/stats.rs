@@ -14,6 +14,8 @@ pub struct Counters {
     pub dropped_through: AtomicU64,
     /// Appends refused by RejectNew.
     pub rejected_full: AtomicU64,
+    /// Appends refused because the file system was full.
+    pub rejected_no_space: AtomicU64,
     /// Records readers skipped because they had expired.
     pub expired_skipped: AtomicU64,
     /// Segments deleted because they were done or expired.
@@ -45,6 +47,8 @@ pub struct StoreStats {
     pub dropped_segments: u64,
     /// Appends refused by RejectNew.
     pub rejected_full: u64,
+    /// Appends refused because the file system was full.
+    pub rejected_no_space: u64,
     /// Records readers skipped because they had expired.
     pub expired_skipped: u64,
     /// Segments deleted because every endpoint was past them or all their records expired.

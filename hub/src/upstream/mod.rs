@@ -66,6 +66,8 @@ pub struct OutMessage {
     /// `devices/{d}/modules/{m}/messages/events/{bag}` or `devices/{d}/messages/events/{bag}`.
     pub topic: String,
     pub payload: Bytes,
+    /// It may have been sent before a restart: sent with the DUP flag from the first time.
+    pub maybe_sent: bool,
 }
 
 /// Where the link gets its messages: the store's `$upstream` endpoint in production, a Vec in

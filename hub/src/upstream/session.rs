@@ -400,7 +400,11 @@ fn take_from_outbox(link: &Link, pipeline: &mut Pipeline) {
             }
             continue;
         }
-        pipeline.window.push(message.seq, message.topic, message.payload);
+        if message.maybe_sent {
+            pipeline.window.push_resent(message.seq, message.topic, message.payload);
+        } else {
+            pipeline.window.push(message.seq, message.topic, message.payload);
+        }
     }
 }
 

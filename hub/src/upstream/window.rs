@@ -87,6 +87,16 @@ impl Window {
         self.push_entry(seq, topic, payload, false)
     }
 
+    /// [`Window::push`] for a message that may have been sent before a restart: its first
+    /// write already carries the DUP flag.
+    pub fn push_resent(&mut self, seq: u64, topic: String, payload: Bytes) -> u16 {
+        let pkid = self.push_entry(seq, topic, payload, false);
+        if let Some(entry) = self.entries.back_mut() {
+            entry.sent = true;
+        }
+        pkid
+    }
+
     /// Takes in a message that will never be sent (it cannot be delivered), already counted as
     /// acknowledged so it does not hold the checkpoint back. Returns what that released.
     pub fn push_skipped(&mut self, seq: u64) -> Option<Released> {

@@ -244,19 +244,24 @@ fn a_failed_write_leaves_no_torn_record_and_consumes_no_seq() {
     append(&store, &[0], b"one");
     let file = segment_files(dir.path()).pop().expect("segment");
     let len_before = std::fs::metadata(&file).expect("stat").len();
-    store.fail_next_write_after(10);
-    let error = store.append(&NewRecord {
+    let record = NewRecord {
         enqueued_unix_ms: 1,
         endpoints: &[EndpointRef { id: 0, priority: 0, ttl_secs: 0 }],
         source: "/s",
         properties: "",
         payload: b"lost",
-    });
-    let message = error.expect_err("the disk is full").to_string();
-    assert!(message.contains("seg-00000000000000000001.log"), "{message}");
+    };
+    store.fail_writes_no_space(true);
+    let message = store.append(&record).expect_err("the disk is full").to_string();
+    assert!(message.contains("disk full") && message.contains("seg-"), "{message}");
     assert!(message.contains("No space left on device") && !message.contains('\n'), "{message}");
+    assert_eq!(std::fs::metadata(&file).expect("stat").len(), len_before, "no partial record left");
+    assert_eq!(store.stats().rejected_no_space, 1);
+    store.fail_writes_no_space(false);
+    // A write that fails half-way once: cut back, space made, written again.
+    store.fail_next_write_after(10);
+    assert_eq!(append(&store, &[0], b"two"), 2, "a refused append consumes no seq");
     assert_eq!(std::fs::metadata(&file).expect("stat").len(), len_before, "the partial record was cut off");
-    assert_eq!(append(&store, &[0], b"two"), 2, "the next append retries cleanly");
     store.close().expect("close");
 
     let (store, report) = Store::open(config).expect("reopen");
