@@ -166,7 +166,9 @@ async fn status_loop(
             ("upstream", crate::cloud::upstream_status(link.as_ref())),
         ]);
         if let Err(e) = crate::status::write(&data_dir, &doc) {
-            log::warn!("status file in {}: {e}", data_dir.display());
+            static FAILED: tinyedge_platform::logger::RateLimit =
+                tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
+            tinyedge_platform::log_limited!(FAILED, log::Level::Warn, "status file in {}: {e}", data_dir.display());
         }
         smol::Timer::after(crate::status::STATUS_INTERVAL).await;
     }

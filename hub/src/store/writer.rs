@@ -253,7 +253,13 @@ pub fn reclaim_now(inner: &Inner, now_unix_ms: u64) -> Result<usize, StoreError>
     // Checkpoints are overwritten in place (no new space needed), so this works with the disk
     // full; a failure is logged and reclaiming goes on with what the file already holds.
     if let Err(error) = inner.checkpoints.flush(registered, inner.config.fsync != FsyncPolicy::Never) {
-        log::warn!("{error}; checkpoints will be written again within a second");
+        static FAILED: tinyedge_platform::logger::RateLimit =
+            tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
+        tinyedge_platform::log_limited!(
+            FAILED,
+            log::Level::Warn,
+            "{error}; checkpoints will be written again within a second"
+        );
     }
     let retention = Retention { checkpoints: &inner.checkpoints, registered };
     lock(&inner.log).reclaim(retention, &inner.counters, now_unix_ms)
@@ -263,7 +269,11 @@ fn housekeeping(inner: &Inner) {
     match reclaim_now(inner, unix_now_ms()) {
         Ok(0) => {}
         Ok(count) => log::debug!("store: deleted {count} segments that were delivered or expired"),
-        Err(error) => log::warn!("{error}; will retry"),
+        Err(error) => {
+            static FAILED: tinyedge_platform::logger::RateLimit =
+                tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
+            tinyedge_platform::log_limited!(FAILED, log::Level::Warn, "{error}; will retry");
+        }
     }
 }
 
