@@ -135,6 +135,12 @@ impl Store {
             checkpoint_of: &|id| checkpoints.committed(id),
         };
         let (log, pending) = recovery::recover(&config, segments, &known, &mut report)?;
+        if registry_load == RegistryLoad::Created && log.last_routed.iter().any(|seq| *seq > 0) {
+            registry_load = RegistryLoad::Lost {
+                placeholders: 0,
+                reason: "the registry file is missing but segments name endpoints".to_string(),
+            };
+        }
         if let RegistryLoad::Lost { reason, .. } = registry_load {
             // Names are gone but records are not: every id the segments name gets a
             // placeholder, so its records stay (and are counted) instead of being discarded.

@@ -220,6 +220,12 @@ fn a_lost_registry_keeps_the_records_under_placeholder_names() {
     assert_eq!(store.endpoint_name(0).as_deref(), Some("lost-endpoint-0"));
     assert_eq!(store.endpoint_id("module:other/input").expect("register"), 1, "a new endpoint gets a new id");
     assert_eq!(seqs(&store), [3, 4, 5], "id 0 keeps its records and its checkpoint");
+    drop(store);
+
+    fs::remove_file(dir.path().join("endpoints.reg")).expect("remove it");
+    let (store, report) = Store::open(config).expect("reopen");
+    assert!(matches!(&report.registry, RegistryLoad::Lost { placeholders: 1, .. }), "{:?}", report.registry);
+    assert_eq!(seqs(&store), [3, 4, 5], "a deleted registry file is a lost registry, not an empty store");
 }
 
 #[test]
