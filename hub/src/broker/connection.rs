@@ -40,10 +40,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 static BAD_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 /// Sockets the peer closed after part of a CONNECT.
 static CLOSED_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Sockets without a complete CONNECT (or TLS handshake) at the deadline.
-pub(super) static CONNECT_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Failed TLS handshakes.
-pub(super) static TLS_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Sockets without a complete CONNECT at the deadline.
+static CONNECT_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 /// Messages the store did not take.
 static NOT_ACCEPTED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 

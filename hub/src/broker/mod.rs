@@ -97,6 +97,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 static REFUSED_AT_LIMIT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 /// accept() failures.
 static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// Failed TLS handshakes.
+static TLS_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+/// TLS handshakes not done by the connect deadline.
+static TLS_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 
 /// Which bound a socket met at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,12 +340,12 @@ impl Broker {
                     .await;
             }
             Some(Err(e)) => {
-                log_limited!(connection::TLS_FAILED, log::Level::Warn, "{peer}: TLS handshake failed: {e}")
+                log_limited!(TLS_FAILED, log::Level::Warn, "{peer}: TLS handshake failed: {e}")
             }
             None => {
                 Metrics::inc(&self.metrics.connect_timeouts);
                 log_limited!(
-                    connection::CONNECT_TIMED_OUT,
+                    TLS_TIMED_OUT,
                     log::Level::Info,
                     "{peer}: TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
                     self.limits.connect_timeout.as_secs()
