@@ -34,15 +34,9 @@ const CTRL_QUEUE_MAX: usize = 16;
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-// One rate limit per kind of line a peer can repeat at will by reconnecting, so a flood of one
-// kind does not hide the others.
-/// Sockets closed before a complete CONNECT by bytes that cannot be one.
-static BAD_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Sockets the peer closed after part of a CONNECT.
-static CLOSED_BEFORE_CONNECT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Sockets without a complete CONNECT at the deadline.
-static CONNECT_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Messages the store did not take.
+/// Messages the store did not take: every publisher's retries would repeat the line. (Bad input
+/// is logged once per connection, unlimited: each line names its peer and what it sent, and
+/// `max_unauthenticated` with `connect_timeout` bounds how many sockets can be at it at once.)
 static NOT_ACCEPTED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 
 /// A socket accepted under the connection limits, on its way to a CONNECT.
@@ -154,7 +148,7 @@ where
         };
         if let Some(e) = refusal {
             Metrics::inc(&broker.metrics.malformed_packets);
-            log_limited!(BAD_BEFORE_CONNECT, log::Level::Warn, "{peer}: {e}; closed before CONNECT");
+            log::warn!("{peer}: {e}; closed before CONNECT");
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -166,28 +160,16 @@ where
                 return;
             }
             Wake::Read(Ok(_)) => {
-                log_limited!(
-                    CLOSED_BEFORE_CONNECT,
-                    log::Level::Warn,
-                    "{peer}: closed after {} bytes, before a complete CONNECT",
-                    buf.len()
-                );
+                log::warn!("{peer}: closed after {} bytes, before a complete CONNECT", buf.len());
                 return;
             }
             Wake::Read(Err(e)) => {
-                log_limited!(
-                    CLOSED_BEFORE_CONNECT,
-                    log::Level::Warn,
-                    "{peer}: read error after {} bytes, before a complete CONNECT: {e}",
-                    buf.len()
-                );
+                log::warn!("{peer}: read error after {} bytes, before a complete CONNECT: {e}", buf.len());
                 return;
             }
             _ => {
                 Metrics::inc(&broker.metrics.connect_timeouts);
-                log_limited!(
-                    CONNECT_TIMED_OUT,
-                    log::Level::Info,
+                log::info!(
                     "{peer}: no complete CONNECT within {} s (hub.connect_timeout_secs; {} bytes received); closing",
                     limits.connect_timeout.as_secs(),
                     buf.len()

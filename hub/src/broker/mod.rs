@@ -97,10 +97,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 static REFUSED_AT_LIMIT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 /// accept() failures.
 static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// Failed TLS handshakes.
-static TLS_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// TLS handshakes not done by the connect deadline.
-static TLS_TIMED_OUT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 
 /// Which bound a socket met at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,14 +335,10 @@ impl Broker {
                 connection::serve(self, transport::Reader { inner: read_half, probe: None }, write_half, accepted)
                     .await;
             }
-            Some(Err(e)) => {
-                log_limited!(TLS_FAILED, log::Level::Warn, "{peer}: TLS handshake failed: {e}")
-            }
+            Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
             None => {
                 Metrics::inc(&self.metrics.connect_timeouts);
-                log_limited!(
-                    TLS_TIMED_OUT,
-                    log::Level::Info,
+                log::info!(
                     "{peer}: TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
                     self.limits.connect_timeout.as_secs()
                 );
