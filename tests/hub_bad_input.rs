@@ -226,7 +226,7 @@ fn qos1_message_the_store_refuses_closes_the_connection_and_qos0_is_dropped() {
     let refused_at = refused_at.unwrap_or_else(|| panic!("a 1 MiB store took 6 MiB\n{}", rt.log()));
     assert!(refused_at > 1, "{}", rt.log());
     assert!(
-        rt.wait_log("not accepted: store full (reject_new): message not accepted; connection closed so the client sends it again"),
+        rt.wait_log("not accepted: the store is at max_bytes (when_full = \"reject_new\"); connection closed so the client sends it again"),
         "{}",
         rt.log()
     );

@@ -22,7 +22,7 @@ pub enum RouteFailure {
 impl std::fmt::Display for RouteFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RouteFailure::StoreFull => f.write_str("store full (reject_new): message not accepted"),
+            RouteFailure::StoreFull => f.write_str("the store is at max_bytes (when_full = \"reject_new\")"),
             RouteFailure::Store(e) => write!(f, "{e}"),
         }
     }
