@@ -525,3 +525,71 @@ impl Raw {
         }
     }
 }
+
+impl Runtime {
+    /// As [`Runtime::start_with`], but runs `prepare(dir)` on the runtime's directory once the
+    /// config is written and before the binary starts (e.g. to mount a filesystem at
+    /// `dir/data`), and starts the binary under `wrapper` (e.g. `["prlimit", "--nofile=256:256",
+    /// "--"]`; empty: directly). Restarts ([`Runtime::start_again`]) run the binary directly.
+    pub fn start_prepared(
+        deployment_json: &str,
+        extra_hub_config: &str,
+        sections: &str,
+        prepare: impl FnOnce(&Path),
+        wrapper: &[&str],
+    ) -> Runtime {
+        let dir = TempDir::new("rt");
+        let mqtt_port = free_port();
+        let mqtts_port = free_port();
+        std::fs::write(dir.0.join("deployment.json"), deployment_json).expect("write deployment");
+        let config = format!(
+            r#"hostname = "localhost"
+iothub_hostname = "{HUB}"
+device_id = "{DEVICE}"
+device_key = "{DEVICE_KEY_B64}"
+data_dir = "data"
+deployment = "deployment.json"
+log_level = "debug"
+[hub]
+mqtt = "127.0.0.1:{mqtt_port}"
+mqtts = "127.0.0.1:{mqtts_port}"
+{extra_hub_config}
+[[devices]]
+id = "{LEAF}"
+key = "{LEAF_KEY_B64}"
+{sections}
+"#
+        );
+        std::fs::write(dir.0.join("config.toml"), config).expect("write config");
+        prepare(&dir.0);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_tinyedge"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tinyedge")),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(dir.0.join("config.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tinyedge");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
+        rt.wait_for_port(mqtt_port);
+        rt
+    }
+}
