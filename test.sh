@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # mosquitto: the cloud stand-in and MQTT clients; containerd, runc, docker-registry and
-# busybox-static: the agent tests (apache2-utils: htpasswd for a registry with credentials) (containerd and the registry are started by the tests
+# busybox-static: the agent tests (apache2-utils: htpasswd for a registry with credentials; openssl:
+# s_client for the fault suite's TLS cases) (containerd and the registry are started by the tests
 # themselves, images are built from busybox-static); protobuf-compiler: the containerd gRPC
 # bindings are generated at build time.
 . scripts/packages.sh
-ensure_packages mosquitto mosquitto-clients containerd runc docker-registry apache2-utils busybox-static protobuf-compiler
+ensure_packages mosquitto mosquitto-clients containerd runc docker-registry apache2-utils busybox-static protobuf-compiler openssl
 # Debian's mosquitto package may start a system broker on 1883; the tests use their own
 # ports, but `tinyedge run` on defaults wants 1883, so stop it if it is running here.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then

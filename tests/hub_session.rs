@@ -105,6 +105,37 @@ fn unacknowledged_qos1_delivery_is_sent_again_with_dup_after_reconnect() {
 }
 
 #[test]
+fn a_persistent_session_subscribing_again_gets_each_message_once() {
+    let rt = ab_runtime();
+    let creds = module_credentials("b", 3600);
+    let inputs = format!("devices/{DEVICE}/modules/b/inputs/#");
+    let mut b = Raw::connect(rt.mqtt_port, &creds, 60, false, None);
+    b.subscribe(&inputs, QoS::AtLeastOnce);
+    b.send(|out| v4::Disconnect.write(out).map(|_| ()));
+    drop(b);
+    let sender = module_credentials("a", 3600);
+    for n in 0..40 {
+        let out = mosquitto_pub(rt.mqtt_port, &sender, &a_events(), &format!("m{n}"), &["-q", "1"]);
+        assert!(out.status.success());
+    }
+    // As the Azure SDKs do: reconnect with clean session false, then subscribe again.
+    let mut b = Raw::connect(rt.mqtt_port, &creds, 60, false, None);
+    let mut subscribe = mqttbytes::v4::Subscribe::new(&inputs, QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    b.send(|out| subscribe.write(out).map(|_| ()));
+    b.stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut payloads = Vec::new();
+    while let Some(packet) = b.next() {
+        if let Packet::Publish(p) = packet {
+            b.send(|out| PubAck::new(p.pkid).write(out).map(|_| ()));
+            payloads.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    let expected: Vec<String> = (0..40).map(|n| format!("m{n}")).collect();
+    assert_eq!(payloads, expected, "every message once, in order\n{}", rt.log());
+}
+
+#[test]
 fn qos2_publish_closes_the_connection() {
     let rt = ab_runtime();
     let mut a = Raw::connect(rt.mqtt_port, &module_credentials("a", 3600), 60, true, None);

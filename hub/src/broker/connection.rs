@@ -585,9 +585,14 @@ impl Session {
         }
         ctrl.push(Ctrl::SubAck(s.pkid, codes)).await?;
         if let Some(qos) = inputs {
-            self.slot.state().inputs_qos = Some(qos);
-            ctrl.push(Ctrl::Inputs(Some(qos))).await?;
-            self.slot.bump();
+            // Subscribing again to what a persistent session already holds changes nothing: a
+            // new generation would restart the pump from the checkpoint and send everything
+            // in flight a second time.
+            let changed = self.slot.state().inputs_qos.replace(qos) != Some(qos);
+            if changed {
+                ctrl.push(Ctrl::Inputs(Some(qos))).await?;
+                self.slot.bump();
+            }
         }
         Ok(())
     }

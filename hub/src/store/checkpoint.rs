@@ -6,7 +6,7 @@
 //!   [`PERSIST_LAG_SEQS`] or more past the one in the file writes its cell at once (one
 //!   32-byte `pwrite`; the page cache is enough to survive a crash of the process), the rest
 //!   within a housekeeping interval. So after a SIGKILL fewer than `PERSIST_LAG_SEQS`
-//!   acknowledged deliveries per endpoint are sent again, plus those in flight.
+//!   acknowledged deliveries per endpoint are sent again (none at 1), plus those in flight.
 //! - **The head** is written after every append, so recovery knows exactly how many records a
 //!   cut tail took with it.
 //! - **Sent leases**: before a record past an endpoint's lease is handed to a client, the lease
@@ -41,8 +41,10 @@ use super::writer::lock;
 /// The checkpoint file's name in the store directory.
 pub const CHECKPOINT_FILE: &str = "checkpoints.ckp";
 /// How far (in seqs) a committed checkpoint may run ahead of the file before a commit writes
-/// it: bounds what a crash re-sends, at one small write per this many seqs at most.
-pub const PERSIST_LAG_SEQS: u64 = 8;
+/// it. 1: every commit that moves a checkpoint writes it (one 32-byte `pwrite` into the page
+/// cache), so after a crash only deliveries still in flight are sent again — at most the
+/// in-flight window, as the fault suite checks.
+pub const PERSIST_LAG_SEQS: u64 = 1;
 /// How far (in seqs) a sent lease reaches past the record that moved it: one write per this
 /// many seqs sent, and at most this many records flagged as duplicates after a restart beyond
 /// those really sent.

@@ -241,9 +241,9 @@ impl Store {
     }
 
     /// Everything up to and including `seq` is done for `endpoint_id`. Written to the checkpoint
-    /// file once it is [`PERSIST_LAG_SEQS`] ahead of it (the rest within a second, and on
-    /// close), so after a crash fewer than that many acknowledged records are sent again. A seq
-    /// past the last appended one is clamped to it.
+    /// file (in place, no fsync) once it is [`PERSIST_LAG_SEQS`] ahead of it, so after a crash
+    /// no acknowledged record is sent again; fsynced with housekeeping. A seq past the last
+    /// appended one is clamped to it.
     pub fn commit(&self, endpoint_id: u16, seq: u64) {
         let last = self.inner.durability.appended_seq();
         debug_assert!(seq <= last, "commit of seq {seq} past the last appended {last}");
