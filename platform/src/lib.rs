@@ -11,6 +11,8 @@
 //! - [`sas`]: parse, sign, generate and verify `SharedAccessSignature` tokens.
 //! - [`identity`]: module key derivation, connection strings, the persisted device key.
 //! - [`certs`]: the self-signed edge CA and the hub's TLS server certificate, made on first start.
+//! - [`http`]: HTTP/1.1 for the local APIs and the method API: the request head parser, one
+//!   bounded request loop over any byte stream, the CLI's Unix socket client.
 //! - [`logger`]: a minimal `log::Log` to stderr with UTC timestamps.
 //! - [`utc`]: civil (calendar) UTC time from the system clock, without a date library.
 //! - `fsutil` (private): atomic file writes shared by `identity` and `certs`.
@@ -19,6 +21,7 @@
 pub mod certs;
 pub mod config;
 mod fsutil;
+pub mod http;
 pub mod identity;
 pub mod logger;
 pub mod sas;
