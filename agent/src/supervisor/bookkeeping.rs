@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use super::status::Description;
 use super::Agent;
 use crate::container::Healthcheck;
 use crate::containerd::stdio::Pump;
@@ -25,7 +26,8 @@ pub(super) struct Module {
     /// A container exists in containerd.
     pub(super) exists: bool,
     pub(super) image: String,
-    pub(super) description: String,
+    /// Its `statusDescription`, unless the status decision says otherwise.
+    pub(super) description: Description,
     pub(super) over: Option<Override>,
     pub(super) failures: u32,
     pub(super) health: Option<(Healthcheck, Vec<u8>)>,
@@ -42,7 +44,7 @@ impl Module {
             state: ModuleState { name: name.to_owned(), ..ModuleState::default() },
             exists: false,
             image: String::new(),
-            description: String::new(),
+            description: Description::default(),
             over: None,
             failures: 0,
             health: None,

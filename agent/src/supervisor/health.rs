@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::status::Description;
 use super::{Agent, Input, KILL_WAIT};
 use crate::container::{ContainerConfig, Healthcheck};
 use crate::containerd::client::{now_ms, Containerd};
@@ -40,7 +41,7 @@ impl Agent {
         log::warn!("module {module}: health check failed ({}/{}): {detail}", m.health_failures, check.retries);
         if m.health_failures >= check.retries.max(1) && m.state.healthy != Some(false) {
             m.state.healthy = Some(false);
-            m.description = format!("health check failed {} times: {detail}", m.health_failures);
+            m.description = Description::info(format!("health check failed {} times: {detail}", m.health_failures));
             return true;
         }
         false

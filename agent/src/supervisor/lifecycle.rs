@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::bookkeeping::Module;
+use super::status::{Description, DescriptionKind};
 use super::{workload, Agent, KILL_WAIT, LABEL_CONFIG, LABEL_IMAGE, LABEL_MODULE};
 use crate::container::{self, ContainerConfig, EdgeIds};
 use crate::containerd::client::{now_ms, Containerd, CtrError};
@@ -16,16 +17,53 @@ use crate::containerd::stdio;
 use crate::manifest::ModuleSpec;
 use crate::plan::{self, Command, ModuleState};
 
+/// Why a command failed.
+#[derive(Debug)]
+pub(super) enum CommandError {
+    /// containerd refused, or is gone ([`CtrError::unavailable`]), or the agent could not
+    /// prepare the call (a bad reference, createOptions, a device, a volume).
+    Containerd(CtrError),
+    /// The module's image is not on the device, so its container cannot be made.
+    ImageMissing(String),
+}
+
+impl CommandError {
+    /// What the module's description says, once it is this error.
+    pub(super) fn kind(&self) -> DescriptionKind {
+        match self {
+            CommandError::Containerd(_) => DescriptionKind::Info,
+            CommandError::ImageMissing(_) => DescriptionKind::ImageMissing,
+        }
+    }
+}
+
+impl From<CtrError> for CommandError {
+    fn from(e: CtrError) -> CommandError {
+        CommandError::Containerd(e)
+    }
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Containerd(e) => e.fmt(f),
+            CommandError::ImageMissing(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
 impl Agent {
     /// Carries out one command of the plan.
-    pub(super) async fn execute(&mut self, ctr: &Containerd, command: &Command) -> Result<(), CtrError> {
+    pub(super) async fn execute(&mut self, ctr: &Containerd, command: &Command) -> Result<(), CommandError> {
         let name = command.module().to_owned();
         match command {
-            Command::Pull { .. } => self.pull(ctr, &name).await,
+            Command::Pull { .. } => Ok(self.pull(ctr, &name).await?),
             Command::Create { .. } => self.create(ctr, &name).await,
-            Command::Start { .. } => self.start(ctr, &name).await,
-            Command::Stop { .. } => self.stop(ctr, &name).await,
-            Command::Remove { .. } => self.remove(ctr, &name).await,
+            Command::Start { .. } => Ok(self.start(ctr, &name).await?),
+            Command::Stop { .. } => Ok(self.stop(ctr, &name).await?),
+            Command::Remove { .. } => Ok(self.remove(ctr, &name).await?),
         }
     }
 
@@ -56,13 +94,13 @@ impl Agent {
         Ok((config, unsupported))
     }
 
-    async fn create(&mut self, ctr: &Containerd, name: &str) -> Result<(), CtrError> {
+    async fn create(&mut self, ctr: &Containerd, name: &str) -> Result<(), CommandError> {
         let spec = self.spec(name).ok_or_else(|| CtrError::other("not in the deployment"))?;
         let reference = self.reference(&spec)?;
         let image = match self.images.get(&reference.name()) {
             Some(image) => image.clone(),
             None => self.resolve_local(&spec).await?.ok_or_else(|| {
-                CtrError::other(format!(
+                CommandError::ImageMissing(format!(
                     "image {reference} is not on the device (imagePullPolicy {})",
                     spec.image_pull_policy.as_str()
                 ))
@@ -120,7 +158,7 @@ impl Agent {
         let _ = ctr.delete_lease(&lease).await;
         if let Err(e) = created {
             let _ = ctr.remove_snapshot(name).await;
-            return Err(e);
+            return Err(e.into());
         }
         let health = self.health_plan(&spec, &config, &image);
         let m = self.modules.entry(name.to_owned()).or_insert_with(|| Module::new(name));
@@ -134,8 +172,14 @@ impl Agent {
         m.image = spec.image.clone();
         m.health = health;
         m.health_failures = 0;
-        m.description =
-            if unsupported.is_empty() { String::new() } else { format!("createOptions not applied: {unsupported}") };
+        m.description = if unsupported.is_empty() {
+            Description::default()
+        } else {
+            Description::new(
+                DescriptionKind::CreateOptionsNotApplied,
+                format!("createOptions not applied: {unsupported}"),
+            )
+        };
         log::info!("module {name}: container created from {}", image.name);
         Ok(())
     }
@@ -170,8 +214,8 @@ impl Agent {
         m.state.healthy = None;
         m.state.last_start_unix_ms = Some(now_ms());
         m.health_failures = 0;
-        if !m.description.starts_with("createOptions not applied") {
-            m.description.clear();
+        if m.description.kind != DescriptionKind::CreateOptionsNotApplied {
+            m.description = Description::default();
         }
         log::info!("module {name}: started (pid {pid})");
         self.start_health(name);

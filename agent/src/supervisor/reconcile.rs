@@ -7,6 +7,8 @@
 use std::collections::HashSet;
 
 use super::bookkeeping::{Module, Override};
+use super::lifecycle::CommandError;
+use super::status::{self, Description};
 use super::Agent;
 use crate::containerd::client::now_ms;
 use crate::plan::{self, Command, ModuleState};
@@ -27,8 +29,11 @@ impl Agent {
         let plan = plan::plan(&desired, &actual, &|image| present.contains(image), &self.settings.restart, now);
         self.planned_at = now;
         for (module, reason) in &plan.reasons {
+            let spec = desired.iter().find(|spec| &spec.name == module);
+            let state = actual.iter().find(|state| &state.name == module);
+            let kind = status::reason_kind(spec, state, spec.is_some_and(|spec| present.contains(&spec.image)));
             let m = self.modules.entry(module.clone()).or_insert_with(|| Module::new(module));
-            m.description.clone_from(reason);
+            m.description = Description::new(kind, reason.as_str());
         }
         let mut failed: HashSet<String> = HashSet::new();
         for command in &plan.commands {
@@ -49,10 +54,12 @@ impl Agent {
                 let wait = plan::cool_off(&self.settings.restart, m.failures);
                 m.failures = m.failures.saturating_add(1);
                 m.over = Some(Override::Failed { retry_at: now_ms() + wait.as_millis() as u64 });
-                m.description = e.message.clone();
-                if e.unavailable {
-                    self.lost(e);
-                    break;
+                m.description = Description::new(e.kind(), e.to_string());
+                if let CommandError::Containerd(e) = e {
+                    if e.unavailable {
+                        self.lost(e);
+                        break;
+                    }
                 }
             } else if let Some(m) = self.modules.get_mut(&name) {
                 if !matches!(command, Command::Pull { .. }) || m.over == Some(Override::Downloading) {

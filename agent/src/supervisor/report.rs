@@ -16,13 +16,37 @@ use crate::plan::{ModuleState, RuntimeStatus};
 /// IoT Edge's "never" time.
 pub const NEVER: &str = "0001-01-01T00:00:00Z";
 
+/// A module's `runtimeStatus`: the runtime's, or `downloading`, which IoT Edge reports as a
+/// status of its own while a module's image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedStatus {
+    Runtime(RuntimeStatus),
+    Downloading,
+}
+
+impl ReportedStatus {
+    /// The spelling used in edgeAgent's reported properties.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Runtime(status) => status.as_str(),
+            Self::Downloading => "downloading",
+        }
+    }
+}
+
+impl From<RuntimeStatus> for ReportedStatus {
+    fn from(status: RuntimeStatus) -> ReportedStatus {
+        ReportedStatus::Runtime(status)
+    }
+}
+
 /// One module's line in the document.
 #[derive(Debug, Clone)]
 pub struct ModuleReport<'a> {
     pub spec: Option<&'a ModuleSpec>,
     pub name: &'a str,
     pub state: &'a ModuleState,
-    pub status: RuntimeStatus,
+    pub status: ReportedStatus,
     pub description: &'a str,
     pub image: &'a str,
 }
@@ -163,7 +187,7 @@ mod tests {
             spec: None,
             name: "sensor",
             state: &state,
-            status: RuntimeStatus::Backoff,
+            status: RuntimeStatus::Backoff.into(),
             description: "exited with code 137",
             image: "localhost:5000/s:1",
         }];
