@@ -25,8 +25,9 @@ pub enum ConfigError {
     Empty { key: String },
     /// A listener that is not an `ip:port` socket address.
     BadAddress { key: String, value: String },
-    /// `hub.mqtt` and `hub.mqtts` name the same address, so the second bind would fail.
-    SameAddress { value: String },
+    /// Two listeners (`hub.mqtt`, `hub.mqtts`, `hub.https`) name the same address, so the
+    /// second bind would fail.
+    SameAddress { first: &'static str, second: &'static str, value: String },
     /// A symmetric key that is not standard base64 or has the wrong length.
     BadKey { key: String, reason: String },
     /// An integer outside its allowed range.
@@ -85,8 +86,8 @@ impl fmt::Display for ConfigError {
                  (use \"\" to turn the listener off)",
                 value.escape_debug()
             ),
-            ConfigError::SameAddress { value } => {
-                write!(f, "config: \"hub.mqtt\" and \"hub.mqtts\" are both \"{value}\"; give them different ports")
+            ConfigError::SameAddress { first, second, value } => {
+                write!(f, "config: \"{first}\" and \"{second}\" are both \"{value}\"; give them different ports")
             }
             ConfigError::BadKey { key, reason } => {
                 write!(f, "config: \"{key}\" is not a valid symmetric key: {reason}")

@@ -11,6 +11,7 @@
 //! [hub]
 //! mqtt = "127.0.0.1:1883"           # plain listener; "" turns it off
 //! mqtts = "127.0.0.1:8883"          # TLS listener; "" turns it off
+//! https = "127.0.0.1:443"           # edgeHub's method HTTP API (TLS); "" turns it off
 //! tls_cert = "server.pem"           # with tls_key; generated under data_dir if absent
 //! tls_key = "server.key.pem"
 //! max_packet_bytes = 262144
@@ -80,6 +81,9 @@ pub const DEFAULT_DATA_DIR: &str = "tinyedge-data";
 pub const DEFAULT_MQTT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
 /// The IANA MQTT-over-TLS port edgeHub listens on; loopback until the operator opens it.
 pub const DEFAULT_MQTTS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8883);
+/// edgeHub's HTTPS port (`httpSettings.port`), where SDK module clients call methods; loopback
+/// like the MQTT listeners (modules share the host's network).
+pub const DEFAULT_HTTPS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 443);
 /// IoT Hub's maximum message size, 256 KiB; edgeHub uses the same.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 256 * 1024;
 /// Smallest packet limit: below 1 KiB even a CONNECT with a SAS token password may not fit.
@@ -251,6 +255,9 @@ pub struct HubConfig {
     pub mqtt: Option<SocketAddr>,
     /// MQTT over TLS listener; `None` when turned off with `""`.
     pub mqtts: Option<SocketAddr>,
+    /// The method HTTP API over TLS (edgeHub's `POST /twins/…/methods`); `None` when turned
+    /// off with `""`.
+    pub https: Option<SocketAddr>,
     /// Server certificate chain (PEM); always set together with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -300,6 +307,7 @@ impl Default for HubConfig {
         HubConfig {
             mqtt: Some(DEFAULT_MQTT_ADDR),
             mqtts: Some(DEFAULT_MQTTS_ADDR),
+            https: Some(DEFAULT_HTTPS_ADDR),
             tls_cert: None,
             tls_key: None,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,

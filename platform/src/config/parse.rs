@@ -49,6 +49,7 @@ const FSYNC_INTERVAL_MS_MAX: usize = 60_000;
 const HUB_KEYS: &[&str] = &[
     "mqtt",
     "mqtts",
+    "https",
     "tls_cert",
     "tls_key",
     "max_packet_bytes",
@@ -399,10 +400,18 @@ fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigE
     if let Some(mqtts) = section.listener("mqtts")? {
         hub.mqtts = mqtts;
     }
-    if let (Some(mqtt), Some(mqtts)) = (hub.mqtt, hub.mqtts) {
-        // Port 0 asks the OS for a fresh port each bind, so it can repeat.
-        if mqtt == mqtts && mqtt.port() != 0 {
-            return Err(ConfigError::SameAddress { value: mqtt.to_string() });
+    if let Some(https) = section.listener("https")? {
+        hub.https = https;
+    }
+    let listeners = [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https)];
+    for (index, (first, a)) in listeners.iter().enumerate() {
+        for (second, b) in &listeners[index + 1..] {
+            // Port 0 asks the OS for a fresh port each bind, so it can repeat.
+            if let (Some(a), Some(b)) = (a, b) {
+                if a == b && a.port() != 0 {
+                    return Err(ConfigError::SameAddress { first, second, value: a.to_string() });
+                }
+            }
         }
     }
     hub.tls_cert = section.path("tls_cert", base_dir)?;

@@ -39,6 +39,7 @@ fn empty_config_gives_defaults_with_data_dir_beside_the_file() {
     assert_eq!(config.log_level, log::LevelFilter::Info);
     assert_eq!(config.hub.mqtt, Some(addr("127.0.0.1:1883")));
     assert_eq!(config.hub.mqtts, Some(addr("127.0.0.1:8883")));
+    assert_eq!(config.hub.https, Some(addr("127.0.0.1:443")));
     assert_eq!(config.hub.max_packet_bytes, 262_144);
     assert_eq!(config.hub.subscriber_queue_max, 1000);
     assert_eq!(config.hub.max_inflight, 16);
@@ -66,6 +67,7 @@ log_level = "debug"
 [hub]
 mqtt = ""
 mqtts = "[::]:8883"
+https = "0.0.0.0:8443"
 tls_cert = "certs/server.pem"
 tls_key = "/secure/server.key.pem"
 max_packet_bytes = 1024
@@ -93,6 +95,7 @@ key = "MDEyMzQ1Njc4OWFiY2RlZg=="
     let hub = &config.hub;
     assert_eq!(hub.mqtt, None);
     assert_eq!(hub.mqtts, Some(addr("[::]:8883")));
+    assert_eq!(hub.https, Some(addr("0.0.0.0:8443")));
     assert_eq!(hub.tls_cert, Some(base().join("certs/server.pem")));
     assert_eq!(hub.tls_key, Some(PathBuf::from("/secure/server.key.pem")));
     assert_eq!((hub.max_packet_bytes, hub.subscriber_queue_max), (1024, 1));
@@ -171,6 +174,19 @@ fn same_address_for_both_listeners_is_refused_unless_port_zero() {
         ConfigError::SameAddress { .. }
     ));
     assert!(parse("[hub]\nmqtt = \"127.0.0.1:0\"\nmqtts = \"127.0.0.1:0\"").is_ok());
+    let error = parse_error("[hub]\nmqtts = \"0.0.0.0:8883\"\nhttps = \"0.0.0.0:8883\"");
+    assert!(matches!(&error, ConfigError::SameAddress { first: "hub.mqtts", second: "hub.https", .. }), "{error:?}");
+    assert!(error.to_string().contains("\"hub.mqtts\" and \"hub.https\" are both \"0.0.0.0:8883\""), "{error}");
+    let error = parse_error("[hub]\nhttps = \"127.0.0.1:1883\"");
+    assert!(matches!(&error, ConfigError::SameAddress { first: "hub.mqtt", second: "hub.https", .. }), "{error:?}");
+}
+
+#[test]
+fn the_method_api_listener_can_be_turned_off_or_moved() {
+    assert_eq!(parse("[hub]\nhttps = \"\"").unwrap().hub.https, None);
+    assert_eq!(parse("[hub]\nhttps = \"[::]:8443\"").unwrap().hub.https, Some(addr("[::]:8443")));
+    let error = parse_error("[hub]\nhttps = \"443\"");
+    assert!(matches!(&error, ConfigError::BadAddress { key, .. } if key == "hub.https"), "{error:?}");
 }
 
 #[test]
