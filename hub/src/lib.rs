@@ -15,15 +15,20 @@
 //!   checkpoint per endpoint (format code pure, files in thin adapters);
 //! - [`upstream`]: the single MQTT connection to the cloud IoT Hub, with reconnect and backoff;
 //! - [`tls`]: the TLS listener's rustls configuration;
+//! - [`twin`]: every identity's twin (desired from the deployment, reported from the client),
+//!   versions, limits, persistence (pure code and a small file adapter);
+//! - [`methods`]: direct-method calls waiting for their answers, with their timeouts;
 //! - [`metrics`]: counters of everything accepted, routed and dropped.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod broker;
 pub mod message;
+pub mod methods;
 pub mod metrics;
 pub mod route;
 pub mod store;
 pub mod tls;
 pub mod topic;
+pub mod twin;
 pub mod upstream;

@@ -54,6 +54,22 @@ counters! {
     /// Connections closed because the store did not take one of their QoS 1 messages: the
     /// client sends it again after reconnecting (QoS 0 messages are dropped, counted above).
     store_refused_disconnects,
+    /// Twin GETs answered (from the local twin, at once).
+    twin_gets,
+    /// Reported-property patches applied.
+    twin_reported_patches,
+    /// Twin requests refused (invalid patch, unknown twin) with an error response.
+    twin_errors,
+    /// Desired-property patches sent to clients.
+    twin_desired_patches,
+    /// `$iothub` requests the hub does not serve, answered with an error (never silence).
+    iothub_unserved,
+    /// Direct-method calls made, answered, and failed (404, 504, 400).
+    method_calls,
+    method_answers,
+    method_failures,
+    /// Control-lane items dropped because the client had not subscribed to their topic.
+    control_unsubscribed,
 }
 
 impl Metrics {

@@ -1,5 +1,6 @@
-//! IoT Hub's MQTT topics: what a client may publish and subscribe to, and the topics the hub
-//! delivers on.
+//! IoT Hub's MQTT topics, all parsed and built here: what a client may publish and subscribe
+//! to, the `$iothub/…` requests it makes (twins, method responses), and the topics the hub
+//! delivers on (module inputs, twin responses, desired patches, method requests, C2D).
 //!
 //! A client lives under its own identity's topics only: a module under
 //! `devices/{d}/modules/{m}/…`, a device under `devices/{d}/…`, both under `$iothub/…` (twin and
@@ -62,36 +63,148 @@ pub fn classify_publish<'t>(topic: &'t str, identity: &Identity) -> Result<Inbou
     if bag.is_empty() {
         return Ok(Inbound::Telemetry { bag });
     }
-    // `messages/events/` or `messages/events/{bag}`; a bag never contains '/'.
+    // `messages/events/` or `messages/events/{bag}`, and IoT Hub ignores one '/' after the bag
+    // (some SDKs send it); a bag never contains '/' otherwise.
     let bag = bag.strip_prefix('/').ok_or(TopicError::Unknown)?;
+    let bag = bag.strip_suffix('/').unwrap_or(bag);
     if bag.contains('/') {
         return Err(TopicError::Unknown);
     }
     Ok(Inbound::Telemetry { bag })
 }
 
-/// What a granted subscription is for.
+/// What a granted subscription is for: the filters edgeHub recognises
+/// (`Hub.Mqtt/SessionStateParser.cs`), for the client's own identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionKind {
-    /// `devices/{d}/modules/{m}/inputs/#`: routed module inputs.
+    /// `devices/{d}/modules/{m}/inputs/#` or `devices/{d}/modules/{m}/#`: routed module inputs.
     ModuleInputs,
     /// `devices/{d}/messages/devicebound/#`: cloud-to-device messages.
     DeviceBound,
-    /// `$iothub/…`: twin responses, desired-property patches, direct methods.
-    IotHub,
+    /// `$iothub/twin/res/#`: answers to the client's twin requests.
+    TwinResponses,
+    /// `$iothub/twin/PATCH/properties/desired/#` (or any filter under that prefix).
+    DesiredPatches,
+    /// `$iothub/methods/POST/#` (or any filter under that prefix): direct method calls.
+    Methods,
 }
 
 /// Checks a SUBSCRIBE filter of `identity`.
 pub fn classify_subscription(filter: &str, identity: &Identity) -> Result<SubscriptionKind, TopicError> {
-    if filter.starts_with("$iothub/") {
-        return Ok(SubscriptionKind::IotHub);
+    if let Some(rest) = filter.strip_prefix("$iothub/") {
+        return if rest == "twin/res/#" {
+            Ok(SubscriptionKind::TwinResponses)
+        } else if rest.starts_with("twin/PATCH/properties/desired/") {
+            Ok(SubscriptionKind::DesiredPatches)
+        } else if rest.starts_with("methods/POST/") {
+            Ok(SubscriptionKind::Methods)
+        } else {
+            Err(TopicError::Unknown)
+        };
     }
     let rest = identity_prefix(filter, identity)?;
     match (&identity.module_id, rest) {
-        (Some(_), "inputs/#") => Ok(SubscriptionKind::ModuleInputs),
-        (None, "messages/devicebound/#") => Ok(SubscriptionKind::DeviceBound),
+        (Some(_), "inputs/#" | "#") => Ok(SubscriptionKind::ModuleInputs),
+        (_, "messages/devicebound/#") => Ok(SubscriptionKind::DeviceBound),
         _ => Err(TopicError::Unknown),
     }
+}
+
+/// Longest request id accepted: the SDKs send a counter or a GUID (36 bytes).
+pub const RID_BYTES_MAX: usize = 128;
+
+/// A `$iothub/…` request of a client (the topic after `$iothub/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IotHubRequest<'t> {
+    /// `twin/GET/?$rid={rid}`.
+    TwinGet { rid: &'t str },
+    /// `twin/PATCH/properties/reported/?$rid={rid}`; without a `$rid` the patch is applied and
+    /// not answered (as edgeHub does).
+    TwinPatchReported { rid: Option<&'t str> },
+    /// `methods/res/{status}/?$rid={rid}`; a missing or non-numeric status is edgeHub's 400000.
+    MethodResponse { status: i32, rid: &'t str },
+}
+
+/// Why a `$iothub/…` request cannot be served, and the request id to answer on, if it had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError<'t> {
+    pub rid: Option<&'t str>,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// edgeHub's status for a method response without a usable status (`GenericBadRequest`).
+pub const METHOD_STATUS_BAD_REQUEST: i32 = 400_000;
+
+/// The `$rid` of a property bag `k=v&…` (also `%24rid`); an empty or overlong one is refused.
+fn request_id(bag: &str) -> Result<Option<&str>, String> {
+    let Some(rid) = bag.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == "$rid" || key.eq_ignore_ascii_case("%24rid")).then_some(value)
+    }) else {
+        return Ok(None);
+    };
+    if rid.is_empty() || rid.len() > RID_BYTES_MAX || !rid.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Err(format!("bad $rid (1 to {RID_BYTES_MAX} printable characters, no '/')"));
+    }
+    Ok(Some(rid))
+}
+
+/// Parses the topic of a `$iothub/…` PUBLISH (`rest`: after `$iothub/`).
+pub fn parse_iothub_request(rest: &str) -> Result<IotHubRequest<'_>, RequestError<'_>> {
+    let (path, bag) = rest.split_once('?').unwrap_or((rest, ""));
+    let refuse = |status: u16, reason: &str| RequestError {
+        rid: request_id(bag).ok().flatten(),
+        status,
+        reason: reason.to_string(),
+    };
+    let rid = request_id(bag).map_err(|reason| RequestError { rid: None, status: 400, reason })?;
+    match path {
+        "twin/GET/" | "twin/GET" => match rid {
+            Some(rid) => Ok(IotHubRequest::TwinGet { rid }),
+            None => Err(refuse(400, "twin GET without a $rid")),
+        },
+        "twin/PATCH/properties/reported/" | "twin/PATCH/properties/reported" => {
+            Ok(IotHubRequest::TwinPatchReported { rid })
+        }
+        _ if path.starts_with("twin/GET/") || path.starts_with("twin/PATCH/properties/reported/") => {
+            Err(refuse(400, "further resource specialization is not supported"))
+        }
+        _ => match path.strip_prefix("methods/res/") {
+            Some(status) => {
+                let status = status.strip_suffix('/').unwrap_or(status);
+                let status = status.parse().unwrap_or(METHOD_STATUS_BAD_REQUEST);
+                match rid {
+                    Some(rid) => Ok(IotHubRequest::MethodResponse { status, rid }),
+                    None => Err(refuse(400, "method response without a $rid")),
+                }
+            }
+            None => Err(refuse(404, "not a $iothub request this hub serves")),
+        },
+    }
+}
+
+/// `$iothub/twin/res/{status}/?$rid={rid}[&$version={version}]` into `out`.
+pub fn twin_response_topic_into(status: u16, rid: &str, version: Option<u64>, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "$iothub/twin/res/{status}/?$rid={rid}");
+    if let Some(version) = version {
+        let _ = write!(out, "&$version={version}");
+    }
+}
+
+/// `$iothub/twin/PATCH/properties/desired/?$version={version}` into `out`.
+pub fn desired_patch_topic_into(version: u64, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "$iothub/twin/PATCH/properties/desired/?$version={version}");
+}
+
+/// `$iothub/methods/POST/{name}/?$rid={rid}` into `out`.
+pub fn method_request_topic_into(name: &str, rid: &str, out: &mut String) {
+    out.push_str("$iothub/methods/POST/");
+    out.push_str(name);
+    out.push_str("/?$rid=");
+    out.push_str(rid);
 }
 
 /// Builds `devices/{d}/modules/{m}/inputs/{input}/` into `out`; the caller appends the bag.
@@ -168,7 +281,7 @@ mod tests {
     fn subscriptions_are_limited_to_own_inputs() {
         let me = module("gw", "m1");
         assert_eq!(classify_subscription("devices/gw/modules/m1/inputs/#", &me), Ok(SubscriptionKind::ModuleInputs));
-        assert_eq!(classify_subscription("$iothub/twin/res/#", &me), Ok(SubscriptionKind::IotHub));
+        assert_eq!(classify_subscription("$iothub/twin/res/#", &me), Ok(SubscriptionKind::TwinResponses));
         assert_eq!(classify_subscription("devices/gw/modules/m2/inputs/#", &me), Err(TopicError::NotOwnTopic));
         assert_eq!(classify_subscription("#", &me), Err(TopicError::Unknown));
         assert_eq!(classify_subscription("devices/+/modules/+/inputs/#", &me), Err(TopicError::NotOwnTopic));
@@ -184,5 +297,84 @@ mod tests {
         let mut out = String::new();
         input_topic_into("gw", "filter", "input1", &mut out);
         assert_eq!(out, "devices/gw/modules/filter/inputs/input1/");
+    }
+
+    #[test]
+    fn a_trailing_slash_after_the_bag_is_ignored_as_iot_hub_does() {
+        let me = module("gw", "m1");
+        assert_eq!(
+            classify_publish("devices/gw/modules/m1/messages/events/%24.on=o1&a=b/", &me),
+            Ok(Inbound::Telemetry { bag: "%24.on=o1&a=b" })
+        );
+        assert!(classify_publish("devices/gw/modules/m1/messages/events/a=b//", &me).is_err());
+    }
+
+    #[test]
+    fn edgehub_subscription_forms_are_granted_for_the_own_identity() {
+        let me = module("gw", "m1");
+        for (filter, kind) in [
+            ("devices/gw/modules/m1/inputs/#", SubscriptionKind::ModuleInputs),
+            ("devices/gw/modules/m1/#", SubscriptionKind::ModuleInputs),
+            ("$iothub/twin/res/#", SubscriptionKind::TwinResponses),
+            ("$iothub/twin/PATCH/properties/desired/#", SubscriptionKind::DesiredPatches),
+            ("$iothub/methods/POST/#", SubscriptionKind::Methods),
+            ("devices/gw/modules/m1/messages/devicebound/#", SubscriptionKind::DeviceBound),
+        ] {
+            assert_eq!(classify_subscription(filter, &me), Ok(kind), "{filter}");
+        }
+        for filter in ["$iothub/#", "$iothub/twin/#", "devices/gw/modules/m2/#", "devices/gw/#"] {
+            assert!(classify_subscription(filter, &me).is_err(), "{filter}");
+        }
+    }
+
+    #[test]
+    fn iothub_requests_parse_with_their_request_ids() {
+        assert_eq!(parse_iothub_request("twin/GET/?$rid=7"), Ok(IotHubRequest::TwinGet { rid: "7" }));
+        assert_eq!(
+            parse_iothub_request("twin/PATCH/properties/reported/?$rid=abc&x=y"),
+            Ok(IotHubRequest::TwinPatchReported { rid: Some("abc") })
+        );
+        assert_eq!(
+            parse_iothub_request("twin/PATCH/properties/reported/"),
+            Ok(IotHubRequest::TwinPatchReported { rid: None })
+        );
+        assert_eq!(
+            parse_iothub_request("methods/res/200/?$rid=9f"),
+            Ok(IotHubRequest::MethodResponse { status: 200, rid: "9f" })
+        );
+        assert_eq!(
+            parse_iothub_request("methods/res/x/?$rid=9f"),
+            Ok(IotHubRequest::MethodResponse { status: METHOD_STATUS_BAD_REQUEST, rid: "9f" })
+        );
+    }
+
+    #[test]
+    fn unserved_or_malformed_requests_get_an_error_with_the_rid_when_known() {
+        for (topic, status, rid) in [
+            ("twin/GET/", 400, None),
+            ("twin/GET/?$rid=", 400, None),
+            ("twin/GET/extra/?$rid=3", 400, Some("3")),
+            ("twin/PATCH/properties/desired/?$rid=4", 404, Some("4")),
+            ("nonsense/?$rid=5", 404, Some("5")),
+            ("methods/res/200/", 400, None),
+        ] {
+            let error = parse_iothub_request(topic).expect_err(topic);
+            assert_eq!((error.status, error.rid), (status, rid), "{topic}");
+        }
+        let long = format!("twin/GET/?$rid={}", "r".repeat(RID_BYTES_MAX + 1));
+        assert_eq!(parse_iothub_request(&long).expect_err("long").status, 400);
+    }
+
+    #[test]
+    fn response_topics_are_built_as_iot_hub_sends_them() {
+        let mut out = String::new();
+        twin_response_topic_into(204, "1", Some(6), &mut out);
+        assert_eq!(out, "$iothub/twin/res/204/?$rid=1&$version=6");
+        out.clear();
+        desired_patch_topic_into(12, &mut out);
+        assert_eq!(out, "$iothub/twin/PATCH/properties/desired/?$version=12");
+        out.clear();
+        method_request_topic_into("reboot", "c0ffee", &mut out);
+        assert_eq!(out, "$iothub/methods/POST/reboot/?$rid=c0ffee");
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mqttbytes::v4::{Connect, LastWill, Packet, Publish, Subscribe, Unsubscribe};
 use mqttbytes::{Protocol, QoS};
 
@@ -19,7 +19,7 @@ use crate::topic::{self, Inbound, SubscriptionKind};
 
 use super::codec::{self, ConnectStart, DecodeError};
 use super::queue::{Queue, Signal};
-use super::session::{Kick, Owner, Slot};
+use super::session::{Control, Kick, Owner, Slot, Subscriptions};
 use super::transport::Reader;
 use super::writer::{Ctrl, Writer};
 use super::{Broker, Permit};
@@ -295,6 +295,7 @@ impl Session {
             let present = !clean && state.persistent;
             if !present {
                 state.inputs_qos = None;
+                state.subscriptions = Subscriptions::default();
             }
             state.persistent = !clean;
             present
@@ -341,6 +342,8 @@ impl Session {
                 metrics: broker.metrics.clone(),
                 commit: broker.commit.clone(),
                 store: broker.router.store().clone(),
+                twins: broker.twins.clone(),
+                client_id: self.identity.client_id(),
                 out,
             }
             .run(),
@@ -386,6 +389,7 @@ impl Session {
                 state.owner = None;
                 if self.clean {
                     state.inputs_qos = None;
+                    state.subscriptions = Subscriptions::default();
                     state.persistent = false;
                 }
             }
@@ -520,13 +524,8 @@ impl Session {
         let bag = match topic::classify_publish(&p.topic, &self.identity) {
             Ok(Inbound::Telemetry { bag }) => bag,
             Ok(Inbound::IotHub { rest }) => {
-                // Twin and direct-method traffic arrives with the twin work; it is accepted and
-                // acknowledged so SDKs do not stall, and logged so its absence is visible.
-                log::debug!(
-                    "{}: {} sent $iothub/{rest}: twins and methods are not served yet",
-                    self.peer,
-                    self.identity
-                );
+                // Answered on the client's control lane; the PUBACK needs nothing from the store.
+                self.iothub(broker, rest, p.payload.clone()).await;
                 return Ok(Published::Accepted(0));
             }
             Err(e) => {
@@ -566,13 +565,15 @@ impl Session {
     async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut inputs = None;
+        let mut iothub = Vec::new();
         for filter in &s.filters {
             // IoT Hub grants at most QoS 1.
             let granted = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
             match topic::classify_subscription(&filter.path, &self.identity) {
                 Ok(kind) => {
-                    if kind == SubscriptionKind::ModuleInputs {
-                        inputs = Some(granted);
+                    match kind {
+                        SubscriptionKind::ModuleInputs => inputs = Some(granted),
+                        other => iothub.push(other),
                     }
                     codes.push(granted as u8);
                 }
@@ -584,6 +585,9 @@ impl Session {
             }
         }
         ctrl.push(Ctrl::SubAck(s.pkid, codes)).await?;
+        if !iothub.is_empty() {
+            self.set_subscriptions(&iothub, true);
+        }
         if let Some(qos) = inputs {
             // Subscribing again to what a persistent session already holds changes nothing: a
             // new generation would restart the pump from the checkpoint and send everything
@@ -597,7 +601,104 @@ impl Session {
         Ok(())
     }
 
+    /// Records `$iothub` and C2D subscriptions (no new generation: the store pumps are not
+    /// concerned). A new desired-patch subscription gets the one patch that brings the client
+    /// up to date, whether or not it ever did a GET (edgeHub needs a GET first, #2757).
+    fn set_subscriptions(&self, kinds: &[SubscriptionKind], on: bool) {
+        {
+            let mut state = self.slot.state();
+            for kind in kinds {
+                let flag = match kind {
+                    SubscriptionKind::TwinResponses => &mut state.subscriptions.twin_responses,
+                    SubscriptionKind::DesiredPatches => &mut state.subscriptions.desired,
+                    SubscriptionKind::Methods => &mut state.subscriptions.methods,
+                    SubscriptionKind::DeviceBound => &mut state.subscriptions.device_bound,
+                    SubscriptionKind::ModuleInputs => continue,
+                };
+                *flag = on;
+            }
+        }
+        if on && kinds.contains(&SubscriptionKind::DesiredPatches) {
+            self.slot.desired_changed();
+        }
+        // Method callers waiting for this client to subscribe look again.
+        self.slot.changed.notify(usize::MAX);
+    }
+
+    /// Serves a `$iothub/…` request: twin GET and reported PATCH, method responses. Every
+    /// request with a request id gets an answer on `$iothub/twin/res/…`, errors included.
+    async fn iothub(&self, broker: &Broker, rest: &str, payload: Bytes) {
+        static UNSERVED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+        let id = self.identity.client_id();
+        let error_body = |message: &str| Bytes::from(serde_json::json!({ "message": message }).to_string());
+        let answer: Option<(u16, String, Option<u64>, Bytes)> = match topic::parse_iothub_request(rest) {
+            Ok(topic::IotHubRequest::TwinGet { rid }) => match broker.twins.get(&id) {
+                Ok(document) => {
+                    Metrics::inc(&broker.metrics.twin_gets);
+                    if let Some(version) = document.pointer("/desired/$version").and_then(serde_json::Value::as_u64) {
+                        if let Err(error) = broker.twins.mark_delivered(&id, version) {
+                            log::debug!("twin of {id}: {error}");
+                        }
+                    }
+                    Some((200, rid.to_string(), None, Bytes::from(document.to_string())))
+                }
+                Err(error) => {
+                    Metrics::inc(&broker.metrics.twin_errors);
+                    Some((error.status(), rid.to_string(), None, error_body(&error.to_string())))
+                }
+            },
+            Ok(topic::IotHubRequest::TwinPatchReported { rid }) => match broker.twins.patch_reported(&id, &payload) {
+                Ok(version) => {
+                    Metrics::inc(&broker.metrics.twin_reported_patches);
+                    rid.map(|rid| (204, rid.to_string(), Some(version), Bytes::new()))
+                }
+                Err(error) => {
+                    Metrics::inc(&broker.metrics.twin_errors);
+                    log::info!("{}: reported properties of {} refused: {error}", self.peer, self.identity);
+                    rid.map(|rid| (error.status(), rid.to_string(), None, error_body(&error.to_string())))
+                }
+            },
+            Ok(topic::IotHubRequest::MethodResponse { status, rid }) => {
+                let payload = if payload.is_empty() { Bytes::from_static(b"null") } else { payload };
+                if !broker.methods.complete(&id, rid, crate::methods::MethodResponse { status, payload }) {
+                    log::info!(
+                        "{}: {} answered method request {rid}, which nobody waits for",
+                        self.peer,
+                        self.identity
+                    );
+                }
+                None
+            }
+            Err(error) => {
+                Metrics::inc(&broker.metrics.iothub_unserved);
+                log_limited!(
+                    UNSERVED,
+                    log::Level::Warn,
+                    "{}: {} sent $iothub/{rest}: {} ({})",
+                    self.peer,
+                    self.identity,
+                    error.reason,
+                    error.status
+                );
+                Some((error.status, error.rid.unwrap_or_default().to_string(), None, error_body(&error.reason)))
+            }
+        };
+        if let Some((status, rid, version, body)) = answer {
+            // The client drains its own lane: waiting for room holds back only its own reads.
+            let _ = self.slot.control.push(Control::TwinResponse { status, rid, version, body }).await;
+        }
+    }
+
     async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
+        let iothub: Vec<SubscriptionKind> = u
+            .topics
+            .iter()
+            .filter_map(|t| topic::classify_subscription(t, &self.identity).ok())
+            .filter(|kind| *kind != SubscriptionKind::ModuleInputs)
+            .collect();
+        if !iothub.is_empty() {
+            self.set_subscriptions(&iothub, false);
+        }
         if u.topics
             .iter()
             .any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs))

@@ -40,9 +40,11 @@ use smol::Async;
 use std::net::{TcpListener, TcpStream};
 
 use crate::auth::Authenticator;
+use crate::methods::{Invoker, MethodCall, MethodError, MethodResponse, Methods};
 use crate::metrics::Metrics;
 use crate::route::{Endpoint, RouteTable};
 use crate::store::Store;
+use crate::twin::Twins;
 use tinyedge_platform::config::HubConfig;
 use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
@@ -162,6 +164,10 @@ pub struct Broker {
     commit: writer::Commit,
     device_id: String,
     pumps: Mutex<Vec<(Endpoint, Vec<(u8, u16)>, smol::Task<()>)>>,
+    /// Every identity's twin.
+    pub twins: Arc<Twins>,
+    /// Direct-method calls waiting for their answers.
+    pub methods: Methods,
 }
 
 impl std::fmt::Debug for Broker {
@@ -178,6 +184,7 @@ impl Broker {
         routes: RouteTable,
         limits: Limits,
         store: Arc<Store>,
+        twins: Arc<Twins>,
     ) -> Arc<Broker> {
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(limits.subscriber_queue_max));
@@ -192,9 +199,45 @@ impl Broker {
             commit: Arc::new(move |endpoint, seq| commit_store.commit(endpoint, seq)),
             device_id: device_id.to_string(),
             pumps: Mutex::new(Vec::new()),
+            twins,
+            methods: Methods::default(),
         });
         broker.set_routes(routes);
         broker
+    }
+
+    /// Calls a direct method on a connected module or leaf device (see [`crate::methods`]).
+    pub async fn invoke_method(&self, call: MethodCall) -> Result<MethodResponse, MethodError> {
+        Metrics::inc(&self.metrics.method_calls);
+        let slot = self.sessions.slot(&call.target);
+        let outcome = self.methods.invoke(&slot, call).await;
+        Metrics::inc(if outcome.is_ok() { &self.metrics.method_answers } else { &self.metrics.method_failures });
+        outcome
+    }
+
+    /// The method entry point for callers outside the hub (management socket, HTTPS API).
+    pub fn method_invoker(self: &Arc<Broker>) -> Invoker {
+        let broker = Arc::clone(self);
+        Arc::new(move |call| {
+            let broker = Arc::clone(&broker);
+            Box::pin(async move { broker.invoke_method(call).await })
+        })
+    }
+
+    /// Applies a deployment's twins: `identities` have twins (modules as `d/m`, devices as
+    /// `d`); `desired` gives the desired properties of module twins by client id. A client
+    /// subscribed to desired patches is told of every change (one coalesced patch).
+    pub fn apply_twins(&self, identities: &[String], desired: &[(String, serde_json::Value)]) {
+        if let Err(error) = self.twins.set_identities(identities) {
+            log::warn!("twins: {error}");
+        }
+        for (id, properties) in desired {
+            match self.twins.set_desired(id, properties) {
+                Ok(Some(_patch)) => self.sessions.slot(id).desired_changed(),
+                Ok(None) => {}
+                Err(error) => log::warn!("twin of {id}: desired properties not applied: {error}"),
+            }
+        }
     }
 
     /// Applies a route table: every module input it names gets a pump over its priority

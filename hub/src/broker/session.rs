@@ -74,6 +74,34 @@ pub struct Delivery {
     pub dup: bool,
 }
 
+/// What the hub sends a client besides its routed module inputs (which come from the store):
+/// one bounded lane per identity, drained by the connection's writer whether or not module
+/// inputs are subscribed, and turned into the protocol's wire form there.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// The answer to a twin request (GET: the document; PATCH: no body).
+    TwinResponse { status: u16, rid: String, version: Option<u64>, body: Bytes },
+    /// The identity's desired properties changed: the writer asks the twin store for the one
+    /// patch that brings this client up to date, so patches coalesce and are never lost.
+    DesiredChanged,
+    /// A direct method call.
+    MethodRequest { name: String, rid: String, payload: Bytes },
+}
+
+/// Items on a control lane: a client's own requests wait for room (it is the one that drains
+/// them), a method caller waits up to its response timeout, and desired changes coalesce into
+/// one item, so a small lane suffices.
+pub const CONTROL_LANE_MAX: usize = 16;
+
+/// The `$iothub` subscriptions an identity holds (module inputs are `inputs_qos`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    pub twin_responses: bool,
+    pub desired: bool,
+    pub methods: bool,
+    pub device_bound: bool,
+}
+
 /// The connection that currently owns a slot.
 #[derive(Debug)]
 pub struct Owner {
@@ -94,12 +122,18 @@ pub struct SlotState {
     pub persistent: bool,
     /// Highest seq written per endpoint, to set DUP when it is sent again.
     pub last_sent: Vec<(u16, u64)>,
+    /// Twin, method and C2D subscriptions (kept with a persistent session, like inputs).
+    pub subscriptions: Subscriptions,
 }
 
 /// An identity's delivery queue and session state.
 #[derive(Debug)]
 pub struct Slot {
     pub mailbox: Queue<Delivery>,
+    /// Twin responses, desired-change notices and method calls (see [`Control`]).
+    pub control: Queue<Control>,
+    /// A [`Control::DesiredChanged`] is on the lane already (changes coalesce into it).
+    desired_queued: AtomicBool,
     state: Mutex<SlotState>,
     generation: AtomicU64,
     /// Notified whenever the owner or the inputs subscription changes.
@@ -107,9 +141,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(queue_max: usize) -> Slot {
+    pub(crate) fn new(queue_max: usize) -> Slot {
         Slot {
             mailbox: Queue::new(queue_max),
+            control: Queue::new(CONTROL_LANE_MAX),
+            desired_queued: AtomicBool::new(false),
             state: Mutex::new(SlotState::default()),
             generation: AtomicU64::new(0),
             changed: Event::new(),
@@ -137,6 +173,29 @@ impl Slot {
     pub fn online_generation(&self) -> Option<u64> {
         let state = self.state();
         (state.owner.is_some() && state.inputs_qos.is_some()).then(|| self.generation())
+    }
+
+    /// Tells the connection (if it subscribed to desired patches) that the desired properties
+    /// changed. At most one notice waits on the lane.
+    pub fn desired_changed(&self) {
+        if !self.state().subscriptions.desired || self.desired_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.control.try_push(Control::DesiredChanged).is_err() {
+            // Lane full or closed: the client resyncs when it next subscribes.
+            self.desired_queued.store(false, Ordering::Release);
+        }
+    }
+
+    /// The writer took the desired-change notice off the lane.
+    pub fn desired_taken(&self) {
+        self.desired_queued.store(false, Ordering::Release);
+    }
+
+    /// Whether a connected client of this identity has subscribed to method calls.
+    pub fn takes_methods(&self) -> bool {
+        let state = self.state();
+        state.owner.is_some() && state.subscriptions.methods
     }
 
     pub fn last_sent(&self, endpoint: u16) -> u64 {

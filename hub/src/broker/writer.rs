@@ -1,5 +1,6 @@
-//! The writing half of a connection: acknowledgements from the reader, and deliveries from the
-//! identity's mailbox, at most `max_inflight` unacknowledged at a time.
+//! The writing half of a connection: acknowledgements from the reader, deliveries from the
+//! identity's mailbox (at most `max_inflight` unacknowledged at a time), and the identity's
+//! control lane (twin responses, desired patches, method calls), turned into MQTT here.
 //!
 //! It runs as its own task so that a publisher waiting on the store never stops its own
 //! connection from receiving. An acknowledged delivery advances its endpoint's checkpoint in
@@ -15,10 +16,12 @@ use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::topic;
+use crate::twin::Twins;
 
 use super::codec;
 use super::queue::Queue;
-use super::session::{Delivery, Origin, Slot};
+use super::session::{Control, Delivery, Origin, Slot};
 
 /// Items written per wake-up before the buffer goes to the socket: enough to fill a TCP
 /// segment train under load, small enough that acknowledgements are not delayed.
@@ -62,6 +65,10 @@ pub struct Writer<W> {
     pub commit: Commit,
     /// Says when an accepted message is durable.
     pub store: Arc<Store>,
+    /// Where desired patches come from.
+    pub twins: Arc<Twins>,
+    /// The identity's client id (`d` or `d/m`): its twin's name.
+    pub client_id: String,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
 }
@@ -69,6 +76,7 @@ pub struct Writer<W> {
 enum Event {
     Ctrl(Option<Ctrl>),
     Delivery(Delivery),
+    Control(Control),
     /// The oldest pending PUBACK's record is durable (or could not be made so).
     Durable(bool),
 }
@@ -148,6 +156,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             };
             let take_ctrl = pubacks.len() < PENDING_PUBACKS_MAX;
+            let lane = self.slot.clone();
+            let control = async move {
+                match lane.control.pop().await {
+                    Some(c) => Event::Control(c),
+                    // Lanes are never closed; park if one ever were.
+                    None => smol::future::pending().await,
+                }
+            };
             let event = if self.can_take(&inflight) {
                 let ctrl = async {
                     if take_ctrl {
@@ -164,11 +180,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         None => smol::future::pending().await,
                     }
                 };
-                smol::future::or(durable, smol::future::or(ctrl, delivery)).await
+                smol::future::or(durable, smol::future::or(ctrl, smol::future::or(control, delivery))).await
             } else if take_ctrl {
-                smol::future::or(durable, async { Event::Ctrl(self.ctrl.pop().await) }).await
+                smol::future::or(durable, smol::future::or(async { Event::Ctrl(self.ctrl.pop().await) }, control)).await
             } else {
-                durable.await
+                smol::future::or(durable, control).await
             };
             if let Event::Durable(ok) = event {
                 if !ok {
@@ -201,7 +217,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         continue;
                     }
                 }
-                if !self.can_take(&inflight) || self.out.len() >= WRITE_BUFFER_BYTES {
+                if self.out.len() >= WRITE_BUFFER_BYTES {
+                    break;
+                }
+                if let Some(control) = self.slot.control.try_pop() {
+                    self.send_control(control);
+                    continue;
+                }
+                if !self.can_take(&inflight) {
                     break;
                 }
                 match self.slot.mailbox.try_pop() {
@@ -255,8 +278,49 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Ctrl::Inputs(qos) => self.inputs = qos,
             },
             Event::Delivery(d) => self.send(d, inflight),
+            Event::Control(control) => self.send_control(control),
         }
         true
+    }
+
+    /// Writes one control-lane item as a QoS 0 PUBLISH (as IoT Hub sends twin responses and
+    /// method calls), if the client subscribed to its topic; counted and dropped otherwise.
+    fn send_control(&mut self, control: Control) {
+        let subscriptions = self.slot.state().subscriptions;
+        let mut topic = String::new();
+        let (subscribed, body) = match control {
+            Control::TwinResponse { status, rid, version, body } => {
+                topic::twin_response_topic_into(status, &rid, version, &mut topic);
+                (subscriptions.twin_responses, body)
+            }
+            Control::DesiredChanged => {
+                self.slot.desired_taken();
+                if !subscriptions.desired {
+                    return;
+                }
+                let Some((version, body)) = self.twins.pending_desired(&self.client_id).and_then(|patch| {
+                    let version = patch.get("$version").and_then(serde_json::Value::as_u64)?;
+                    Some((version, serde_json::to_vec(&patch).ok()?))
+                }) else {
+                    return;
+                };
+                topic::desired_patch_topic_into(version, &mut topic);
+                if let Err(error) = self.twins.mark_delivered(&self.client_id, version) {
+                    log::debug!("twin of {}: {error}", self.client_id);
+                }
+                Metrics::inc(&self.metrics.twin_desired_patches);
+                (true, bytes::Bytes::from(body))
+            }
+            Control::MethodRequest { name, rid, payload } => {
+                topic::method_request_topic_into(&name, &rid, &mut topic);
+                (subscriptions.methods, payload)
+            }
+        };
+        if !subscribed {
+            Metrics::inc(&self.metrics.control_unsubscribed);
+            return;
+        }
+        codec::put_publish(&mut self.out, &topic, QoS::AtMostOnce, 0, false, &body);
     }
 
     fn send(&mut self, delivery: Delivery, inflight: &mut InFlight) {

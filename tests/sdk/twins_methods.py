@@ -1,0 +1,92 @@
+"""Twins and direct methods through tinyedge with the unchanged Azure IoT Python SDK.
+
+argv: twin module connection string, caller module connection string, leaf device connection
+string, edge CA file, data dir of the runtime (unused by the SDK), device id.
+Protocol with the Rust test, one line each on stdout / stdin:
+  the script prints "GOT {json}" after its first get_twin(), "PATCHED {json}" after patching
+  reported properties and reading the twin again, "LEAF {json}" for the leaf device's twin, then
+  "READY" once its method handler is set; it then reads commands from stdin:
+  "desired" — wait for a desired-properties patch and print "DESIRED {json}";
+  "invoke TARGET METHOD TIMEOUT" — the caller module invokes TARGET's METHOD through the hub's
+  method HTTP API and prints "INVOKED {json}" or "INVOKE-ERROR {error}";
+  "quit".
+The twin module answers method "echo" with status 200 and the request payload, and never answers
+method "silent".
+"""
+import json
+import sys
+import threading
+
+from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
+
+twin_cs, caller_cs, leaf_cs, ca_path, _data_dir, device_id = sys.argv[1:7]
+with open(ca_path) as f:
+    ca = f.read()
+
+
+def out(line):
+    print(line, flush=True)
+
+
+module = IoTHubModuleClient.create_from_connection_string(twin_cs, server_verification_cert=ca)
+patches = []
+patched = threading.Event()
+
+
+def on_patch(patch):
+    patches.append(patch)
+    patched.set()
+
+
+def on_method(request):
+    if request.name == "echo":
+        module.send_method_response(MethodResponse.create_from_method_request(request, 200, request.payload))
+    # "silent": no answer, so the caller sees a 504.
+
+
+module.connect()
+out("GOT " + json.dumps(module.get_twin(), sort_keys=True))
+module.patch_twin_reported_properties({"state": "ready", "count": 1, "nested": {"a": 1, "b": 2}})
+module.patch_twin_reported_properties({"count": 2, "nested": {"b": None}})
+out("PATCHED " + json.dumps(module.get_twin(), sort_keys=True))
+module.on_twin_desired_properties_patch_received = on_patch
+module.on_method_request_received = on_method
+
+leaf = IoTHubDeviceClient.create_from_connection_string(leaf_cs, server_verification_cert=ca)
+leaf.connect()
+leaf.patch_twin_reported_properties({"battery": 87})
+out("LEAF " + json.dumps(leaf.get_twin(), sort_keys=True))
+leaf.shutdown()
+
+caller = IoTHubModuleClient.create_from_connection_string(caller_cs, server_verification_cert=ca)
+caller.connect()
+out("READY")
+
+for line in sys.stdin:
+    words = line.split()
+    if not words:
+        continue
+    if words[0] == "desired":
+        if patched.wait(30):
+            out("DESIRED " + json.dumps(patches[-1], sort_keys=True))
+            patched.clear()
+        else:
+            out("DESIRED-TIMEOUT")
+    elif words[0] == "invoke":
+        target, method, timeout = words[1], words[2], int(words[3])
+        params = {
+            "methodName": method,
+            "payload": {"hello": "world"},
+            "responseTimeoutInSeconds": timeout,
+            "connectTimeoutInSeconds": 0,
+        }
+        try:
+            result = caller.invoke_method(params, device_id, module_id=target)
+            out("INVOKED " + json.dumps(result, sort_keys=True))
+        except Exception as error:  # the SDK maps HTTP errors to exceptions
+            out("INVOKE-ERROR " + type(error).__name__ + " " + str(error).replace("\n", " "))
+    elif words[0] == "quit":
+        break
+
+caller.shutdown()
+module.shutdown()
