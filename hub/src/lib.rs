@@ -10,6 +10,8 @@
 //! - [`message`]: messages and IoT Hub property bags;
 //! - [`topic`]: which topics an identity may use, and the topics the hub delivers on;
 //! - [`auth`]: usernames, client ids and SAS tokens checked against the identities' keys;
+//! - [`ingest`]: the one synchronous path from a client's message into routes and store,
+//!   shared by the protocol adapters;
 //! - [`broker`]: listeners, connections, sessions and routing (smol tasks around the above);
 //! - [`store`]: the offline store: a segmented, bounded, crash-safe append-only log with one
 //!   checkpoint per endpoint (format code pure, files in thin adapters);
@@ -23,6 +25,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod ingest;
 pub mod message;
 pub mod methods;
 pub mod metrics;

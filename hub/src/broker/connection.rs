@@ -13,7 +13,8 @@ use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
 
 use crate::auth::{Authenticated, Identity};
-use crate::message::{Message, Properties};
+use crate::ingest::{self, Ingested};
+use crate::message::Properties;
 use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
@@ -533,33 +534,11 @@ impl Session {
                 return Err(format!("may not publish to {:?}: {e}", p.topic));
             }
         };
-        let mut properties = Properties::parse(bag).map_err(|e| format!("PUBLISH to {:?}: {e}", p.topic))?;
-        properties.set_system("$.cdid", &self.identity.device_id);
-        let source = match &self.identity.module_id {
-            Some(m) => {
-                properties.set_system("$.cmid", m);
-                match properties.system("$.on") {
-                    Some(output) => format!("/messages/modules/{m}/outputs/{output}"),
-                    None => format!("/messages/modules/{m}"),
-                }
-            }
-            None => {
-                properties.remove_system("$.cmid");
-                "/messages".to_string()
-            }
-        };
-        Metrics::inc(&broker.metrics.messages_received);
-        let msg = Message {
-            source,
-            properties,
-            enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(),
-            payload: p.payload,
-        };
-        let mut endpoints = Vec::new();
-        match broker.router.route(msg, &mut endpoints) {
-            Ok(seq) => Ok(Published::Accepted(seq.unwrap_or(0))),
-            Err(failure) => Ok(Published::NotStored(failure.to_string())),
-        }
+        let properties = Properties::parse(bag).map_err(|e| format!("PUBLISH to {:?}: {e}", p.topic))?;
+        Ok(match ingest::ingest(&broker.router, &broker.metrics, &self.identity, properties, p.payload) {
+            Ingested::Accepted(seq) => Published::Accepted(seq),
+            Ingested::Refused(why) => Published::NotStored(why),
+        })
     }
 
     async fn subscribe(&self, broker: &Broker, s: Subscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {

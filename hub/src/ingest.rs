@@ -1,0 +1,58 @@
+//! Ingest: the one synchronous path from a client's telemetry into the routes and the store,
+//! shared by every protocol adapter (MQTT today; AMQP builds the same [`Properties`] from its
+//! message properties and calls the same function).
+//!
+//! It stamps the sender's ids (`$.cdid`, `$.cmid`, as IoT Hub does, so a client cannot claim
+//! another identity), works out the route source (`/messages/modules/{m}/outputs/{o}` or
+//! `/messages`), reads the clock once for the enqueue time, and routes the message into the
+//! store. It never waits: durability is the adapter's to await before it acknowledges.
+
+use bytes::Bytes;
+
+use crate::auth::Identity;
+use crate::broker::Router;
+use crate::message::{Message, Properties};
+use crate::metrics::Metrics;
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Routed; acknowledge once the store's record `seq` is durable (0: nothing stored to wait
+    /// for, e.g. no route matched).
+    Accepted(u64),
+    /// The store did not take it (full, or the disk failed): do not acknowledge. The reason
+    /// is one line for the log.
+    Refused(String),
+}
+
+/// Ingests one message of `identity` with the `properties` its protocol carried.
+pub fn ingest(
+    router: &Router,
+    metrics: &Metrics,
+    identity: &Identity,
+    mut properties: Properties,
+    payload: Bytes,
+) -> Ingested {
+    properties.set_system("$.cdid", &identity.device_id);
+    let source = match &identity.module_id {
+        Some(module) => {
+            properties.set_system("$.cmid", module);
+            match properties.system("$.on") {
+                Some(output) => format!("/messages/modules/{module}/outputs/{output}"),
+                None => format!("/messages/modules/{module}"),
+            }
+        }
+        None => {
+            properties.remove_system("$.cmid");
+            "/messages".to_string()
+        }
+    };
+    Metrics::inc(&metrics.messages_received);
+    let message =
+        Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload };
+    let mut endpoints = Vec::new();
+    match router.route(message, &mut endpoints) {
+        Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
+        Err(failure) => Ingested::Refused(failure.to_string()),
+    }
+}
