@@ -161,11 +161,26 @@ impl Authenticator {
                 username_identity: identity.client_id(),
             });
         }
-        let key = self.keys.get(&identity).ok_or_else(|| AuthError::UnknownIdentity(identity.client_id()))?;
-        let token = sas::parse(password).map_err(|e| AuthError::Token(e.to_string()))?;
-        self.check_audience(&token.resource, &identity)?;
+        self.authenticate_token(&identity, password, now_unix)
+    }
+
+    /// Checks a SAS token presented for `identity` at time `now_unix`: the last step of a
+    /// CONNECT, and the whole check of the method HTTP API (`Authorization` header, identity
+    /// from `x-ms-edge-moduleId`).
+    pub fn authenticate_token(
+        &self,
+        identity: &Identity,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<Authenticated, AuthError> {
+        if token.len() > CREDENTIAL_BYTES_MAX {
+            return Err(AuthError::TooLong);
+        }
+        let key = self.keys.get(identity).ok_or_else(|| AuthError::UnknownIdentity(identity.client_id()))?;
+        let token = sas::parse(token).map_err(|e| AuthError::Token(e.to_string()))?;
+        self.check_audience(&token.resource, identity)?;
         sas::verify(&token, key, now_unix).map_err(|e| AuthError::Token(e.to_string()))?;
-        Ok(Authenticated { identity, token_expiry: token.expiry })
+        Ok(Authenticated { identity: identity.clone(), token_expiry: token.expiry })
     }
 
     /// `sr` must be `{host}/devices/{d}[/modules/{m}]` where host is the IoT Hub's or the
