@@ -1,17 +1,19 @@
-//! The agent's side of the binary: starting it beside the hub, and the `deploy`, `list` and
-//! `logs` commands (cargo feature `agent`, on by default).
+//! The agent's side of the binary: starting it beside the hub, and the `list` and `logs`
+//! commands (cargo feature `agent`, on by default). The management socket is the runtime's
+//! ([`crate::mgmt`]); the agent serves its endpoints there ([`AgentApi`]).
 
 use std::sync::Arc;
 
 use tinyedge_agent::manifest::Deployment;
-use tinyedge_hub::broker::Broker;
 use tinyedge_platform::Config;
 
-use crate::runtime::{self, Failure};
+use crate::deploy::{self, HubTargets};
+use crate::mgmt::AgentApi;
+use crate::runtime::Failure;
 
-/// Starts the agent and its management socket; a new deployment also updates the hub's routes
-/// and module identities.
-pub fn start(config: &Config, deployment: Option<Deployment>, key: &[u8], broker: &Arc<Broker>) -> Result<(), Failure> {
+/// Starts the agent; every deployment it accepts also updates the hub
+/// ([`deploy::apply_to_hub`]). Returns its management endpoints.
+pub fn start(config: &Config, deployment: Option<Deployment>, hub: &Arc<HubTargets>) -> Result<AgentApi, Failure> {
     use tinyedge_agent::plan::RestartSettings;
     use tinyedge_agent::supervisor::{mgmt, Agent, AgentSettings};
     let a = &config.agent;
@@ -31,59 +33,39 @@ pub fn start(config: &Config, deployment: Option<Deployment>, key: &[u8], broker
         device_id: config.device_id.clone(),
         iothub_hostname: config.iothub_hostname.clone(),
         gateway_hostname: config.hostname.clone(),
-        device_key: key.to_vec(),
+        device_key: hub.device_key.clone(),
         workload_uri: a.workload_uri.clone(),
         trust_bundle: config
             .data_dir
             .join(tinyedge_platform::certs::CERTS_DIR)
             .join(tinyedge_platform::certs::CA_CERT_FILE),
     };
-    let hook_config = config.clone();
-    let hook_key = key.to_vec();
-    let hook_broker = broker.clone();
-    let hook = Box::new(move |d: &Deployment| {
-        hook_broker.set_routes(runtime::routes(Some(d)));
-        hook_broker.set_authenticator(runtime::authenticator(&hook_config, Some(d), &hook_key));
-    });
-    let socket = mgmt::socket_path(&config.data_dir);
-    let listener =
-        mgmt::bind(&socket).map_err(|e| Failure::Runtime(format!("management socket {}: {e}", socket.display())))?;
+    let hook_hub = hub.clone();
+    let hook = Box::new(move |d: &Deployment| deploy::apply_to_hub(&hook_hub, d));
     let (agent, handle) = Agent::new(settings, deployment, hook);
     smol::spawn(agent.run()).detach();
-    smol::spawn(mgmt::serve(listener, handle)).detach();
-    log::info!(
-        "agent: containerd {} namespace {:?}; management socket {}",
-        a.containerd.display(),
-        a.namespace,
-        socket.display()
-    );
-    Ok(())
-}
-
-/// `tinyedge deploy FILE`.
-pub fn deploy(config: &Config, file: &str) -> Result<String, Failure> {
-    let bytes = std::fs::read(file).map_err(|e| Failure::Usage(format!("{file}: {e}")))?;
-    let socket = tinyedge_agent::supervisor::mgmt::socket_path(&config.data_dir);
-    let (code, body) =
-        tinyedge_agent::supervisor::mgmt::request(&socket, "PUT", "/deployment", &bytes).map_err(Failure::Runtime)?;
-    let text = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    if code == 200 {
-        Ok(format!("{code} {text}"))
-    } else {
-        Err(Failure::Rejected(code, text))
-    }
+    log::info!("agent: containerd {} namespace {:?}", a.containerd.display(), a.namespace);
+    let deploy_handle = handle.clone();
+    Ok(AgentApi {
+        deploy: Arc::new(move |body| {
+            let handle = deploy_handle.clone();
+            Box::pin(async move { mgmt::deploy(&handle, &body).await })
+        }),
+        modules: Arc::new(move || mgmt::modules(&handle)),
+    })
 }
 
 /// `tinyedge list [--json]`.
 pub fn list(config: &Config, json: bool) -> Result<String, Failure> {
-    let socket = tinyedge_agent::supervisor::mgmt::socket_path(&config.data_dir);
+    let socket = crate::mgmt::socket_path(&config.data_dir);
     let (code, body) =
         tinyedge_agent::supervisor::mgmt::request(&socket, "GET", "/modules", b"").map_err(Failure::Runtime)?;
     let doc: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| Failure::Runtime(format!("management socket answered {code} with invalid JSON: {e}")))?;
+    if code != 200 {
+        let message = doc["message"].as_str().map_or_else(|| doc.to_string(), str::to_owned);
+        return Err(Failure::Runtime(format!("{code} {message}")));
+    }
     if json {
         Ok(serde_json::to_string_pretty(&doc).unwrap_or_default())
     } else {

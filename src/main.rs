@@ -4,6 +4,8 @@
 #[cfg(feature = "agent")]
 mod agent;
 mod cloud;
+mod deploy;
+mod mgmt;
 mod runtime;
 mod status;
 
@@ -21,11 +23,19 @@ commands:
                                        deployment or of a configured downstream device
   identity mqtt-login <ID> [TTL_SECS]  print MQTT client id, username and a SAS token
                                        (default 3600 s) for tools like mosquitto_pub
-  deploy <FILE>                        apply a deployment manifest to the running agent
-                                       (answers IoT Edge's 200/400/412/417/500)
+  deploy <FILE>                        apply a deployment manifest to the running runtime:
+                                       hub (routes, identities, twins) and agent (modules);
+                                       answers IoT Edge's 200/400/412/417/500
   list [--json]                        modules and their status, like `iotedge list`;
                                        --json prints the agent's reported properties
   logs <MODULE> [--tail N] [-f]        a module's stdout/stderr
+  twin show <MODULE|DEVICE> [--json]   the twin document (desired, reported, versions) of
+                                       a module or a configured device; --json: one line
+  invoke <MODULE|DEVICE> <METHOD>      call a direct method on a connected module or leaf
+      [--payload JSON] [--timeout S]   device: prints {\"status\":…,\"payload\":…}; payload
+                                       default null, timeout 5-300 s (default 30); fails
+                                       with the message when not connected (404), not
+                                       answered in time (504) or invalid (400)
   status                               counters, store and upstream state of the running runtime
   store stats                          the store part of `status`
   version                              print the version
@@ -37,6 +47,8 @@ options:
 
 /// Exit code for a usage or configuration error (as the issue and sysexits-ish tools do).
 const EXIT_CONFIG: u8 = 2;
+/// `invoke --timeout` when not given: edgeHub's default response timeout.
+const INVOKE_TIMEOUT_DEFAULT_SECS: u64 = tinyedge_hub::methods::http::RESPONSE_TIMEOUT_DEFAULT.as_secs();
 
 struct Cli {
     config: Option<PathBuf>,
@@ -99,6 +111,27 @@ fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runt
     agent::logs(config, module, tail, follow)
 }
 
+/// `invoke TARGET METHOD [--payload JSON] [--timeout S]`.
+fn invoke_command(config: &Config, target: &str, method: &str, rest: &[&str]) -> Result<(), runtime::Failure> {
+    let mut call =
+        mgmt::Invocation { target, method, payload: "null", response_timeout_secs: INVOKE_TIMEOUT_DEFAULT_SECS };
+    let mut words = rest.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "--payload" => {
+                call.payload = words.next().ok_or_else(|| runtime::Failure::Usage("--payload needs JSON".into()))?;
+            }
+            "--timeout" => {
+                let s = words.next().ok_or_else(|| runtime::Failure::Usage("--timeout needs seconds".into()))?;
+                call.response_timeout_secs =
+                    s.parse().map_err(|_| runtime::Failure::Usage(format!("--timeout needs seconds, got {s:?}")))?;
+            }
+            other => return Err(runtime::Failure::Usage(format!("invoke: unknown option {other:?}"))),
+        }
+    }
+    mgmt::invoke(config, &call).map(|s| out(&s))
+}
+
 fn main() -> ExitCode {
     let cli = match parse_args(std::env::args().skip(1)) {
         Ok(cli) => cli,
@@ -138,8 +171,10 @@ fn main() -> ExitCode {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
             Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
-        #[cfg(feature = "agent")]
-        ["deploy", file] => agent::deploy(&config, file).map(|s| out(&s)),
+        ["deploy", file] => mgmt::deploy(&config, file).map(|s| out(&s)),
+        ["twin", "show", id] => mgmt::twin_show(&config, id, false).map(|s| out(&s)),
+        ["twin", "show", id, "--json"] => mgmt::twin_show(&config, id, true).map(|s| out(&s)),
+        ["invoke", target, method, rest @ ..] => invoke_command(&config, target, method, rest),
         #[cfg(feature = "agent")]
         ["list"] => agent::list(&config, false).map(|s| out(&s)),
         #[cfg(feature = "agent")]
@@ -147,7 +182,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         ["logs", module, rest @ ..] => logs_command(&config, module, rest),
         #[cfg(not(feature = "agent"))]
-        ["deploy" | "list" | "logs", ..] => {
+        ["list" | "logs", ..] => {
             Err(runtime::Failure::Usage("this tinyedge was built without the agent (cargo feature `agent`)".into()))
         }
         [] => Err(runtime::Failure::Usage("no command given".into())),

@@ -1,6 +1,7 @@
 //! Wiring: config + deployment → identities, routes, certificates, listeners.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tinyedge_agent::manifest::{self, Deployment};
 use tinyedge_hub::auth::{Authenticator, Identity};
@@ -17,13 +18,13 @@ pub enum Failure {
     Config(String),
     /// Something failed while running (exit 1).
     Runtime(String),
-    /// The agent refused a deployment: IoT Edge's status code and why (exit 1).
-    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
+    /// A deployment was refused: IoT Edge's status code and why (exit 1).
     Rejected(u16, String),
 }
 
-/// Where the agent keeps the last deployment applied through `tinyedge deploy`.
-fn deployed_file(config: &Config) -> std::path::PathBuf {
+/// Where the last deployment applied through `tinyedge deploy` is kept (by the agent, or by
+/// the hub alone when the agent is disabled).
+pub(crate) fn deployed_file(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("agent").join("deployment.json")
 }
 
@@ -32,8 +33,7 @@ fn deployed_file(config: &Config) -> std::path::PathBuf {
 fn load_deployment(config: &Config) -> Result<Option<Deployment>, Failure> {
     let deployed = deployed_file(config);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let use_deployed = config.agent.enabled
-        && deployed.exists()
+    let use_deployed = deployed.exists()
         && match &config.deployment {
             None => true,
             Some(path) => modified(&deployed) >= modified(path),
@@ -137,6 +137,23 @@ fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::Async<std::net::
         .map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
 }
 
+/// The method API's listener (`hub.https`). The default address is a privileged port that
+/// `tinyedge run` as a user, or a host with a web server, cannot bind: then the API is off with
+/// a warning rather than the runtime refusing to start. A configured address must bind.
+fn bind_method_api(addr: std::net::SocketAddr) -> Result<Option<smol::Async<std::net::TcpListener>>, Failure> {
+    match smol::Async::<std::net::TcpListener>::bind(addr) {
+        Ok(listener) => {
+            log::info!("method API (https) listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
+            Ok(Some(listener))
+        }
+        Err(e) if addr == tinyedge_platform::config::DEFAULT_HTTPS_ADDR => {
+            log::warn!("method API off: the default hub.https {addr}: {e}; set [hub] https to an address this process may bind, or \"\" to turn it off");
+            Ok(None)
+        }
+        Err(e) => Err(Failure::Runtime(format!("https listener on {addr} (hub.https): {e}"))),
+    }
+}
+
 fn tls_acceptor(config: &Config) -> Result<tinyedge_hub::tls::Acceptor, Failure> {
     let (cert, key) = match (&config.hub.tls_cert, &config.hub.tls_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
@@ -197,24 +214,46 @@ pub fn run(config: Config) -> Result<(), Failure> {
         log::info!("mqtt listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
         servers.push(smol::spawn(broker.clone().serve(listener, None)));
     }
-    if let Some(addr) = config.hub.mqtts {
-        let acceptor = tls_acceptor(&config)?;
+    let acceptor = match (config.hub.mqtts, config.hub.https) {
+        (None, None) => None,
+        _ => Some(tls_acceptor(&config)?),
+    };
+    if let (Some(addr), Some(acceptor)) = (config.hub.mqtts, &acceptor) {
         let listener = bind(addr, "mqtts")?;
         log::info!("mqtts listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
-        servers.push(smol::spawn(broker.clone().serve(listener, Some(acceptor))));
+        servers.push(smol::spawn(broker.clone().serve(listener, Some(acceptor.clone()))));
     }
     if servers.is_empty() {
         return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
     }
+    if let (Some(addr), Some(acceptor)) = (config.hub.https, &acceptor) {
+        if let Some(listener) = bind_method_api(addr)? {
+            let api = tinyedge_hub::methods::listener::MethodApi::new(&broker, &config.device_id);
+            servers.push(smol::spawn(tinyedge_hub::methods::listener::serve(listener, acceptor.clone(), api)));
+        }
+    }
     smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
-    if config.agent.enabled {
+    let hub = Arc::new(crate::deploy::HubTargets::new(config.clone(), key.clone(), broker.clone()));
+    let agent = if config.agent.enabled {
         #[cfg(feature = "agent")]
-        crate::agent::start(&config, deployment, &key, &broker)?;
+        let agent = Ok(crate::agent::start(&config, deployment, &hub)?);
         #[cfg(not(feature = "agent"))]
-        log::info!("this tinyedge is built without the agent (cargo feature `agent`): the hub runs alone");
+        let agent = {
+            log::info!("this tinyedge is built without the agent (cargo feature `agent`): the hub runs alone");
+            Err("this tinyedge is built without the agent (cargo feature `agent`): no modules are run")
+        };
+        agent
     } else {
         log::info!("agent disabled ([agent] enabled = false): the hub runs alone");
-    }
+        Err("the agent is disabled ([agent] enabled = false): no modules are run")
+    };
+    let socket = crate::mgmt::start(crate::mgmt::Management {
+        twins: Some(crate::mgmt::twin_reader(&broker)),
+        invoker: broker.method_invoker(),
+        hub,
+        agent,
+    })?;
+    log::info!("management socket {}", socket.display());
     log::info!(
         "tinyedge {} running as device {:?} (data in {})",
         env!("CARGO_PKG_VERSION"),

@@ -227,10 +227,12 @@ fn agent_disabled_runs_the_hub_alone() {
     let dep = deployment(json!({"m": module("localhost:5000/x:1", Value::Null, "always")}));
     let rt = Runtime::start(&dep, "");
     assert!(rt.wait_log("agent disabled ([agent] enabled = false): the hub runs alone"), "{}", rt.log());
-    assert!(!rt.data_dir().join("mgmt.sock").exists());
+    // The management socket is the runtime's (deployments still reach the hub); the agent's
+    // report is not there.
+    assert!(rt.wait_log("management socket"), "{}", rt.log());
     let out = rt.cli(&["list"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("mgmt.sock") && err.contains("agent enabled"), "{err}");
+    assert!(!out.status.success() && err.contains("409") && err.contains("agent is disabled"), "{err}");
 }
 
 fn kill9(ns: &Namespace, container: &str) {

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub dir: TempDir,
     pub mqtt_port: u16,
     pub mqtts_port: u16,
+    /// The method HTTP API (`[hub] https`), on a free port like the MQTT listeners.
+    pub https_port: u16,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -100,6 +102,7 @@ impl Runtime {
         let dir = TempDir::new("rt");
         let mqtt_port = free_port();
         let mqtts_port = free_port();
+        let https_port = free_port();
         std::fs::write(dir.0.join("deployment.json"), deployment_json).expect("write deployment");
         let config = format!(
             r#"hostname = "localhost"
@@ -112,6 +115,7 @@ log_level = "debug"
 [hub]
 mqtt = "127.0.0.1:{mqtt_port}"
 mqtts = "127.0.0.1:{mqtts_port}"
+https = "127.0.0.1:{https_port}"
 {extra_hub_config}
 [[devices]]
 id = "{LEAF}"
@@ -120,13 +124,13 @@ key = "{LEAF_KEY_B64}"
 "#
         );
         std::fs::write(dir.0.join("config.toml"), config).expect("write config");
-        Runtime::spawn(dir, mqtt_port, mqtts_port)
+        Runtime::spawn(dir, mqtt_port, mqtts_port, https_port)
     }
 
-    fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16) -> Runtime {
+    fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16, https_port: u16) -> Runtime {
         let log = Arc::new(Mutex::new(String::new()));
         let child = Runtime::spawn_child(&dir, &log);
-        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
+        let rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
         rt.wait_for_port(mqtt_port);
         rt
     }
@@ -541,6 +545,7 @@ impl Runtime {
         let dir = TempDir::new("rt");
         let mqtt_port = free_port();
         let mqtts_port = free_port();
+        let https_port = free_port();
         std::fs::write(dir.0.join("deployment.json"), deployment_json).expect("write deployment");
         let config = format!(
             r#"hostname = "localhost"
@@ -553,6 +558,7 @@ log_level = "debug"
 [hub]
 mqtt = "127.0.0.1:{mqtt_port}"
 mqtts = "127.0.0.1:{mqtts_port}"
+https = "127.0.0.1:{https_port}"
 {extra_hub_config}
 [[devices]]
 id = "{LEAF}"
@@ -588,7 +594,7 @@ key = "{LEAF_KEY_B64}"
                 log.push('\n');
             }
         });
-        let rt = Runtime { child, dir, mqtt_port, mqtts_port, log };
+        let rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
         rt.wait_for_port(mqtt_port);
         rt
     }

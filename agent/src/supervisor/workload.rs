@@ -19,11 +19,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mgmt::{message, response, serve_requests, Head};
 use base64::Engine as _;
+use tinyedge_platform::http::{self, Head, Limits, Response};
 
 /// Largest `data` to sign (SDKs sign `{resource}\n{expiry}`, about 100 bytes).
 pub const SIGN_DATA_BYTES_MAX: usize = 4096;
+/// Largest request body: a sign request of [`SIGN_DATA_BYTES_MAX`] bytes in base64 (4/3 of it)
+/// with its JSON around, twice over.
+pub const BODY_BYTES_MAX: usize = 16 * 1024;
+const _: () = assert!(SIGN_DATA_BYTES_MAX * 4 / 3 + 1024 < BODY_BYTES_MAX);
+/// A socket's bounds: the platform's defaults ([`http::CONNECTIONS_MAX`] connections at once,
+/// [`http::REQUEST_TIMEOUT`]), bodies up to [`BODY_BYTES_MAX`].
+pub const LIMITS: Limits = Limits::with_body_max(BODY_BYTES_MAX);
 
 /// The directory of one module's socket on the host.
 pub fn module_dir(agent_dir: &Path, module: &str) -> PathBuf {
@@ -61,71 +68,69 @@ pub fn start(dir: &Path, socket_name: &str, workload: ModuleWorkload) -> std::io
     // The module's processes may run as any user: the socket is the module's own anyway.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     let workload = Arc::new(workload);
-    Ok(smol::spawn(serve_requests(listener, "workload API", move |head, body| {
+    Ok(smol::spawn(http::serve_unix(listener, "workload API", LIMITS, move |request| {
         let workload = workload.clone();
-        async move { answer(&head, &body, &workload) }
+        async move { answer(&request.head, &request.body, &workload) }
     })))
 }
 
 /// The answer to one request (pure but for reading the trust bundle file).
-pub fn answer(head: &Head, body: &[u8], workload: &ModuleWorkload) -> Vec<u8> {
-    let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
-    if !query.split('&').any(|p| p.starts_with("api-version=") && p.len() > "api-version=".len()) {
-        return message(400, "the api-version query parameter is required");
+pub fn answer(head: &Head, body: &[u8], workload: &ModuleWorkload) -> Response {
+    if head.query_param("api-version").is_none_or(str::is_empty) {
+        return Response::message(400, "the api-version query parameter is required");
     }
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (head.method.as_str(), parts.as_slice()) {
+    match (head.method.as_str(), head.segments().as_slice()) {
         ("GET", ["trust-bundle"]) => match std::fs::read_to_string(&workload.trust_bundle) {
-            Ok(pem) => response(200, serde_json::json!({"certificate": pem}).to_string().as_bytes()),
-            Err(e) => message(500, &format!("trust bundle {}: {e}", workload.trust_bundle.display())),
+            Ok(pem) => Response::json(200, &serde_json::json!({"certificate": pem})),
+            Err(e) => Response::message(500, &format!("trust bundle {}: {e}", workload.trust_bundle.display())),
         },
         ("POST", ["modules", module, "genid", _genid, "sign"]) => {
             let module = tinyedge_platform::urlenc::decode(module).map(|m| m.into_owned()).unwrap_or_default();
             if module != workload.module {
-                return message(403, &format!("this socket belongs to module {:?}, not {module:?}", workload.module));
+                return Response::message(
+                    403,
+                    &format!("this socket belongs to module {:?}, not {module:?}", workload.module),
+                );
             }
             sign(body, &workload.key)
         }
-        _ => message(404, &format!("{} {path} is not served by tinyedge's workload API", head.method)),
+        _ => Response::message(404, &format!("{} {} is not served by tinyedge's workload API", head.method, head.path)),
     }
 }
 
-fn sign(body: &[u8], key: &[u8]) -> Vec<u8> {
+fn sign(body: &[u8], key: &[u8]) -> Response {
     let request: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return message(400, &format!("invalid JSON: {e}")),
+        Err(e) => return Response::message(400, &format!("invalid JSON: {e}")),
     };
     if let Some(algo) = request.get("algo").and_then(|a| a.as_str()) {
         if algo != "HMACSHA256" {
-            return message(400, &format!("algo {algo:?} is not supported (HMACSHA256 is)"));
+            return Response::message(400, &format!("algo {algo:?} is not supported (HMACSHA256 is)"));
         }
     }
     let Some(data) = request.get("data").and_then(|d| d.as_str()) else {
-        return message(400, "data (base64) is required");
+        return Response::message(400, "data (base64) is required");
     };
     let data = match base64::engine::general_purpose::STANDARD.decode(data) {
         Ok(d) if d.len() <= SIGN_DATA_BYTES_MAX => d,
-        Ok(d) => return message(400, &format!("data of {} bytes, at most {SIGN_DATA_BYTES_MAX}", d.len())),
-        Err(e) => return message(400, &format!("data is not base64: {e}")),
+        Ok(d) => return Response::message(400, &format!("data of {} bytes, at most {SIGN_DATA_BYTES_MAX}", d.len())),
+        Err(e) => return Response::message(400, &format!("data is not base64: {e}")),
     };
     let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), &data);
     let digest = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    response(200, serde_json::json!({"digest": digest}).to_string().as_bytes())
+    Response::json(200, &serde_json::json!({"digest": digest}))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn head(method: &str, path: &str) -> Head {
-        Head { method: method.into(), path: path.into(), content_length: 0 }
+    fn head(method: &str, target: &str) -> Head {
+        Head::new(method, target)
     }
 
-    fn body_of(answer: &[u8]) -> (u16, serde_json::Value) {
-        let text = String::from_utf8_lossy(answer);
-        let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let json = text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default();
-        (code, json)
+    fn body_of(answer: &Response) -> (u16, serde_json::Value) {
+        (answer.status, serde_json::from_slice(&answer.body).unwrap_or_default())
     }
 
     #[test]
