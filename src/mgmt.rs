@@ -231,3 +231,21 @@ pub fn invoke(config: &Config, call: &Invocation<'_>) -> Result<String, Failure>
         Err(Failure::Runtime(format!("{} on {}: {code} {}", call.method, call.target, message_of(&answer))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_words_name_modules_devices_or_full_identities() {
+        let config = Config::from_toml_str(
+            "device_id = \"gw\"\n[[devices]]\nid = \"sensor-7\"\nkey = \"MDEyMzQ1Njc4OWFiY2RlZg==\"\n",
+            Path::new("/"),
+        )
+        .expect("config");
+        assert_eq!(identity_of("filter", &config), "gw/filter");
+        assert_eq!(identity_of("sensor-7", &config), "sensor-7", "a configured leaf device");
+        assert_eq!(identity_of("gw", &config), "gw", "the edge device itself");
+        assert_eq!(identity_of("gw/$edgeAgent", &config), "gw/$edgeAgent");
+    }
+}
