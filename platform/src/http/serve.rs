@@ -34,8 +34,8 @@ pub struct Limits {
     pub head_bytes_max: usize,
     /// Largest body (`Content-Length`).
     pub body_bytes_max: usize,
-    /// From the first byte awaited to the last byte of the body (and the TLS handshake before
-    /// it, for TLS listeners).
+    /// From the first byte awaited to the last byte of the body. TLS listeners give the
+    /// handshake before it a deadline of the same length.
     pub request_timeout: Duration,
 }
 
