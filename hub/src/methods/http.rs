@@ -408,7 +408,7 @@ mod tests {
                 r#"{"methodName":"m","connectTimeoutInSeconds":301}"#,
                 "connectTimeoutInSeconds must be a whole number of seconds from 0 to 300",
             ),
-            (r#"{"methodName":"m","connectTimeoutInSeconds":1e400}"#, "must be a JSON object"),
+            (r#"{"methodName":"m","connectTimeoutInSeconds":1e400}"#, "connectTimeoutInSeconds must be a whole number"),
         ];
         for (body, needle) in cases {
             let error = parse_body(body.as_bytes()).unwrap_err();
