@@ -1,5 +1,5 @@
-//! Twins and direct methods with the unchanged Azure IoT Python SDK: module twins from the
-//! deployment, reported patches, desired patches after a redeploy, a leaf device's twin, methods
+//! Twins and direct methods with the unchanged Azure IoT Python SDK, as modules from connection
+//! strings and from `create_from_edge_environment`: module twins from the deployment, reported patches, desired patches after a redeploy, a leaf device's twin, methods
 //! from `tinyedge invoke` and from another module's `invoke_method()` (the method HTTP API), and
 //! twins surviving a restart. The SDK always connects to GatewayHostName:8883 and invokes
 //! methods on GatewayHostName:443, so the tests of this file take one lock.
@@ -49,10 +49,18 @@ fn twin_deployment(desired: &Value) -> String {
     document.to_string()
 }
 
+/// A running `tinyedge run`, killed on drop (also when an assertion fails).
 struct Hub {
-    dir: TempDir,
+    dir: Option<TempDir>,
     child: Child,
     log: std::path::PathBuf,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Hub {
@@ -65,14 +73,15 @@ impl Hub {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start tinyedge");
-        assert!(wait_listening(&[8883, 443]), "tinyedge did not listen on 127.0.0.1:8883 and :443");
-        Hub { dir, child, log }
+        let hub = Hub { dir: Some(dir), child, log };
+        assert!(wait_listening(&[8883, 443]), "tinyedge did not listen on 127.0.0.1:8883 and :443\n{}", hub.log());
+        hub
     }
 
     fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_tinyedge"))
             .arg("--config")
-            .arg(self.dir.0.join("config.toml"))
+            .arg(self.dir().join("config.toml"))
             .args(args)
             .output()
             .expect("tinyedge CLI");
@@ -80,10 +89,14 @@ impl Hub {
         (out.status.success(), text)
     }
 
+    fn dir(&self) -> &std::path::Path {
+        &self.dir.as_ref().expect("running").0
+    }
+
     fn stop(mut self) -> TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.dir
+        self.dir.take().expect("running")
     }
 
     fn log(&self) -> String {
@@ -95,7 +108,8 @@ fn config(dir: &TempDir) {
     std::fs::write(
         dir.0.join("config.toml"),
         format!(
-            "hostname = \"localhost\"\niothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"debug\"\n[hub]\nmqtt = \"\"\nmqtts = \"127.0.0.1:8883\"\nhttps = \"127.0.0.1:443\"\n[[devices]]\nid = \"{LEAF}\"\nkey = \"{LEAF_KEY_B64}\"\n[agent]\nenabled = false\n"
+            "hostname = \"localhost\"\niothub_hostname = \"{HUB}\"\ndevice_id = \"{DEVICE}\"\ndevice_key = \"{DEVICE_KEY_B64}\"\ndata_dir = \"data\"\ndeployment = \"deployment.json\"\nlog_level = \"debug\"\n[hub]\nmqtt = \"\"\nmqtts = \"127.0.0.1:8883\"\nhttps = \"127.0.0.1:443\"\n[[devices]]\nid = \"{LEAF}\"\nkey = \"{LEAF_KEY_B64}\"\n[agent]\ncontainerd = \"{}/no-containerd.sock\"\n",
+            dir.0.display()
         ),
     )
     .expect("write config");
@@ -142,14 +156,20 @@ fn python_sdk_modules_and_a_leaf_device_use_twins_and_direct_methods() {
         assert!(ok, "{text}");
         text.trim().to_string()
     };
-    let (twin_cs, caller_cs, leaf_cs) =
-        (connection_string("twinmod"), connection_string("caller"), connection_string(LEAF));
+    let (twin_cs, leaf_cs) = (connection_string("twinmod"), connection_string(LEAF));
+    // The agent runs (it serves the deployment's modules their workload API sockets) but has
+    // no containerd here: the SDK clients play the modules from the host.
+    let socket = hub.dir().join("data/agent/workload/caller/workload.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut child = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/twins_methods.py"))
-        .args([&twin_cs, &caller_cs, &leaf_cs])
-        .arg(hub.dir.0.join("data/certs/edge-ca.pem"))
-        .arg(hub.dir.0.join("data"))
-        .arg(DEVICE)
+        .args([twin_cs.as_str(), "caller", leaf_cs.as_str()])
+        .arg(hub.dir().join("data/certs/edge-ca.pem"))
+        .arg(hub.dir().join("data"))
+        .args([DEVICE, HUB])
         .env("PYTHONPATH", &sdk)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -192,7 +212,7 @@ fn python_sdk_modules_and_a_leaf_device_use_twins_and_direct_methods() {
     script.expect("READY", &hub);
 
     // A redeploy with changed desired properties fires the SDK's patch handler with the diff.
-    let redeploy = hub.dir.0.join("redeploy.json");
+    let redeploy = hub.dir().join("redeploy.json");
     std::fs::write(&redeploy, twin_deployment(&json!({"interval": 10}))).expect("write");
     let (ok, text) = hub.cli(&["deploy", redeploy.to_str().expect("path")]);
     assert!(ok, "tinyedge deploy: {text}");

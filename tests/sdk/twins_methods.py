@@ -1,7 +1,9 @@
 """Twins and direct methods through tinyedge with the unchanged Azure IoT Python SDK.
 
-argv: twin module connection string, caller module connection string, leaf device connection
-string, edge CA file, data dir of the runtime (unused by the SDK), device id.
+argv: twin module connection string, caller module name, leaf device connection string, edge CA
+file, data dir of the runtime, device id, IoT Hub hostname. The twin module and the leaf device
+are made from connection strings; the caller with create_from_edge_environment (the SDK allows
+invoke_method only there), signing through its workload API socket.
 Protocol with the Rust test, one line each on stdout / stdin:
   the script prints "GOT {json}" after its first get_twin(), "PATCHED {json}" after patching
   reported properties and reading the twin again, "LEAF {json}" for the leaf device's twin, then
@@ -14,12 +16,13 @@ The twin module answers method "echo" with status 200 and the request payload, a
 method "silent".
 """
 import json
+import os
 import sys
 import threading
 
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
 
-twin_cs, caller_cs, leaf_cs, ca_path, _data_dir, device_id = sys.argv[1:7]
+twin_cs, caller_module, leaf_cs, ca_path, data_dir, device_id, hub = sys.argv[1:8]
 with open(ca_path) as f:
     ca = f.read()
 
@@ -58,7 +61,17 @@ leaf.patch_twin_reported_properties({"battery": 87})
 out("LEAF " + json.dumps(leaf.get_twin(), sort_keys=True))
 leaf.shutdown()
 
-caller = IoTHubModuleClient.create_from_connection_string(caller_cs, server_verification_cert=ca)
+os.environ.update({
+    "IOTEDGE_IOTHUBHOSTNAME": hub,
+    "IOTEDGE_DEVICEID": device_id,
+    "IOTEDGE_MODULEID": caller_module,
+    "IOTEDGE_GATEWAYHOSTNAME": "localhost",
+    "IOTEDGE_MODULEGENERATIONID": "gen-1",
+    "IOTEDGE_WORKLOADURI": "unix://%s/agent/workload/%s/workload.sock" % (data_dir, caller_module),
+    "IOTEDGE_APIVERSION": "2022-08-03",
+    "IOTEDGE_AUTHSCHEME": "sasToken",
+})
+caller = IoTHubModuleClient.create_from_edge_environment()
 caller.connect()
 out("READY")
 
@@ -83,8 +96,9 @@ for line in sys.stdin:
         try:
             result = caller.invoke_method(params, device_id, module_id=target)
             out("INVOKED " + json.dumps(result, sort_keys=True))
-        except Exception as error:  # the SDK maps HTTP errors to exceptions
-            out("INVOKE-ERROR " + type(error).__name__ + " " + str(error).replace("\n", " "))
+        except Exception as error:  # the SDK maps HTTP errors to exceptions; the cause names the status
+            cause = error.__cause__
+            out("INVOKE-ERROR %s %s (%s: %s)" % (type(error).__name__, error, type(cause).__name__, cause))
     elif words[0] == "quit":
         break
 

@@ -626,7 +626,11 @@ impl Session {
                     Some((error.status(), rid.to_string(), None, error_body(&error.to_string())))
                 }
             },
-            Ok(topic::IotHubRequest::TwinPatchReported { rid }) => match broker.twins.patch_reported(&id, &payload) {
+            Ok(topic::IotHubRequest::TwinPatchReported { rid }) => match {
+                // The twin is written (and fsynced) before the answer: off the executor thread.
+                let (twins, id, payload) = (broker.twins.clone(), id.clone(), payload.clone());
+                smol::unblock(move || twins.patch_reported(&id, &payload)).await
+            } {
                 Ok(version) => {
                     Metrics::inc(&broker.metrics.twin_reported_patches);
                     rid.map(|rid| (204, rid.to_string(), Some(version), Bytes::new()))
