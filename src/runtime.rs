@@ -81,6 +81,33 @@ pub(crate) fn authenticator(config: &Config, deployment: Option<&Deployment>, de
     auth
 }
 
+/// Who has a twin — the edge device, its system and user modules (`d/m`), the configured leaf
+/// devices — and the desired properties the deployment gives each module twin
+/// (`modulesContent.{module}.properties.desired`; `{}` for a module without one).
+pub(crate) fn twin_plan(
+    config: &Config,
+    deployment: Option<&Deployment>,
+) -> (Vec<String>, Vec<(String, serde_json::Value)>) {
+    let device = &config.device_id;
+    let modules = deployment.map(|d| d.agent.modules.as_slice()).unwrap_or_default();
+    let mut identities = vec![device.clone(), format!("{device}/$edgeAgent"), format!("{device}/$edgeHub")];
+    identities.extend(modules.iter().map(|module| format!("{device}/{}", module.name)));
+    identities.extend(config.devices.iter().map(|leaf| leaf.id.clone()));
+    let desired = modules
+        .iter()
+        .map(|module| {
+            let twin = deployment
+                .and_then(|d| d.module_twins.iter().find(|(name, _)| *name == module.name))
+                .map_or_else(|| serde_json::json!({}), |(_, desired)| desired.clone());
+            (format!("{device}/{}", module.name), twin)
+        })
+        .collect();
+    (identities, desired)
+}
+
+/// Where twins are kept under `data_dir`.
+pub const TWINS_DIR: &str = "twins";
+
 /// Compiles the deployment's routes; a bad route is logged and skipped, the rest apply.
 pub(crate) fn routes(deployment: Option<&Deployment>) -> RouteTable {
     let mut compiled = Vec::new();
@@ -206,7 +233,13 @@ pub fn run(config: Config) -> Result<(), Failure> {
     // and keep max_connections within the descriptors left after the runtime's own.
     limits.max_connections = fdlimit::fit_max_connections(limits.max_connections);
     let store = crate::cloud::open_store(crate::cloud::store_config(&config, deployment.as_ref()))?;
-    let broker = Broker::new(&config.device_id, auth, table, limits, store.clone());
+    let twins_dir = config.data_dir.join(TWINS_DIR);
+    let (twins, twins_report) = tinyedge_hub::twin::Twins::open(twins_dir.clone())
+        .map_err(|e| Failure::Runtime(format!("twins in {}: {e}", twins_dir.display())))?;
+    log::info!("twins: {twins_report}");
+    let broker = Broker::new(&config.device_id, auth, table, limits, store.clone(), Arc::new(twins));
+    let (identities, desired) = twin_plan(&config, deployment.as_ref());
+    broker.apply_twins(&identities, &desired);
     let link = crate::cloud::start_upstream(&config, &key, &broker)?;
     let mut servers = Vec::new();
     if let Some(addr) = config.hub.mqtt {
