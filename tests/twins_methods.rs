@@ -46,6 +46,7 @@ fn twin_deployment(desired: &Value) -> String {
     let base: Value = serde_json::from_str(&deployment(&["twinmod", "caller"], &[])).expect("deployment JSON");
     let mut document = base;
     document["modulesContent"]["twinmod"] = json!({ "properties.desired": desired });
+    document["modulesContent"]["caller"] = json!({ "properties.desired": {"role": "caller"} });
     document.to_string()
 }
 
@@ -209,6 +210,10 @@ fn python_sdk_modules_and_a_leaf_device_use_twins_and_direct_methods() {
     // A leaf device gets and patches its own twin.
     let leaf = json_of(&script.expect("LEAF ", &hub));
     assert_eq!(leaf["reported"]["battery"], 87, "{leaf}");
+    // A module made with create_from_edge_environment gets and patches its twin too.
+    let caller = json_of(&script.expect("CALLER ", &hub));
+    assert_eq!(caller["desired"]["role"], "caller", "{caller}");
+    assert_eq!(caller["reported"]["calls"], 0, "{caller}");
     script.expect("READY", &hub);
 
     // A redeploy with changed desired properties fires the SDK's patch handler with the diff.

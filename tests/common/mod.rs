@@ -374,9 +374,17 @@ impl Drop for Cloud {
 }
 
 impl Drop for Runtime {
+    /// Stops the runtime, and fails the test if any line it logged (at any level; the tests run
+    /// it at debug) holds a SAS signature: secrets never reach the log.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log.lock().map(|log| log.clone()).unwrap_or_default();
+        let leaked: Vec<&str> = log.lines().filter(|line| line.contains("sig=")).collect();
+        assert!(leaked.is_empty(), "a SAS signature reached the log:\n{}", leaked.join("\n"));
     }
 }
 

@@ -73,6 +73,8 @@ os.environ.update({
 })
 caller = IoTHubModuleClient.create_from_edge_environment()
 caller.connect()
+caller.patch_twin_reported_properties({"calls": 0})
+out("CALLER " + json.dumps(caller.get_twin(), sort_keys=True))
 out("READY")
 
 for line in sys.stdin:
