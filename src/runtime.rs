@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tinyedge_agent::manifest::{self, Deployment};
 use tinyedge_hub::auth::{Authenticator, Identity};
-use tinyedge_hub::broker::{fdlimit, Broker, Limits};
+use tinyedge_hub::broker::{Broker, Limits};
+use tinyedge_hub::listeners::fdlimit;
 use tinyedge_hub::route::{Route, RouteTable};
 use tinyedge_platform::{certs, identity, logger, Config};
 
@@ -245,7 +246,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     if let Some(addr) = config.hub.mqtt {
         let listener = bind(addr, "mqtt")?;
         log::info!("mqtt listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
-        servers.push(smol::spawn(broker.clone().serve(listener, None)));
+        servers.push(smol::spawn(tinyedge_hub::mqtt::serve(broker.clone(), listener, None)));
     }
     let acceptor = match (config.hub.mqtts, config.hub.https) {
         (None, None) => None,
@@ -254,7 +255,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     if let (Some(addr), Some(acceptor)) = (config.hub.mqtts, &acceptor) {
         let listener = bind(addr, "mqtts")?;
         log::info!("mqtts listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
-        servers.push(smol::spawn(broker.clone().serve(listener, Some(acceptor.clone()))));
+        servers.push(smol::spawn(tinyedge_hub::mqtt::serve(broker.clone(), listener, Some(acceptor.clone()))));
     }
     if servers.is_empty() {
         return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));

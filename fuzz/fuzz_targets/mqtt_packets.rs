@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use tinyedge_hub::auth::{parse_username, Identity};
-use tinyedge_hub::broker::codec::decode;
+use tinyedge_hub::mqtt::codec::decode;
 use tinyedge_hub::message::Properties;
 use tinyedge_hub::topic::{classify_publish, classify_subscription, Inbound};
 
@@ -13,17 +13,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     while let Ok(Some(packet)) = decode(&mut buf, 64 * 1024) {
         match packet {
-            tinyedge_hub::broker::codec::Packet::Publish(p) => {
+            tinyedge_hub::mqtt::codec::Packet::Publish(p) => {
                 if let Ok(Inbound::Telemetry { bag }) = classify_publish(&p.topic, &me) {
                     let _ = Properties::parse(bag);
                 }
             }
-            tinyedge_hub::broker::codec::Packet::Subscribe(s) => {
+            tinyedge_hub::mqtt::codec::Packet::Subscribe(s) => {
                 for f in &s.filters {
                     let _ = classify_subscription(&f.path, &me);
                 }
             }
-            tinyedge_hub::broker::codec::Packet::Connect(c) => {
+            tinyedge_hub::mqtt::codec::Packet::Connect(c) => {
                 if let Some(login) = &c.login {
                     let _ = parse_username(&login.username);
                     let _ = tinyedge_platform::sas::parse(&login.password);

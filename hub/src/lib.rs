@@ -26,9 +26,11 @@
 pub mod auth;
 pub mod broker;
 pub mod ingest;
+pub mod listeners;
 pub mod message;
 pub mod methods;
 pub mod metrics;
+pub mod mqtt;
 pub mod route;
 pub mod store;
 pub mod tls;

@@ -1,43 +1,28 @@
-//! The MQTT broker: listeners, connections, sessions, routing.
+//! The protocol-neutral core of the hub: who is connected and subscribed (sessions and their
+//! lanes), where a message goes (router, into the store), how stored messages reach a client
+//! (pumps) or the cloud (outbox), and how deliveries in flight are acknowledged in order. The
+//! protocol adapters ([`crate::mqtt`], a future AMQP one) turn deliveries and lane items into
+//! their wire forms; nothing here builds a topic or a packet.
 //!
 //! # Layout
-//! - `codec`: packet framing (mqttbytes in, a few hand-encoded packets out);
-//! - `connection`: CONNECT, authentication, the reading half of a connection;
-//! - `writer`: the writing half: acknowledgements and deliveries;
-//! - `session`: per-identity slots with their bounded delivery queues;
+//! - `session`: per-identity slots with their bounded lanes (module inputs from the store, the
+//!   control lane for twin responses, desired patches and method calls) and [`Delivery`];
 //! - `router`: from a message to its endpoints, into the store;
-//! - `pump`: from the store to a module's connection, one task per module-input endpoint;
+//! - `pump`: from the store to a module's slot, one task per module-input endpoint;
 //! - `outbox`: from the store to the upstream link;
-//! - `queue`, `transport`: lazily allocated queues and signals, the byte streams;
-//! - `fdlimit`: the file descriptor budget `max_connections` is fitted to at start.
-//!
-//! # Bounds before authentication
-//! A socket counts toward `max_connections` from the moment it is accepted, and toward
-//! `max_unauthenticated` until its CONNECT is accepted (TLS handshake included); at either
-//! bound a new socket is accepted and closed at once, so the kernel's backlog never fills.
-//! From accept to a complete CONNECT a connection has `connect_timeout` in all, and its first
-//! bytes are checked as they arrive (type, flags, length, protocol name), so a peer that says
-//! nothing, dribbles, or sends bytes that cannot be a CONNECT holds its slot briefly.
+//! - `priority`: the merged reader over an endpoint's priority queues;
+//! - `queue`: lazily allocated bounded queues and signals.
 
-pub mod codec;
-mod connection;
-pub mod fdlimit;
 pub mod outbox;
 pub mod priority;
 mod pump;
-mod queue;
+pub(crate) mod queue;
 pub mod router;
 pub mod session;
-mod transport;
-mod writer;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
-use smol::Async;
-use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::methods::{Invoker, MethodCall, MethodError, MethodResponse, Methods};
@@ -46,8 +31,6 @@ use crate::route::{Endpoint, RouteTable};
 use crate::store::Store;
 use crate::twin::Twins;
 use tinyedge_platform::config::HubConfig;
-use tinyedge_platform::log_limited;
-use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
 
 pub use router::{endpoint_name, Router};
 pub use session::Sessions;
@@ -60,7 +43,7 @@ pub struct Limits {
     /// Deliveries queued per identity before publishers are held back (online) or deliveries
     /// dropped (offline).
     pub subscriber_queue_max: usize,
-    /// Unacknowledged QoS 1 deliveries per connection.
+    /// Unacknowledged at-least-once deliveries per connection.
     pub max_inflight: usize,
     /// Open sockets, counted from accept; more are closed right after accept.
     pub max_connections: usize,
@@ -90,68 +73,6 @@ impl Default for Limits {
     }
 }
 
-/// How long a listener waits after a failed accept() (out of descriptors, mostly) before it
-/// tries again: the pending connection stays in the backlog and would wake it at once, so
-/// without a pause the loop would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Sockets closed at accept because a connection limit is reached.
-static REFUSED_AT_LIMIT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-/// accept() failures.
-static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-
-/// Which bound a socket met at accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AtLimit {
-    Connections,
-    Unauthenticated,
-}
-
-/// A socket's place under `max_connections` and, until its CONNECT is accepted, under
-/// `max_unauthenticated`: taken at accept, given back on drop, whichever way the connection
-/// ends.
-#[derive(Debug)]
-pub(crate) struct Permit {
-    metrics: Arc<Metrics>,
-    authenticated: bool,
-}
-
-/// Adds one to `counter` unless it is at `max` already.
-fn increment_below(counter: &AtomicU64, max: usize) -> bool {
-    let max = u64::try_from(max).unwrap_or(u64::MAX);
-    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
-}
-
-impl Permit {
-    fn acquire(metrics: &Arc<Metrics>, limits: &Limits) -> Result<Permit, AtLimit> {
-        if !increment_below(&metrics.connections_open, limits.max_connections) {
-            return Err(AtLimit::Connections);
-        }
-        if !increment_below(&metrics.connections_unauthenticated, limits.max_unauthenticated) {
-            Metrics::dec(&metrics.connections_open);
-            return Err(AtLimit::Unauthenticated);
-        }
-        Ok(Permit { metrics: metrics.clone(), authenticated: false })
-    }
-
-    /// The CONNECT is accepted: the socket leaves the unauthenticated count.
-    pub(crate) fn authenticated(&mut self) {
-        if !self.authenticated {
-            self.authenticated = true;
-            Metrics::dec(&self.metrics.connections_unauthenticated);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.authenticated {
-            Metrics::dec(&self.metrics.connections_unauthenticated);
-        }
-        Metrics::dec(&self.metrics.connections_open);
-    }
-}
-
 /// Shared state of the hub's broker.
 pub struct Broker {
     authenticator: RwLock<Arc<Authenticator>>,
@@ -161,7 +82,7 @@ pub struct Broker {
     pub limits: Limits,
     next_connection_id: AtomicU64,
     /// Advances a store endpoint's checkpoint (module acknowledgements).
-    commit: writer::Commit,
+    pub(crate) commit: crate::mqtt::Commit,
     device_id: String,
     pumps: Mutex<Vec<(Endpoint, Vec<(u8, u16)>, smol::Task<()>)>>,
     /// Every identity's twin.
@@ -282,136 +203,14 @@ impl Broker {
         *self.authenticator.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
     }
 
-    fn next_connection_id(&self) -> u64 {
+    pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Accepts connections on `listener` until the listener fails; TLS when `tls` is given.
-    pub async fn serve(self: Arc<Broker>, listener: Async<TcpListener>, tls: Option<futures_rustls::TlsAcceptor>) {
-        let local = listener.get_ref().local_addr().map(|a| a.to_string()).unwrap_or_default();
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors (EMFILE, ENFILE) and the like: back off instead
-                    // of spinning on the connection still waiting in the backlog.
-                    Metrics::inc(&self.metrics.accept_errors);
-                    log_limited!(
-                        ACCEPT_FAILED,
-                        log::Level::Warn,
-                        "accept on {local}: {e} ({} sockets open); retrying every {} ms",
-                        self.metrics.connections_open.load(Ordering::Relaxed),
-                        ACCEPT_BACKOFF.as_millis()
-                    );
-                    smol::Timer::after(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let deadline = Instant::now() + self.limits.connect_timeout;
-            let permit = match Permit::acquire(&self.metrics, &self.limits) {
-                Ok(permit) => permit,
-                Err(at) => {
-                    // Dropping the stream closes it: the backlog keeps moving.
-                    drop(stream);
-                    Metrics::inc(&self.metrics.connections_refused_limit);
-                    let (max, what, key) = match at {
-                        AtLimit::Connections => (self.limits.max_connections, "sockets open", "hub.max_connections"),
-                        AtLimit::Unauthenticated => {
-                            (self.limits.max_unauthenticated, "sockets before CONNECT", "hub.max_unauthenticated")
-                        }
-                    };
-                    log_limited!(
-                        REFUSED_AT_LIMIT,
-                        log::Level::Warn,
-                        "{peer}: closed at accept: {max} {what} already, the limit ({key})"
-                    );
-                    continue;
-                }
-            };
-            let _ = stream.get_ref().set_nodelay(true);
-            let broker = self.clone();
-            let tls = tls.clone();
-            smol::spawn(async move { broker.serve_stream(stream, peer, tls, permit, deadline).await }).detach();
-        }
-    }
-
-    async fn serve_stream(
-        self: Arc<Broker>,
-        stream: Async<TcpStream>,
-        peer: SocketAddr,
-        tls: Option<futures_rustls::TlsAcceptor>,
-        permit: Permit,
-        deadline: Instant,
-    ) {
-        let peer = peer.to_string();
-        match tls {
-            None => {
-                let socket = Arc::new(stream);
-                let reader =
-                    transport::Reader { inner: transport::TcpHalf(socket.clone()), probe: Some(socket.clone()) };
-                let accepted = connection::Accepted { peer, permit, deadline };
-                connection::serve(self, reader, transport::TcpHalf(socket), accepted).await;
-            }
-            // Boxed: the TLS handshake state is large and only needed while it runs, and the
-            // spawned task would otherwise be sized for it for the connection's whole life.
-            Some(acceptor) => Box::pin(self.serve_tls(stream, peer, acceptor, permit, deadline)).await,
-        }
-    }
-
-    async fn serve_tls(
-        self: Arc<Broker>,
-        stream: Async<TcpStream>,
-        peer: String,
-        acceptor: futures_rustls::TlsAcceptor,
-        permit: Permit,
-        deadline: Instant,
-    ) {
-        let handshake = async { Some(acceptor.accept(stream).await) };
-        let timeout = async {
-            smol::Timer::at(deadline).await;
-            None
-        };
-        match smol::future::or(handshake, timeout).await {
-            Some(Ok(tls_stream)) => {
-                let (read_half, write_half) = smol::io::split(tls_stream);
-                let accepted = connection::Accepted { peer, permit, deadline };
-                connection::serve(self, transport::Reader { inner: read_half, probe: None }, write_half, accepted)
-                    .await;
-            }
-            Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
-            None => {
-                Metrics::inc(&self.metrics.connect_timeouts);
-                log::info!(
-                    "{peer}: TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
-                    self.limits.connect_timeout.as_secs()
-                );
-            }
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn permits_count_sockets_from_accept_and_give_them_back_on_drop() {
-        let metrics = Arc::new(Metrics::default());
-        let limits = Limits { max_connections: 3, max_unauthenticated: 2, ..Limits::default() };
-        let mut a = Permit::acquire(&metrics, &limits).expect("first");
-        let b = Permit::acquire(&metrics, &limits).expect("second");
-        assert_eq!(Permit::acquire(&metrics, &limits).map(|_| ()), Err(AtLimit::Unauthenticated));
-        a.authenticated();
-        a.authenticated();
-        let c = Permit::acquire(&metrics, &limits).expect("a slot before CONNECT is free again");
-        assert_eq!(Permit::acquire(&metrics, &limits).map(|_| ()), Err(AtLimit::Connections));
-        let gauges = |m: &Metrics| {
-            (m.connections_open.load(Ordering::Relaxed), m.connections_unauthenticated.load(Ordering::Relaxed))
-        };
-        assert_eq!(gauges(&metrics), (3, 2));
-        drop((a, b, c));
-        assert_eq!(gauges(&metrics), (0, 0));
-    }
 
     #[test]
     fn default_limits_are_the_configs() {

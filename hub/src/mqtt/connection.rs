@@ -18,12 +18,14 @@ use crate::message::Properties;
 use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
+use crate::broker::queue::{Queue, Signal};
+use crate::broker::session::{Control, Kick, Owner, Slot, Subscriptions};
+use crate::broker::Broker;
+use crate::listeners::permit::Permit;
+
 use super::codec::{self, ConnectStart, DecodeError};
-use super::queue::{Queue, Signal};
-use super::session::{Control, Kick, Owner, Slot, Subscriptions};
 use super::transport::Reader;
 use super::writer::{Ctrl, Writer};
-use super::{Broker, Permit};
 
 /// Bytes asked of the socket per read. Small, because the buffer stays allocated while a
 /// connection is idle; a bigger packet grows it only for as long as it takes to read.

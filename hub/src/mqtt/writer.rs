@@ -19,9 +19,10 @@ use crate::store::Store;
 use crate::topic;
 use crate::twin::Twins;
 
+use crate::broker::queue::Queue;
+use crate::broker::session::{Control, Delivery, Origin, Slot};
+
 use super::codec;
-use super::queue::Queue;
-use super::session::{Control, Delivery, Origin, Slot};
 
 /// Items written per wake-up before the buffer goes to the socket: enough to fill a TCP
 /// segment train under load, small enough that acknowledgements are not delayed.
