@@ -7,12 +7,14 @@
 //! # Layout
 //! - `session`: per-identity slots with their bounded lanes (module inputs from the store, the
 //!   control lane for twin responses, desired patches and method calls) and [`Delivery`];
+//! - `inflight`: deliveries sent and not yet acknowledged, committed to the store in order;
 //! - `router`: from a message to its endpoints, into the store;
 //! - `pump`: from the store to a module's slot, one task per module-input endpoint;
 //! - `outbox`: from the store to the upstream link;
 //! - `priority`: the merged reader over an endpoint's priority queues;
 //! - `queue`: lazily allocated bounded queues and signals.
 
+pub mod inflight;
 pub mod outbox;
 pub mod priority;
 mod pump;
@@ -33,7 +35,7 @@ use crate::twin::Twins;
 use tinyedge_platform::config::HubConfig;
 
 pub use router::{endpoint_name, Router};
-pub use session::Sessions;
+pub use session::{Delivery, Sessions, Settle};
 
 /// The numeric limits of a broker; the config's `[hub]` section sets them.
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub struct Broker {
     pub limits: Limits,
     next_connection_id: AtomicU64,
     /// Advances a store endpoint's checkpoint (module acknowledgements).
-    pub(crate) commit: crate::mqtt::Commit,
+    pub(crate) commit: inflight::Commit,
     device_id: String,
     pumps: Mutex<Vec<(Endpoint, Vec<(u8, u16)>, smol::Task<()>)>>,
     /// Every identity's twin.
@@ -181,14 +183,13 @@ impl Broker {
                 continue;
             }
             pumps.retain(|(e, _, _)| e != &endpoint);
-            let mut topic_prefix = String::new();
-            crate::topic::input_topic_into(&self.device_id, module, input, &mut topic_prefix);
             let pump = pump::ModulePump {
                 store: self.router.store().clone(),
                 slot: self.sessions.slot(&format!("{}/{}", self.device_id, module)),
                 metrics: self.metrics.clone(),
                 queues: queues.clone(),
-                topic_prefix,
+                input: Arc::from(input.as_str()),
+                label: format!("{}/{module}/inputs/{input}", self.device_id),
             };
             pumps.push((endpoint.clone(), queues, smol::spawn(pump.run())));
         }

@@ -28,8 +28,10 @@ pub struct ModulePump {
     pub metrics: Arc<Metrics>,
     /// (priority, store endpoint id) of each of the endpoint's priority queues.
     pub queues: Vec<(u8, u16)>,
-    /// `devices/{d}/modules/{m}/inputs/{input}/`, the bag is appended per record.
-    pub topic_prefix: String,
+    /// The module input the endpoint names (every delivery shares it).
+    pub input: Arc<str>,
+    /// `{d}/{m}/inputs/{input}`, for log lines.
+    pub label: String,
 }
 
 fn now_unix_ms() -> u64 {
@@ -92,20 +94,18 @@ impl ModulePump {
     }
 
     async fn read_failed(&self, error: &crate::store::StoreError) {
-        log::error!("delivery from the store to {} paused: {error}", self.topic_prefix);
+        log::error!("delivery from the store to {} paused: {error}", self.label);
         smol::Timer::after(READ_RETRY_DELAY).await;
     }
 
     /// Queues one record for the connection; false when the generation changed meanwhile.
     async fn hand_over(&self, endpoint: u16, record: StoredRecord, generation: u64) -> bool {
-        let mut topic = String::with_capacity(self.topic_prefix.len() + record.properties.len());
-        topic.push_str(&self.topic_prefix);
-        topic.push_str(&record.properties);
         // Lease first, so a crash after the send still flags the resend as a duplicate.
         self.store.note_sent(endpoint, record.seq);
         let dup = self.slot.last_sent(endpoint) >= record.seq || self.store.maybe_sent_before(endpoint, record.seq);
         let delivery = Delivery {
-            topic,
+            input: self.input.clone(),
+            properties: record.properties,
             payload: record.payload,
             origin: Some(Origin { endpoint, seq: record.seq, generation }),
             dup,

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use event_listener::Event;
-use mqttbytes::QoS;
 
 use super::queue::{Queue, Signal};
 
@@ -63,15 +62,31 @@ pub struct Origin {
     pub generation: u64,
 }
 
-/// One message on its way to a module input.
+/// One message on its way to a module input, as the store holds it: each protocol adapter
+/// turns it into its wire form (MQTT: a PUBLISH on
+/// `devices/{d}/modules/{m}/inputs/{input}/{properties}`).
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// `devices/{d}/modules/{m}/inputs/{input}/{bag}`.
-    pub topic: String,
+    /// The module input the route names (shared by every delivery of its pump).
+    pub input: Arc<str>,
+    /// The message's properties as an IoT Hub property bag (URL-encoded, system properties
+    /// included), as stored.
+    pub properties: String,
     pub payload: Bytes,
     pub origin: Option<Origin>,
-    /// Sent before (to an earlier connection) and not acknowledged: MQTT's DUP flag.
+    /// Sent before (to an earlier connection) and not acknowledged (MQTT's DUP flag).
     pub dup: bool,
+}
+
+/// How a client settles its module-input deliveries: the protocol adapter maps its own terms
+/// onto these (MQTT: the QoS granted for the inputs subscription).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done once written (MQTT QoS 0): the checkpoint advances without an acknowledgement.
+    AtMostOnce,
+    /// Done once the client acknowledges it (MQTT QoS 1), in order per endpoint
+    /// ([`super::inflight::InFlight`]).
+    AtLeastOnce,
 }
 
 /// What the hub sends a client besides its routed module inputs (which come from the store):
@@ -93,7 +108,7 @@ pub enum Control {
 /// one item, so a small lane suffices.
 pub const CONTROL_LANE_MAX: usize = 16;
 
-/// The `$iothub` subscriptions an identity holds (module inputs are `inputs_qos`).
+/// The twin, method and C2D subscriptions an identity holds (module inputs are `inputs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Subscriptions {
     pub twin_responses: bool,
@@ -116,8 +131,8 @@ pub struct Owner {
 #[derive(Debug, Default)]
 pub struct SlotState {
     pub owner: Option<Owner>,
-    /// QoS granted for the inputs subscription, `None` while not subscribed.
-    pub inputs_qos: Option<QoS>,
+    /// How the inputs subscription settles its deliveries, `None` while not subscribed.
+    pub inputs: Option<Settle>,
     /// True when the last session asked to be kept (clean session = false).
     pub persistent: bool,
     /// Highest seq written per endpoint, to set DUP when it is sent again.
@@ -162,7 +177,7 @@ impl Slot {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Call after changing `owner` or `inputs_qos` (with the state lock released): starts a new
+    /// Call after changing `owner` or `inputs` (with the state lock released): starts a new
     /// generation and wakes the pumps.
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -172,7 +187,7 @@ impl Slot {
     /// The current generation while a connected client takes deliveries.
     pub fn online_generation(&self) -> Option<u64> {
         let state = self.state();
-        (state.owner.is_some() && state.inputs_qos.is_some()).then(|| self.generation())
+        (state.owner.is_some() && state.inputs.is_some()).then(|| self.generation())
     }
 
     /// Tells the connection (if it subscribed to desired patches) that the desired properties

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
 use crate::broker::queue::{Queue, Signal};
-use crate::broker::session::{Control, Kick, Owner, Slot, Subscriptions};
+use crate::broker::session::{Control, Kick, Owner, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
 use crate::listeners::permit::Permit;
 
@@ -49,6 +49,14 @@ pub(super) struct Accepted {
     pub permit: Permit,
     /// When the CONNECT must be complete (accept + `connect_timeout`, TLS handshake included).
     pub deadline: Instant,
+}
+
+/// How the core settles deliveries of an inputs subscription granted with `qos` (0 or 1).
+fn settle_of(qos: QoS) -> Settle {
+    match qos {
+        QoS::AtMostOnce => Settle::AtMostOnce,
+        QoS::AtLeastOnce | QoS::ExactlyOnce => Settle::AtLeastOnce,
+    }
 }
 
 fn unix_now() -> u64 {
@@ -297,7 +305,7 @@ impl Session {
             let mut state = slot.state();
             let present = !clean && state.persistent;
             if !present {
-                state.inputs_qos = None;
+                state.inputs = None;
                 state.subscriptions = Subscriptions::default();
             }
             state.persistent = !clean;
@@ -334,7 +342,7 @@ impl Session {
         let ctrl = Arc::new(Queue::new(CTRL_QUEUE_MAX));
         let mut out = BytesMut::new();
         codec::put_connack(&mut out, self.session_present, 0);
-        let inputs = self.slot.state().inputs_qos;
+        let inputs = self.slot.state().inputs;
         let writer_task = smol::spawn(
             Writer {
                 sink: writer,
@@ -391,7 +399,7 @@ impl Session {
             if ours {
                 state.owner = None;
                 if self.clean {
-                    state.inputs_qos = None;
+                    state.inputs = None;
                     state.subscriptions = Subscriptions::default();
                     state.persistent = false;
                 }
@@ -570,12 +578,13 @@ impl Session {
             self.set_subscriptions(&iothub, true);
         }
         if let Some(qos) = inputs {
+            let settle = settle_of(qos);
             // Subscribing again to what a persistent session already holds changes nothing: a
             // new generation would restart the pump from the checkpoint and send everything
             // in flight a second time.
-            let changed = self.slot.state().inputs_qos.replace(qos) != Some(qos);
+            let changed = self.slot.state().inputs.replace(settle) != Some(settle);
             if changed {
-                ctrl.push(Ctrl::Inputs(Some(qos))).await?;
+                ctrl.push(Ctrl::Inputs(Some(settle))).await?;
                 self.slot.bump();
             }
         }
@@ -688,7 +697,7 @@ impl Session {
             .iter()
             .any(|t| topic::classify_subscription(t, &self.identity) == Ok(SubscriptionKind::ModuleInputs))
         {
-            self.slot.state().inputs_qos = None;
+            self.slot.state().inputs = None;
             ctrl.push(Ctrl::Inputs(None)).await?;
             self.slot.bump();
         }

@@ -24,8 +24,6 @@ mod connection;
 mod transport;
 mod writer;
 
-pub(crate) use writer::Commit;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

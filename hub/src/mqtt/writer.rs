@@ -3,9 +3,9 @@
 //! control lane (twin responses, desired patches, method calls), turned into MQTT here.
 //!
 //! It runs as its own task so that a publisher waiting on the store never stops its own
-//! connection from receiving. An acknowledged delivery advances its endpoint's checkpoint in
-//! the store — in order: a checkpoint only moves past a seq when every earlier delivery of that
-//! endpoint in flight has been acknowledged too.
+//! connection from receiving. A delivery's topic is built here from what the core hands over
+//! (input name and property bag, [`crate::topic::input_topic_into`]); an acknowledged delivery
+//! advances its endpoint's checkpoint in order through the core's [`InFlight`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use crate::store::Store;
 use crate::topic;
 use crate::twin::Twins;
 
+use crate::broker::inflight::{Commit, InFlight};
 use crate::broker::queue::Queue;
-use crate::broker::session::{Control, Delivery, Origin, Slot};
+use crate::broker::session::{Control, Delivery, Settle, Slot};
 
 use super::codec;
 
@@ -36,6 +37,9 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// then stops reading the client (back-pressure) until the disk catches up.
 const PENDING_PUBACKS_MAX: usize = 64;
 
+/// The bytes of `devices/` `/modules/` `/inputs/` `/` around the ids of an input topic.
+const INPUT_TOPIC_FIXED_BYTES: usize = 26;
+
 /// What the reader asks the writer to do.
 #[derive(Debug)]
 pub enum Ctrl {
@@ -47,12 +51,9 @@ pub enum Ctrl {
     PingResp,
     /// The client acknowledged delivery `pkid`.
     Acked(u16),
-    /// Inputs subscription granted with this QoS, or removed (`None`).
-    Inputs(Option<QoS>),
+    /// Inputs subscription granted (with how it settles), or removed (`None`).
+    Inputs(Option<Settle>),
 }
-
-/// Advances an endpoint's checkpoint: `(endpoint, seq)` and everything before it is done.
-pub type Commit = Arc<dyn Fn(u16, u64) + Send + Sync>;
 
 /// Everything the writer needs.
 pub struct Writer<W> {
@@ -60,7 +61,7 @@ pub struct Writer<W> {
     /// Closed by the reader when the connection ends; closed here when the socket fails.
     pub ctrl: Arc<Queue<Ctrl>>,
     pub slot: Arc<Slot>,
-    pub inputs: Option<QoS>,
+    pub inputs: Option<Settle>,
     pub max_inflight: usize,
     pub metrics: Arc<Metrics>,
     pub commit: Commit,
@@ -82,54 +83,11 @@ enum Event {
     Durable(bool),
 }
 
-/// Deliveries written and not yet acknowledged, and acknowledgements waiting for an earlier
-/// delivery of the same endpoint before they may advance its checkpoint.
-struct InFlight {
-    list: VecDeque<(u16, Delivery)>,
-    next_pkid: u16,
-    acked_early: Vec<Origin>,
-}
-
-impl InFlight {
-    fn pkid(&mut self) -> u16 {
-        loop {
-            let id = self.next_pkid;
-            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-            if !self.list.iter().any(|(p, _)| *p == id) {
-                return id;
-            }
-        }
-    }
-
-    /// Records that `done` is acknowledged and commits every acknowledgement no earlier
-    /// in-flight delivery of the same endpoint holds back.
-    fn acknowledge(&mut self, done: Origin, commit: &Commit) {
-        self.acked_early.push(done);
-        let list = &self.list;
-        let mut ready: Vec<(u16, u64)> = Vec::new();
-        self.acked_early.retain(|origin| {
-            let held_back =
-                list.iter().any(|(_, d)| d.origin.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
-            if held_back {
-                return true;
-            }
-            match ready.iter_mut().find(|(e, _)| *e == origin.endpoint) {
-                Some(entry) => entry.1 = entry.1.max(origin.seq),
-                None => ready.push((origin.endpoint, origin.seq)),
-            }
-            false
-        });
-        for (endpoint, seq) in ready {
-            commit(endpoint, seq);
-        }
-    }
-}
-
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Runs until the reader closes the control queue or the socket fails. Whatever was not
     /// acknowledged stays in the store and comes again on the next connection.
     pub async fn run(mut self) {
-        let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1, acked_early: Vec::new() };
+        let mut inflight = InFlight::default();
         let mut pubacks: VecDeque<(u16, u64)> = VecDeque::new();
         loop {
             self.release_pubacks(&mut pubacks);
@@ -253,7 +211,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     fn can_take(&self, inflight: &InFlight) -> bool {
-        self.inputs.is_some() && inflight.list.len() < self.max_inflight
+        self.inputs.is_some() && inflight.len() < self.max_inflight
     }
 
     /// Applies one event; false when the writer must stop.
@@ -267,15 +225,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Ctrl::SubAck(pkid, codes) => codec::put_suback(&mut self.out, pkid, &codes),
                 Ctrl::UnsubAck(pkid) => codec::put_unsuback(&mut self.out, pkid),
                 Ctrl::PingResp => codec::put_pingresp(&mut self.out),
-                Ctrl::Acked(pkid) => {
-                    if let Some(pos) = inflight.list.iter().position(|(p, _)| *p == pkid) {
-                        if let Some((_, delivery)) = inflight.list.remove(pos) {
-                            if let Some(origin) = delivery.origin {
-                                inflight.acknowledge(origin, &self.commit);
-                            }
-                        }
-                    }
-                }
+                Ctrl::Acked(pkid) => inflight.acked(pkid, &self.commit),
                 Ctrl::Inputs(qos) => self.inputs = qos,
             },
             Event::Delivery(d) => self.send(d, inflight),
@@ -330,61 +280,31 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         if delivery.origin.is_some_and(|o| o.generation != self.slot.generation()) {
             return;
         }
-        let qos = self.inputs.unwrap_or(QoS::AtMostOnce);
+        let settle = self.inputs.unwrap_or(Settle::AtMostOnce);
         Metrics::inc(&self.metrics.deliveries_sent);
         if let Some(origin) = delivery.origin {
             self.slot.note_sent(origin.endpoint, origin.seq);
         }
-        if qos == QoS::AtMostOnce {
-            codec::put_publish(&mut self.out, &delivery.topic, qos, 0, false, &delivery.payload);
-            // At most once: done as soon as it is written.
-            if let Some(origin) = delivery.origin {
-                inflight.acknowledge(origin, &self.commit);
+        // Deliveries go to modules: the client id is `d/m`.
+        let (device, module) = self.client_id.split_once('/').unwrap_or((&self.client_id, ""));
+        let mut topic = String::with_capacity(
+            device.len() + module.len() + delivery.input.len() + delivery.properties.len() + INPUT_TOPIC_FIXED_BYTES,
+        );
+        topic::input_topic_into(device, module, &delivery.input, &mut topic);
+        topic.push_str(&delivery.properties);
+        match settle {
+            Settle::AtMostOnce => {
+                codec::put_publish(&mut self.out, &topic, QoS::AtMostOnce, 0, false, &delivery.payload);
+                // At most once: done as soon as it is written.
+                if let Some(origin) = delivery.origin {
+                    inflight.acknowledge(origin, &self.commit);
+                }
             }
-        } else {
-            let pkid = inflight.pkid();
-            codec::put_publish(&mut self.out, &delivery.topic, qos, pkid, delivery.dup, &delivery.payload);
-            inflight.list.push_back((pkid, delivery));
+            Settle::AtLeastOnce => {
+                let pkid = inflight.next_id();
+                codec::put_publish(&mut self.out, &topic, QoS::AtLeastOnce, pkid, delivery.dup, &delivery.payload);
+                inflight.sent(pkid, delivery.origin);
+            }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use std::sync::Mutex;
-
-    fn delivery(endpoint: u16, seq: u64) -> Delivery {
-        Delivery {
-            topic: "t".into(),
-            payload: Bytes::new(),
-            origin: Some(Origin { endpoint, seq, generation: 0 }),
-            dup: false,
-        }
-    }
-
-    #[test]
-    fn checkpoint_waits_for_earlier_deliveries_of_the_same_endpoint() {
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let sink = commits.clone();
-        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
-        let mut inflight = InFlight { list: VecDeque::new(), next_pkid: 1, acked_early: Vec::new() };
-        for (pkid, (e, s)) in [(1, (7, 10)), (2, (7, 11)), (3, (8, 12)), (4, (7, 13))] {
-            inflight.list.push_back((pkid, delivery(e, s)));
-        }
-        let ack = |inflight: &mut InFlight, pkid: u16| {
-            let pos = inflight.list.iter().position(|(p, _)| *p == pkid).expect("in flight");
-            let (_, d) = inflight.list.remove(pos).expect("entry");
-            inflight.acknowledge(d.origin.expect("origin"), &commit);
-        };
-        ack(&mut inflight, 2); // 11 waits for 10
-        ack(&mut inflight, 3); // endpoint 8 is free
-        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12)]);
-        ack(&mut inflight, 1); // 10 and 11 both done
-        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12), (7, 11)]);
-        ack(&mut inflight, 4);
-        assert_eq!(commits.lock().expect("lock").last(), Some(&(7, 13)));
-        assert!(inflight.acked_early.is_empty());
     }
 }

@@ -1,0 +1,120 @@
+//! Deliveries sent to a client and not yet acknowledged, and the in-order rule every protocol
+//! needs: an acknowledged delivery advances its endpoint's checkpoint in the store only when
+//! every earlier delivery of that endpoint in flight has been acknowledged too. The adapter
+//! names each delivery with its own identifier (MQTT: the packet id) and reports what the
+//! client settled; nothing here knows the wire.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::session::Origin;
+
+/// Advances an endpoint's checkpoint: `(endpoint, seq)` and everything before it is done.
+pub type Commit = Arc<dyn Fn(u16, u64) + Send + Sync>;
+
+/// Deliveries written and not yet acknowledged, and acknowledgements waiting for an earlier
+/// delivery of the same endpoint before they may advance its checkpoint.
+#[derive(Debug)]
+pub struct InFlight {
+    list: VecDeque<(u16, Option<Origin>)>,
+    next_id: u16,
+    acked_early: Vec<Origin>,
+}
+
+impl Default for InFlight {
+    fn default() -> InFlight {
+        InFlight { list: VecDeque::new(), next_id: 1, acked_early: Vec::new() }
+    }
+}
+
+impl InFlight {
+    /// Deliveries waiting for their acknowledgement.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// A free identifier for the next delivery: non-zero, not in flight (MQTT packet ids).
+    pub fn next_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.list.iter().any(|(p, _)| *p == id) {
+                return id;
+            }
+        }
+    }
+
+    /// A delivery was written under `id` and waits for its acknowledgement.
+    pub fn sent(&mut self, id: u16, origin: Option<Origin>) {
+        self.list.push_back((id, origin));
+    }
+
+    /// The client acknowledged `id`: commits what that frees. An unknown id is ignored.
+    pub fn acked(&mut self, id: u16, commit: &Commit) {
+        if let Some(pos) = self.list.iter().position(|(p, _)| *p == id) {
+            if let Some((_, Some(origin))) = self.list.remove(pos) {
+                self.acknowledge(origin, commit);
+            }
+        }
+    }
+
+    /// Records that `done` is acknowledged (or settled at once, at most once) and commits every
+    /// acknowledgement no earlier in-flight delivery of the same endpoint holds back.
+    pub fn acknowledge(&mut self, done: Origin, commit: &Commit) {
+        self.acked_early.push(done);
+        let list = &self.list;
+        let mut ready: Vec<(u16, u64)> = Vec::new();
+        self.acked_early.retain(|origin| {
+            let held_back =
+                list.iter().any(|(_, o)| o.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
+            if held_back {
+                return true;
+            }
+            match ready.iter_mut().find(|(e, _)| *e == origin.endpoint) {
+                Some(entry) => entry.1 = entry.1.max(origin.seq),
+                None => ready.push((origin.endpoint, origin.seq)),
+            }
+            false
+        });
+        for (endpoint, seq) in ready {
+            commit(endpoint, seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn origin(endpoint: u16, seq: u64) -> Option<Origin> {
+        Some(Origin { endpoint, seq, generation: 0 })
+    }
+
+    #[test]
+    fn checkpoint_waits_for_earlier_deliveries_of_the_same_endpoint() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let sink = commits.clone();
+        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let mut inflight = InFlight::default();
+        for (pkid, (e, s)) in [(1, (7, 10)), (2, (7, 11)), (3, (8, 12)), (4, (7, 13))] {
+            inflight.sent(pkid, origin(e, s));
+        }
+        let ack = |inflight: &mut InFlight, pkid: u16| {
+            assert!(inflight.list.iter().any(|(p, _)| *p == pkid), "in flight");
+            inflight.acked(pkid, &commit);
+        };
+        ack(&mut inflight, 2); // 11 waits for 10
+        ack(&mut inflight, 3); // endpoint 8 is free
+        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12)]);
+        ack(&mut inflight, 1); // 10 and 11 both done
+        assert_eq!(*commits.lock().expect("lock"), vec![(8, 12), (7, 11)]);
+        ack(&mut inflight, 4);
+        assert_eq!(commits.lock().expect("lock").last(), Some(&(7, 13)));
+        assert!(inflight.acked_early.is_empty());
+    }
+}
