@@ -39,7 +39,7 @@ pub fn store_config(config: &Config, deployment: Option<&Deployment>) -> StoreCo
         .unwrap_or(DEFAULT_STORE_MAX_BYTES);
     store.fsync = match config.store.fsync {
         FsyncSetting::Always => FsyncPolicy::Always,
-        FsyncSetting::IntervalMs(ms) => FsyncPolicy::IntervalMs(ms),
+        FsyncSetting::Background(ms) => FsyncPolicy::Background(ms),
         FsyncSetting::Never => FsyncPolicy::Never,
     };
     store.when_full = match config.store.when_full {

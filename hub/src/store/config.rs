@@ -6,24 +6,33 @@ use std::path::PathBuf;
 use super::error::StoreError;
 use super::record::RECORD_BYTES_MAX;
 
-/// When appended records are forced to stable storage.
+/// When appended records are forced to stable storage, and what an acknowledgement waits for.
+/// No policy makes an acknowledgement wait for a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// As soon as possible: the sync thread fsyncs whenever records are waiting, so concurrent
-    /// appends share one fsync (group commit).
+    /// The default. A record counts as durable once written to the OS (so a crash, SIGKILL or
+    /// OOM kill of tinyedge loses nothing acknowledged), and the sync thread fsyncs in the
+    /// background at most once per interval while anything is unsynced (counted): a power cut
+    /// or kernel crash loses at most about the interval of acknowledged records.
+    Background(u64),
+    /// Power-safe: a record counts as durable once fsynced. The sync thread starts an fsync as
+    /// soon as the previous one ends and one covers everything appended meanwhile (natural group
+    /// commit; no interval wait).
     Always,
-    /// At most once per interval: bounds both the loss window and the fsync rate (SD card wear).
-    IntervalMs(u64),
-    /// Never: records are durable once written to the OS (a process crash loses nothing, a power
-    /// cut may lose what the kernel had not written back).
+    /// Never fsync: durable once written to the OS; a power cut may lose whatever the kernel had
+    /// not written back (seconds).
     Never,
 }
 
 impl Default for FsyncPolicy {
     fn default() -> FsyncPolicy {
-        FsyncPolicy::IntervalMs(10)
+        FsyncPolicy::Background(BACKGROUND_FSYNC_INTERVAL_MS_DEFAULT)
     }
 }
+
+/// Default background fsync interval: at most one fsync a second however busy the store (SD
+/// card wear), so a power cut loses at most about a second of acknowledged messages.
+pub const BACKGROUND_FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 
 /// What `append` does when the store holds `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,7 +125,7 @@ impl StoreConfig {
         if self.max_bytes.div_ceil(segment_bytes) > SEGMENTS_MAX {
             return Err(StoreError::Config(format!("max_bytes / segment_bytes is more than {SEGMENTS_MAX} segments")));
         }
-        if let FsyncPolicy::IntervalMs(interval) = self.fsync {
+        if let FsyncPolicy::Background(interval) = self.fsync {
             if interval > FSYNC_INTERVAL_MS_MAX {
                 return Err(StoreError::Config(format!(
                     "fsync interval {interval} ms is above {FSYNC_INTERVAL_MS_MAX} ms"

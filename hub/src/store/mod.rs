@@ -213,14 +213,19 @@ impl Store {
         inner.counters.appended.fetch_add(1, Ordering::Relaxed);
         match inner.config.fsync {
             FsyncPolicy::Never => inner.durability.advance(seq),
-            FsyncPolicy::Always | FsyncPolicy::IntervalMs(_) => inner.signal.pending(),
+            // Acknowledged once written; the fsync follows in the background.
+            FsyncPolicy::Background(_) => {
+                inner.durability.advance(seq);
+                inner.signal.pending();
+            }
+            FsyncPolicy::Always => inner.signal.pending(),
         }
         inner.appended.notify(usize::MAX);
         Ok(seq)
     }
 
-    /// Resolves when `seq` is durable per the fsync policy (`Never`: written to the OS; the
-    /// others: fsynced). Fails if the fsync covering it failed.
+    /// Resolves when `seq` is durable per the fsync policy (`Background`, `Never`: written to
+    /// the OS; `Always`: fsynced). Fails if the fsync covering it failed.
     pub async fn durable(&self, seq: u64) -> Result<(), StoreError> {
         self.inner.durability.wait(seq).await
     }
@@ -357,7 +362,7 @@ impl Store {
         }
         let synced = match self.inner.config.fsync {
             FsyncPolicy::Never => Ok(()),
-            FsyncPolicy::Always | FsyncPolicy::IntervalMs(_) => writer::sync_now(&self.inner),
+            FsyncPolicy::Always | FsyncPolicy::Background(_) => writer::sync_now(&self.inner),
         };
         let flushed = self.flush_checkpoints();
         synced.and(flushed)

@@ -5,9 +5,10 @@
 //! takes the highest seq written so far, fsyncs the files holding it (outside the log lock, so
 //! appends go on meanwhile), then publishes that seq as durable and notifies waiters. Whatever
 //! is appended during one fsync is covered by the next, so N concurrent appenders share
-//! ~N / (appends per fsync) fsyncs. `Always` starts the next fsync as soon as one is pending;
-//! `IntervalMs(n)` waits until n ms after the previous fsync started, which bounds the fsync
-//! rate (and SD card wear) at 1000/n per second and the loss window at about n ms.
+//! ~N / (appends per fsync) fsyncs. `Always` starts the next fsync as soon as one is pending
+//! (waiters wait for it: power-safe acknowledgements); `Background(n)` acknowledges at the
+//! write and fsyncs at most once every n ms behind it, which bounds the fsync rate (SD card
+//! wear) at 1000/n per second and what a power cut loses at about n ms.
 //!
 //! An fsync failure is never retried into a false success (after a failed fsync Linux may have
 //! dropped the dirty pages and a second fsync reports nothing): every seq it covered is
@@ -43,6 +44,9 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Durability {
     durable_seq: AtomicU64,
+    /// Every record up to this seq is fsynced (below `durable_seq` under `Background`, where
+    /// records count as durable once written).
+    synced_seq: AtomicU64,
     /// Highest seq ever appended, to refuse waits for seqs that will never come.
     appended_seq: AtomicU64,
     failed: Mutex<VecDeque<(u64, u64, Arc<str>)>>,
@@ -54,6 +58,7 @@ impl Durability {
     pub fn new(durable_seq: u64) -> Durability {
         Durability {
             durable_seq: AtomicU64::new(durable_seq),
+            synced_seq: AtomicU64::new(durable_seq),
             appended_seq: AtomicU64::new(durable_seq),
             failed: Mutex::new(VecDeque::new()),
             any_failed: AtomicBool::new(false),
@@ -170,7 +175,7 @@ impl Signal {
 pub fn run(inner: &Inner) {
     let interval = match inner.config.fsync {
         FsyncPolicy::Always => Some(Duration::ZERO),
-        FsyncPolicy::IntervalMs(ms) => Some(Duration::from_millis(ms)),
+        FsyncPolicy::Background(ms) => Some(Duration::from_millis(ms)),
         FsyncPolicy::Never => None,
     };
     let housekeeping_every = Duration::from_millis(HOUSEKEEPING_INTERVAL_MS);
@@ -216,7 +221,8 @@ pub fn sync_now(inner: &Inner) -> Result<(), StoreError> {
     let (target, files, dir_unsynced) = {
         let mut log = lock(&inner.log);
         let target = log.last_seq();
-        if target <= inner.durability.durable_seq() && log.unsynced.is_empty() && !log.dir_unsynced {
+        if target <= inner.durability.synced_seq.load(Ordering::Acquire) && log.unsynced.is_empty() && !log.dir_unsynced
+        {
             return Ok(());
         }
         let mut files: Vec<(Arc<File>, PathBuf)> = std::mem::take(&mut log.unsynced);
@@ -225,7 +231,7 @@ pub fn sync_now(inner: &Inner) -> Result<(), StoreError> {
         }
         (target, files, std::mem::take(&mut log.dir_unsynced))
     };
-    let from = inner.durability.durable_seq() + 1;
+    let from = inner.durability.synced_seq.load(Ordering::Acquire) + 1;
     let synced = files
         .iter()
         .try_for_each(|(file, path)| file.sync_data().map_err(|error| StoreError::io("fsync", path, error)))
@@ -233,6 +239,7 @@ pub fn sync_now(inner: &Inner) -> Result<(), StoreError> {
     match synced {
         Ok(()) => {
             inner.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            inner.durability.synced_seq.fetch_max(target, Ordering::AcqRel);
             inner.durability.advance(target);
             Ok(())
         }
@@ -240,6 +247,7 @@ pub fn sync_now(inner: &Inner) -> Result<(), StoreError> {
             log::error!("{error}; records {from}..={target} may be lost");
             inner.durability.fail(from, target, Arc::from(error.to_string()));
             // Later records are judged by later fsyncs; these are reported failed, not retried.
+            inner.durability.synced_seq.fetch_max(target, Ordering::AcqRel);
             inner.durability.advance(target);
             Err(error)
         }

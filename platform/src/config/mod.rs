@@ -23,8 +23,8 @@
 //! [store]                           # the on-disk store and forward log
 //! dir = "store"                     # default {data_dir}/store
 //! max_bytes = 268435456             # default 256 MiB; $edgeHub storeLimits.maxSizeBytes overrides
-//! fsync = "interval_ms"             # always | interval_ms | never
-//! fsync_interval_ms = 10
+//! fsync = "background"              # background | always (power-safe) | never
+//! fsync_interval_ms = 1000          # background: fsync at most this often, behind the PUBACKs
 //! when_full = "drop_oldest"         # drop_oldest | reject_new
 //! [upstream]                        # the cloud link (default: none; $upstream messages are kept)
 //! url = "mqtts://myhub.azure-devices.net:8883"
@@ -184,14 +184,17 @@ impl Default for AgentConfig {
     }
 }
 
-/// When the store makes appended messages durable.
+/// When the store makes appended messages durable. No setting makes an acknowledgement wait
+/// for a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncSetting {
-    /// fsync before every acknowledgement (group commit still shares one fsync among
-    /// concurrent publishers).
+    /// The default (`"background"`): acknowledge once written to the OS (a crash of tinyedge
+    /// loses nothing acknowledged), fsync behind it at most every this many ms (a power cut loses
+    /// at most about that much).
+    Background(u64),
+    /// Power-safe: acknowledge after the fsync that covers the message (natural group commit:
+    /// an fsync starts as soon as the previous one ends).
     Always,
-    /// fsync at most this often; acknowledgements wait for the fsync that covers them.
-    IntervalMs(u64),
     /// Never fsync; acknowledge once written to the OS (lost on power cut, kept on crash).
     Never,
 }
@@ -234,15 +237,16 @@ pub const DEFAULT_UPSTREAM_BACKOFF_MAX_SECS: u64 = 60;
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// Smallest store bound: a few segments of the smallest size.
 pub const STORE_MAX_BYTES_MIN: u64 = 1024 * 1024;
-/// Default fsync interval: a 10 ms window of loss on power cut, ~100 fsyncs/s at most.
-pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 10;
+/// Default background fsync interval: at most one fsync a second (SD card wear), a power cut
+/// loses at most about a second of acknowledged messages.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
 
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             dir: None,
             max_bytes: None,
-            fsync: FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS),
+            fsync: FsyncSetting::Background(DEFAULT_FSYNC_INTERVAL_MS),
             when_full: WhenFull::DropOldest,
         }
     }

@@ -328,8 +328,9 @@ fn parse_store(table: Option<Table>, base_dir: &Path) -> Result<StoreSettings, C
     store.max_bytes = section.count("max_bytes", STORE_MAX_BYTES_MIN as usize, usize::MAX)?.map(|v| v as u64);
     let interval = section.count("fsync_interval_ms", 1, FSYNC_INTERVAL_MS_MAX)?;
     store.fsync = match section.string("fsync")?.as_deref() {
-        None | Some("interval_ms") => {
-            FsyncSetting::IntervalMs(interval.map_or(DEFAULT_FSYNC_INTERVAL_MS, |v| v as u64))
+        // "interval_ms" was the name before acknowledgements stopped waiting for the fsync.
+        None | Some("background" | "interval_ms") => {
+            FsyncSetting::Background(interval.map_or(DEFAULT_FSYNC_INTERVAL_MS, |v| v as u64))
         }
         Some("always") => FsyncSetting::Always,
         Some("never") => FsyncSetting::Never,
@@ -337,7 +338,7 @@ fn parse_store(table: Option<Table>, base_dir: &Path) -> Result<StoreSettings, C
             return Err(ConfigError::BadChoice {
                 key: section.key("fsync"),
                 value: other.to_owned(),
-                expected: "\"always\", \"interval_ms\", \"never\"",
+                expected: "\"background\", \"always\", \"never\"",
             })
         }
     };

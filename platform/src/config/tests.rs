@@ -422,10 +422,12 @@ fn store_and_upstream_tables_parse_with_defaults() {
     assert_eq!(upstream.ca, Some(PathBuf::from("/etc/tinyedge/ca.pem")));
     let defaults = Config::from_toml_str("", Path::new(".")).expect("valid");
     assert_eq!(defaults.store, StoreSettings::default());
-    assert_eq!(defaults.store.fsync, FsyncSetting::IntervalMs(DEFAULT_FSYNC_INTERVAL_MS));
+    assert_eq!(defaults.store.fsync, FsyncSetting::Background(DEFAULT_FSYNC_INTERVAL_MS));
     assert!(defaults.upstream.is_none());
     let interval = Config::from_toml_str("[store]\nfsync_interval_ms = 50\n", Path::new(".")).expect("valid");
-    assert_eq!(interval.store.fsync, FsyncSetting::IntervalMs(50));
+    assert_eq!(interval.store.fsync, FsyncSetting::Background(50));
+    let old_name = Config::from_toml_str("[store]\nfsync = \"interval_ms\"\n", Path::new(".")).expect("valid");
+    assert_eq!(old_name.store.fsync, FsyncSetting::Background(DEFAULT_FSYNC_INTERVAL_MS));
 }
 
 #[test]

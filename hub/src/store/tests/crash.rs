@@ -20,7 +20,7 @@ const ACKS_BEFORE_KILL: usize = 400;
 
 fn config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig {
-        fsync: FsyncPolicy::IntervalMs(2),
+        fsync: FsyncPolicy::Background(2),
         max_bytes: 64 << 20,
         default_ttl_secs: -1,
         ..StoreConfig::new(dir)

@@ -74,8 +74,8 @@ fn concurrent_appends_become_durable_and_read_in_order(fsync: FsyncPolicy) {
 }
 
 #[test]
-fn group_commit_with_an_interval() {
-    concurrent_appends_become_durable_and_read_in_order(FsyncPolicy::IntervalMs(10));
+fn background_fsync_acknowledges_at_the_write() {
+    concurrent_appends_become_durable_and_read_in_order(FsyncPolicy::Background(10));
 }
 
 #[test]
@@ -106,20 +106,27 @@ fn waiting_for_a_seq_never_appended_fails_at_once() {
 #[test]
 fn closing_makes_pending_records_durable() {
     let dir = TempDir::new("close-durable");
-    // An interval so long that only close can be what syncs the second record.
-    let config = config(dir.path(), FsyncPolicy::IntervalMs(60_000));
+    // An interval so long that only close can be what fsyncs the second record.
+    let config = config(dir.path(), FsyncPolicy::Background(60_000));
     let (store, _) = Store::open(config.clone()).expect("open");
     store.endpoint_id("$upstream").expect("register");
     let endpoints = [EndpointRef { id: 0, priority: 0, ttl_secs: 0 }];
     let record = NewRecord { enqueued_unix_ms: 1, endpoints: &endpoints, source: "/s", properties: "", payload: b"x" };
     let first = store.append(&record).expect("append");
-    store.wait_durable_blocking(first).expect("the first fsync does not wait for an interval");
+    store.wait_durable_blocking(first).expect("acknowledged at the write");
+    let fsyncs_after_first = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.stats().fsyncs == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        store.stats().fsyncs
+    };
+    assert_eq!(fsyncs_after_first, 1, "the first background fsync does not wait for an interval");
     let second = store.append(&record).expect("append");
+    store.wait_durable_blocking(second).expect("acknowledged at the write, no timer");
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(store.stats().durable_seq < second, "the interval has not passed");
-    let fsyncs = store.stats().fsyncs;
+    assert_eq!(store.stats().fsyncs, 1, "the next background fsync waits for the interval");
     store.close().expect("close");
     let (store, report) = Store::open(config).expect("reopen");
     assert_eq!((report.records, store.stats().durable_seq), (2, 2));
-    assert!(fsyncs >= 1);
 }

@@ -309,7 +309,7 @@ fn contradictory_limits_are_refused() {
         StoreConfig { segment_bytes: SEGMENT_BYTES_MIN - 1, ..base.clone() },
         StoreConfig { segment_bytes: MAX_BYTES_MIN, ..base.clone() },
         StoreConfig { max_bytes: 1 << 40, segment_bytes: SEGMENT_BYTES_MIN, ..base.clone() },
-        StoreConfig { fsync: crate::store::FsyncPolicy::IntervalMs(3_600_000), ..base.clone() },
+        StoreConfig { fsync: crate::store::FsyncPolicy::Background(3_600_000), ..base.clone() },
     ] {
         assert!(matches!(Store::open(config), Err(StoreError::Config(_))));
     }
