@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tinyedge_agent::manifest::{self, Deployment};
 use tinyedge_hub::auth::{Authenticator, Identity};
 use tinyedge_hub::broker::{Broker, Limits};
-use tinyedge_hub::listeners::fdlimit;
+use tinyedge_hub::listeners::{self, fdlimit, Kind, Listener};
 use tinyedge_hub::route::{Route, RouteTable};
 use tinyedge_platform::{certs, identity, logger, Config};
 
@@ -160,9 +160,37 @@ pub fn mqtt_login(config: &Config, id: &str, ttl_secs: u64) -> Result<String, Fa
     Ok(format!("client_id='{client_id}'\nusername='{username}'\npassword='{token}'"))
 }
 
-fn bind(addr: std::net::SocketAddr, what: &str) -> Result<smol::Async<std::net::TcpListener>, Failure> {
-    smol::Async::<std::net::TcpListener>::bind(addr)
-        .map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))
+fn bind(kind: Kind, addr: std::net::SocketAddr) -> Result<Listener, Failure> {
+    let what = format!("{kind:?}");
+    let listener =
+        Listener::bind(kind, addr).map_err(|e| Failure::Runtime(format!("{what} listener on {addr}: {e}")))?;
+    log::info!("{what} listening on {}", listener.local_addr().map_or(addr, |a| a));
+    Ok(listener)
+}
+
+/// The listeners `[hub]` asks for: MQTT, MQTT over TLS, the method API over TLS. At least one
+/// MQTT listener is required.
+fn hub_listeners(config: &Config) -> Result<Vec<Listener>, Failure> {
+    let mut listeners = Vec::new();
+    if let Some(addr) = config.hub.mqtt {
+        listeners.push(bind(Kind::Mqtt, addr)?);
+    }
+    let acceptor = match (config.hub.mqtts, config.hub.https) {
+        (None, None) => None,
+        _ => Some(tls_acceptor(config)?),
+    };
+    if let (Some(addr), Some(acceptor)) = (config.hub.mqtts, &acceptor) {
+        listeners.push(bind(Kind::Mqtts(acceptor.clone()), addr)?);
+    }
+    if listeners.is_empty() {
+        return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
+    }
+    if let (Some(addr), Some(acceptor)) = (config.hub.https, &acceptor) {
+        if let Some(listener) = bind_method_api(addr)? {
+            listeners.push(Listener { kind: Kind::MethodsHttps(acceptor.clone()), listener });
+        }
+    }
+    Ok(listeners)
 }
 
 /// The method API's listener (`hub.https`). The default address is a privileged port that
@@ -242,30 +270,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     let (identities, desired) = twin_plan(&config, deployment.as_ref());
     broker.apply_twins(&identities, &desired);
     let link = crate::cloud::start_upstream(&config, &key, &broker)?;
-    let mut servers = Vec::new();
-    if let Some(addr) = config.hub.mqtt {
-        let listener = bind(addr, "mqtt")?;
-        log::info!("mqtt listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
-        servers.push(smol::spawn(tinyedge_hub::mqtt::serve(broker.clone(), listener, None)));
-    }
-    let acceptor = match (config.hub.mqtts, config.hub.https) {
-        (None, None) => None,
-        _ => Some(tls_acceptor(&config)?),
-    };
-    if let (Some(addr), Some(acceptor)) = (config.hub.mqtts, &acceptor) {
-        let listener = bind(addr, "mqtts")?;
-        log::info!("mqtts listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
-        servers.push(smol::spawn(tinyedge_hub::mqtt::serve(broker.clone(), listener, Some(acceptor.clone()))));
-    }
-    if servers.is_empty() {
-        return Err(Failure::Config("no listener: hub.mqtt and hub.mqtts are both off".into()));
-    }
-    if let (Some(addr), Some(acceptor)) = (config.hub.https, &acceptor) {
-        if let Some(listener) = bind_method_api(addr)? {
-            let api = tinyedge_hub::methods::listener::MethodApi::new(&broker, &config.device_id);
-            servers.push(smol::spawn(tinyedge_hub::methods::listener::serve(listener, acceptor.clone(), api)));
-        }
-    }
+    let served = smol::spawn(listeners::serve(broker.clone(), hub_listeners(&config)?, smol::future::pending()));
     smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
     let hub = Arc::new(crate::deploy::HubTargets::new(config.clone(), key.clone(), broker.clone()));
     let agent = if config.agent.enabled {
@@ -294,10 +299,6 @@ pub fn run(config: Config) -> Result<(), Failure> {
         config.device_id,
         Path::new(&config.data_dir).display()
     );
-    smol::block_on(async {
-        for server in servers {
-            server.await;
-        }
-    });
+    smol::block_on(served);
     Ok(())
 }

@@ -195,6 +195,11 @@ impl Broker {
         }
     }
 
+    /// The edge device this hub serves.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
     pub fn authenticator(&self) -> Arc<Authenticator> {
         self.authenticator.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
