@@ -84,7 +84,7 @@ pub enum CheckpointLoad {
 
 /// One cell's content.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Value {
+pub(crate) struct Value {
     seq: u64,
     sent: u64,
 }
@@ -102,7 +102,7 @@ fn encode_cell(index: usize, generation: u32, value: Value) -> [u8; CELL_BYTES] 
 }
 
 /// `Ok(None)`: never written; `Ok(Some)`: generation and value; `Err`: damaged.
-fn decode_cell(index: usize, cell: &[u8]) -> Result<Option<(u32, Value)>, &'static str> {
+pub(crate) fn decode_cell(index: usize, cell: &[u8]) -> Result<Option<(u32, Value)>, &'static str> {
     if cell.iter().all(|byte| *byte == 0) {
         return Ok(None);
     }
@@ -434,7 +434,7 @@ fn file_write_header(file: &mut File, path: &Path) -> Result<(), StoreError> {
 
 /// Reads the format before cells: magic `TECK`, version 1, count u16, count × (id u16,
 /// seq u64), CRC-32C.
-fn decode_legacy(bytes: &[u8]) -> Result<Vec<(u16, u64)>, &'static str> {
+pub(crate) fn decode_legacy(bytes: &[u8]) -> Result<Vec<(u16, u64)>, &'static str> {
     if bytes.len() < 12 {
         return Err("checkpoint file truncated");
     }

@@ -60,12 +60,12 @@ pub struct SlotFile {
 }
 
 /// The decoded content of one slot.
-struct Copy {
+pub(crate) struct Copy {
     generation: u64,
-    payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
-fn decode_slot(slot: &[u8]) -> Result<Option<Copy>, String> {
+pub(crate) fn decode_slot(slot: &[u8]) -> Result<Option<Copy>, String> {
     if slot.iter().all(|byte| *byte == 0) {
         return Ok(None); // Preallocated, never written.
     }
