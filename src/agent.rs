@@ -8,8 +8,8 @@ use tinyedge_agent::manifest::Deployment;
 use tinyedge_platform::Config;
 
 use crate::deploy::{self, HubTargets};
+use crate::failure::Failure;
 use crate::mgmt::AgentApi;
-use crate::runtime::Failure;
 
 /// Starts the agent; every deployment it accepts also updates the hub
 /// ([`deploy::apply_to_hub`]). Returns its management endpoints.

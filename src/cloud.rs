@@ -14,7 +14,7 @@ use tinyedge_hub::upstream::{Link, UpstreamConfig};
 use tinyedge_platform::config::DEFAULT_STORE_MAX_BYTES;
 use tinyedge_platform::{Config, FsyncSetting, WhenFull};
 
-use crate::runtime::Failure;
+use crate::failure::Failure;
 
 /// The edgeHub environment variable IoT Edge reads its store folder from (set through the
 /// `$edgeAgent` deployment's `systemModules.edgeHub.env`).

@@ -12,7 +12,7 @@ use tinyedge_agent::manifest::{self, Deployment};
 use tinyedge_hub::broker::Broker;
 use tinyedge_platform::Config;
 
-use crate::runtime;
+use crate::plan;
 
 /// What [`apply_to_hub`] needs: the config (identities of the device and its leaf devices),
 /// the device key (module keys derive from it) and the hub.
@@ -35,9 +35,9 @@ impl HubTargets {
 /// has one, and each module twin's desired properties
 /// (`modulesContent.{module}.properties.desired`; subscribed clients get the diff).
 pub fn apply_to_hub(hub: &HubTargets, deployment: &Deployment) {
-    hub.broker.set_routes(runtime::routes(Some(deployment)));
-    hub.broker.set_authenticator(runtime::authenticator(&hub.config, Some(deployment), &hub.device_key));
-    let (identities, desired) = runtime::twin_plan(&hub.config, Some(deployment));
+    hub.broker.set_routes(plan::routes(Some(deployment)));
+    hub.broker.set_authenticator(plan::authenticator(&hub.config, Some(deployment), &hub.device_key));
+    let (identities, desired) = plan::twin_plan(&hub.config, Some(deployment));
     hub.broker.apply_twins(&identities, &desired);
 }
 
@@ -53,7 +53,7 @@ pub fn without_agent(hub: &HubTargets, body: &[u8]) -> (u16, String) {
     };
     let _one_at_a_time = hub.applying.lock().unwrap_or_else(PoisonError::into_inner);
     apply_to_hub(hub, &deployment);
-    let saved = save(&runtime::deployed_file(&hub.config), body);
+    let saved = save(&plan::deployed_file(&hub.config), body);
     let modules = deployment.agent.modules.len();
     log::info!("deployment applied to the hub ({modules} module identities); the agent is disabled");
     match saved {

@@ -5,13 +5,16 @@
 mod agent;
 mod cloud;
 mod deploy;
+mod failure;
 mod mgmt;
+mod plan;
 mod runtime;
 mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use failure::Failure;
 use tinyedge_platform::Config;
 
 const USAGE: &str = "\
@@ -93,7 +96,7 @@ fn out(text: &str) {
 
 /// `logs MODULE [--tail N] [-f|--follow]`.
 #[cfg(feature = "agent")]
-fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runtime::Failure> {
+fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), Failure> {
     let mut tail = None;
     let mut follow = false;
     let mut words = rest.iter();
@@ -101,32 +104,31 @@ fn logs_command(config: &Config, module: &str, rest: &[&str]) -> Result<(), runt
         match *word {
             "-f" | "--follow" => follow = true,
             "--tail" | "-n" => {
-                let n = words.next().ok_or_else(|| runtime::Failure::Usage("--tail needs a number".into()))?;
-                tail =
-                    Some(n.parse().map_err(|_| runtime::Failure::Usage(format!("--tail needs a number, got {n:?}")))?);
+                let n = words.next().ok_or_else(|| Failure::Usage("--tail needs a number".into()))?;
+                tail = Some(n.parse().map_err(|_| Failure::Usage(format!("--tail needs a number, got {n:?}")))?);
             }
-            other => return Err(runtime::Failure::Usage(format!("logs: unknown option {other:?}"))),
+            other => return Err(Failure::Usage(format!("logs: unknown option {other:?}"))),
         }
     }
     agent::logs(config, module, tail, follow)
 }
 
 /// `invoke TARGET METHOD [--payload JSON] [--timeout S]`.
-fn invoke_command(config: &Config, target: &str, method: &str, rest: &[&str]) -> Result<(), runtime::Failure> {
+fn invoke_command(config: &Config, target: &str, method: &str, rest: &[&str]) -> Result<(), Failure> {
     let mut call =
         mgmt::Invocation { target, method, payload: "null", response_timeout_secs: INVOKE_TIMEOUT_DEFAULT_SECS };
     let mut words = rest.iter();
     while let Some(word) = words.next() {
         match *word {
             "--payload" => {
-                call.payload = words.next().ok_or_else(|| runtime::Failure::Usage("--payload needs JSON".into()))?;
+                call.payload = words.next().ok_or_else(|| Failure::Usage("--payload needs JSON".into()))?;
             }
             "--timeout" => {
-                let s = words.next().ok_or_else(|| runtime::Failure::Usage("--timeout needs seconds".into()))?;
+                let s = words.next().ok_or_else(|| Failure::Usage("--timeout needs seconds".into()))?;
                 call.response_timeout_secs =
-                    s.parse().map_err(|_| runtime::Failure::Usage(format!("--timeout needs seconds, got {s:?}")))?;
+                    s.parse().map_err(|_| Failure::Usage(format!("--timeout needs seconds, got {s:?}")))?;
             }
-            other => return Err(runtime::Failure::Usage(format!("invoke: unknown option {other:?}"))),
+            other => return Err(Failure::Usage(format!("invoke: unknown option {other:?}"))),
         }
     }
     mgmt::invoke(config, &call).map(|s| out(&s))
@@ -162,14 +164,14 @@ fn main() -> ExitCode {
     let result = match words.as_slice() {
         ["run"] => runtime::run(config),
         ["identity", "connection-string", id] => runtime::connection_string(&config, id).map(|s| out(&s)),
-        ["status"] => status::render(&config.data_dir, None).map(|s| out(&s)).map_err(runtime::Failure::Runtime),
+        ["status"] => status::render(&config.data_dir, None).map(|s| out(&s)).map_err(Failure::Runtime),
         ["store", "stats"] => {
-            status::render(&config.data_dir, Some("store")).map(|s| out(&s)).map_err(runtime::Failure::Runtime)
+            status::render(&config.data_dir, Some("store")).map(|s| out(&s)).map_err(Failure::Runtime)
         }
         ["identity", "mqtt-login", id] => runtime::mqtt_login(&config, id, 3600).map(|s| out(&s)),
         ["identity", "mqtt-login", id, ttl] => match ttl.parse() {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
-            Err(_) => Err(runtime::Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
+            Err(_) => Err(Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
         ["deploy", file] => mgmt::deploy(&config, file).map(|s| out(&s)),
         ["twin", "show", id] => mgmt::twin_show(&config, id, false).map(|s| out(&s)),
@@ -183,26 +185,26 @@ fn main() -> ExitCode {
         ["logs", module, rest @ ..] => logs_command(&config, module, rest),
         #[cfg(not(feature = "agent"))]
         ["list" | "logs", ..] => {
-            Err(runtime::Failure::Usage("this tinyedge was built without the agent (cargo feature `agent`)".into()))
+            Err(Failure::Usage("this tinyedge was built without the agent (cargo feature `agent`)".into()))
         }
-        [] => Err(runtime::Failure::Usage("no command given".into())),
-        _ => Err(runtime::Failure::Usage(format!("unknown command {:?}", cli.command.join(" ")))),
+        [] => Err(Failure::Usage("no command given".into())),
+        _ => Err(Failure::Usage(format!("unknown command {:?}", cli.command.join(" ")))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(runtime::Failure::Usage(e)) => {
+        Err(Failure::Usage(e)) => {
             eprintln!("tinyedge: {e}\n{USAGE}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(runtime::Failure::Config(e)) => {
+        Err(Failure::Config(e)) => {
             eprintln!("tinyedge: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(runtime::Failure::Runtime(e)) => {
+        Err(Failure::Runtime(e)) => {
             eprintln!("tinyedge: {e}");
             ExitCode::FAILURE
         }
-        Err(runtime::Failure::Rejected(code, e)) => {
+        Err(Failure::Rejected(code, e)) => {
             eprintln!("tinyedge: deployment rejected: {code} {e}");
             ExitCode::FAILURE
         }

@@ -28,7 +28,7 @@ use tinyedge_platform::http::{self, Limits, Request, Response};
 use tinyedge_platform::{urlenc, Config};
 
 use crate::deploy::{self, HubTargets};
-use crate::runtime::Failure;
+use crate::failure::Failure;
 
 /// The socket's bounds: the platform's defaults, bodies up to a deployment (a method call's
 /// body is smaller).

@@ -4,30 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tinyedge_agent::manifest::{self, Deployment};
-use tinyedge_hub::auth::{Authenticator, Identity};
 use tinyedge_hub::broker::{Broker, Limits};
 use tinyedge_hub::listeners::{self, fdlimit, Kind, Listener};
-use tinyedge_hub::route::{Route, RouteTable};
 use tinyedge_platform::{certs, identity, logger, Config};
 
-/// How a command failed; decides the exit code.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad command line (exit 2).
-    Usage(String),
-    /// Bad config or deployment (exit 2).
-    Config(String),
-    /// Something failed while running (exit 1).
-    Runtime(String),
-    /// A deployment was refused: IoT Edge's status code and why (exit 1).
-    Rejected(u16, String),
-}
-
-/// Where the last deployment applied through `tinyedge deploy` is kept (by the agent, or by
-/// the hub alone when the agent is disabled).
-pub(crate) fn deployed_file(config: &Config) -> std::path::PathBuf {
-    config.data_dir.join("agent").join("deployment.json")
-}
+use crate::failure::Failure;
+use crate::plan::{authenticator, deployed_file, routes, twin_plan};
 
 /// The deployment to start with: the one last applied with `tinyedge deploy` when it is newer
 /// than the config's `deployment` file (or there is none), else the config's.
@@ -65,61 +47,8 @@ fn device_key(config: &Config) -> Result<Vec<u8>, Failure> {
     }
 }
 
-/// Everyone allowed to connect: the edge device itself, each module of the deployment (key
-/// derived from the device key), and each configured downstream device.
-pub(crate) fn authenticator(config: &Config, deployment: Option<&Deployment>, device_key: &[u8]) -> Authenticator {
-    let mut auth = Authenticator::new(&config.iothub_hostname, &config.hostname);
-    auth.insert(Identity::device(&config.device_id), device_key.to_vec());
-    for module in deployment.map(|d| d.agent.modules.as_slice()).unwrap_or_default() {
-        auth.insert(
-            Identity::module(&config.device_id, &module.name),
-            identity::derive_module_key(device_key, &module.name),
-        );
-    }
-    for device in &config.devices {
-        auth.insert(Identity::device(&device.id), device.key.clone());
-    }
-    auth
-}
-
-/// Who has a twin — the edge device, its system and user modules (`d/m`), the configured leaf
-/// devices — and the desired properties the deployment gives each module twin
-/// (`modulesContent.{module}.properties.desired`; `{}` for a module without one).
-pub(crate) fn twin_plan(
-    config: &Config,
-    deployment: Option<&Deployment>,
-) -> (Vec<String>, Vec<(String, serde_json::Value)>) {
-    let device = &config.device_id;
-    let modules = deployment.map(|d| d.agent.modules.as_slice()).unwrap_or_default();
-    let mut identities = vec![device.clone(), format!("{device}/$edgeAgent"), format!("{device}/$edgeHub")];
-    identities.extend(modules.iter().map(|module| format!("{device}/{}", module.name)));
-    identities.extend(config.devices.iter().map(|leaf| leaf.id.clone()));
-    let desired = modules
-        .iter()
-        .map(|module| {
-            let twin = deployment
-                .and_then(|d| d.module_twins.iter().find(|(name, _)| *name == module.name))
-                .map_or_else(|| serde_json::json!({}), |(_, desired)| desired.clone());
-            (format!("{device}/{}", module.name), twin)
-        })
-        .collect();
-    (identities, desired)
-}
-
 /// Where twins are kept under `data_dir`.
 pub const TWINS_DIR: &str = "twins";
-
-/// Compiles the deployment's routes; a bad route is logged and skipped, the rest apply.
-pub(crate) fn routes(deployment: Option<&Deployment>) -> RouteTable {
-    let mut compiled = Vec::new();
-    for spec in deployment.map(|d| d.hub.routes.as_slice()).unwrap_or_default() {
-        match Route::parse(&spec.name, &spec.route, spec.priority, spec.time_to_live_secs) {
-            Ok(route) => compiled.push(route),
-            Err(e) => log::error!("{e}; this route is ignored, the others apply"),
-        }
-    }
-    RouteTable::new(compiled)
-}
 
 /// An identity the CLI can print credentials for: (device id, module id, key).
 fn credentials_of(config: &Config, id: &str) -> Result<(String, Option<String>, Vec<u8>), Failure> {
