@@ -84,6 +84,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
         None => Config::default(),
     };
     config.check_files().map_err(|e| e.to_string())?;
+    tinyedge_hub::broker::Limits::check(&config.hub)?;
     Ok(config)
 }
 

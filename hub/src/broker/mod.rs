@@ -68,6 +68,30 @@ impl From<&HubConfig> for Limits {
     }
 }
 
+/// The largest `[hub] max_packet_bytes` whose messages the store can hold: a PUBLISH's payload
+/// is at most its packet, and the store takes payloads up to
+/// [`crate::store::record::PAYLOAD_BYTES_MAX`] (the topic's property bag and the record's other
+/// fields fit beside it in a record). Above it, a large message would be accepted by the
+/// connection and then refused by the store, and a QoS 1 publisher would resend it forever.
+pub const MAX_PACKET_BYTES_STORABLE: usize = crate::store::record::PAYLOAD_BYTES_MAX;
+const _: () = assert!(tinyedge_platform::config::DEFAULT_MAX_PACKET_BYTES <= MAX_PACKET_BYTES_STORABLE);
+
+impl Limits {
+    /// Refuses a `[hub]` section the hub could not honour: the platform checks each key's own
+    /// range, this relates them to what the hub's parts hold (`max_packet_bytes` to the store).
+    pub fn check(hub: &HubConfig) -> Result<(), String> {
+        if hub.max_packet_bytes > MAX_PACKET_BYTES_STORABLE {
+            return Err(format!(
+                "hub.max_packet_bytes = {}: the store holds messages of at most {MAX_PACKET_BYTES_STORABLE} bytes of \
+                 payload, so larger packets could never be stored or acknowledged; set it to at most \
+                 {MAX_PACKET_BYTES_STORABLE}",
+                hub.max_packet_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The config's defaults (`tinyedge_platform::config`), so they are written down once.
 impl Default for Limits {
     fn default() -> Limits {
@@ -217,6 +241,17 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_max_packet_bytes_beyond_the_store_is_refused() {
+        let mut hub = HubConfig::default();
+        assert_eq!(Limits::check(&hub), Ok(()));
+        hub.max_packet_bytes = MAX_PACKET_BYTES_STORABLE;
+        assert_eq!(Limits::check(&hub), Ok(()));
+        hub.max_packet_bytes = tinyedge_platform::config::MAX_PACKET_BYTES_MAX;
+        let refused = Limits::check(&hub).expect_err("256 MiB");
+        assert!(refused.contains("hub.max_packet_bytes") && refused.contains("327680"), "{refused}");
+    }
 
     #[test]
     fn default_limits_are_the_configs() {
