@@ -8,11 +8,18 @@
 //! - [`route`]: the route language — lexer, parser, condition evaluator, sources, endpoints
 //!   (pure code);
 //! - [`message`]: messages and IoT Hub property bags;
-//! - [`topic`]: which topics an identity may use, and the topics the hub delivers on;
+//! - [`topic`]: which topics an identity may use, and the topics the hub delivers on (parsed
+//!   and built here, used by the MQTT adapter);
 //! - [`auth`]: usernames, client ids and SAS tokens checked against the identities' keys;
 //! - [`ingest`]: the one synchronous path from a client's message into routes and store,
 //!   shared by the protocol adapters;
-//! - [`broker`]: listeners, connections, sessions and routing (smol tasks around the above);
+//! - [`broker`]: the protocol-neutral core: sessions and their bounded lanes, protocol-neutral
+//!   deliveries, in-flight/in-order acknowledgement, routing into the store, the pumps from
+//!   the store to modules and the outbox to the cloud (smol tasks around the above);
+//! - [`mqtt`]: the MQTT 3.1.1 adapter: codec, connection, writer, transport, the accept loop
+//!   (the only place besides [`upstream`] that knows `mqttbytes`);
+//! - [`listeners`]: every listener of the hub built in one place and served until a shutdown;
+//!   socket permits under the connection limits; the file descriptor budget;
 //! - [`store`]: the offline store: a segmented, bounded, crash-safe append-only log with one
 //!   checkpoint per endpoint (format code pure, files in thin adapters);
 //! - [`upstream`]: the single MQTT connection to the cloud IoT Hub, with reconnect and backoff;

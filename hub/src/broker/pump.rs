@@ -3,7 +3,7 @@
 //! subscribed. While it is not, records simply stay in the store (bounded by the store, up to
 //! their TTL), so a module that connects late gets everything in order.
 //!
-//! The endpoint's checkpoint advances only when the module acknowledges (see `writer`); when
+//! The endpoint's checkpoint advances only when the module acknowledges (see `inflight`); when
 //! the connection or subscription changes the pump starts over from the checkpoint, so
 //! nothing acknowledged is sent twice and nothing unacknowledged is lost.
 
