@@ -6,6 +6,7 @@ mod agent;
 mod cloud;
 mod deploy;
 mod failure;
+mod metrics;
 mod mgmt;
 mod plan;
 mod runtime;

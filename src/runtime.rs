@@ -200,6 +200,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
     broker.apply_twins(&identities, &desired);
     let link = crate::cloud::start_upstream(&config, &key, &broker)?;
     let served = smol::spawn(listeners::serve(broker.clone(), hub_listeners(&config)?, smol::future::pending()));
+    let link_for_metrics = link.clone();
     smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
     let hub = Arc::new(crate::deploy::HubTargets::new(config.clone(), key.clone(), broker.clone()));
     let agent = if config.agent.enabled {
@@ -215,6 +216,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
         log::info!("agent disabled ([agent] enabled = false): the hub runs alone");
         Err("the agent is disabled ([agent] enabled = false): no modules are run")
     };
+    crate::metrics::start(&config, &broker, link_for_metrics.as_ref(), agent.as_ref().ok().map(|a| a.modules.clone()))?;
     let socket = crate::mgmt::start(crate::mgmt::Management {
         twins: Some(crate::mgmt::twin_reader(&broker)),
         invoker: broker.method_invoker(),

@@ -29,5 +29,6 @@ pub mod urlenc;
 pub mod utc;
 
 pub use config::{
-    AgentConfig, Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, StoreSettings, UpstreamSettings, WhenFull,
+    AgentConfig, Config, ConfigError, DeviceConfig, FsyncSetting, HubConfig, MetricsConfig, StoreSettings,
+    UpstreamSettings, WhenFull,
 };

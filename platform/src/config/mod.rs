@@ -43,6 +43,8 @@
 //! intensive_care_secs = 600         # restart count reset after running this long
 //! insecure_registries = ["registry.lan:5000"]  # plain HTTP besides loopback
 //! workload_uri = "unix:///var/run/iotedge/workload.sock"
+//! [metrics]                         # Prometheus text endpoint, GET /metrics
+//! listen = "127.0.0.1:9600"         # IoT Edge's metrics port; "" turns it off
 //! [[devices]]                       # downstream devices allowed to connect
 //! id = "sensor-7"
 //! key = "base64 key"
@@ -84,6 +86,9 @@ pub const DEFAULT_MQTTS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 /// edgeHub's HTTPS port (`httpSettings.port`), where SDK module clients call methods; loopback
 /// like the MQTT listeners (modules share the host's network).
 pub const DEFAULT_HTTPS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 443);
+/// IoT Edge's metrics port (`Metrics__Listener__Port`), on loopback: the endpoint has no
+/// authentication, so exposing it is the operator's choice.
+pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9600);
 /// IoT Hub's maximum message size, 256 KiB; edgeHub uses the same.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 256 * 1024;
 /// Smallest packet limit: below 1 KiB even a CONNECT with a SAS token password may not fit.
@@ -145,6 +150,20 @@ pub struct Config {
     pub upstream: Option<UpstreamSettings>,
     pub devices: Vec<DeviceConfig>,
     pub agent: AgentConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The Prometheus endpoint's address; `None` when turned off with `""`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: Some(DEFAULT_METRICS_ADDR) }
+    }
 }
 
 /// The `[agent]` table.
@@ -302,6 +321,7 @@ impl Default for Config {
             upstream: None,
             devices: Vec::new(),
             agent: AgentConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -342,6 +362,7 @@ impl fmt::Debug for Config {
             .field("upstream", &self.upstream)
             .field("devices", &self.devices)
             .field("agent", &self.agent)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

@@ -24,7 +24,9 @@ const TOP_KEYS: &[&str] = &[
     "upstream",
     "devices",
     "agent",
+    "metrics",
 ];
+const METRICS_KEYS: &[&str] = &["listen"];
 const AGENT_KEYS: &[&str] = &[
     "enabled",
     "containerd",
@@ -238,6 +240,7 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
         Some(value) => value.parse().map_err(|_| ConfigError::BadLogLevel { value })?,
     };
     let hub = parse_hub(top.table("hub")?, base_dir)?;
+    let metrics = parse_metrics(top.table("metrics")?, &hub)?;
     let store = parse_store(top.table("store")?, base_dir)?;
     let upstream = parse_upstream(top.table("upstream")?, base_dir)?;
     let devices = parse_devices(top.array("devices", "an array of [[devices]] tables")?, &device_id)?;
@@ -255,7 +258,28 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
         upstream,
         devices,
         agent,
+        metrics,
     })
+}
+
+/// `[metrics] listen`, parsed like the `[hub]` listeners and refused when it repeats one of them.
+fn parse_metrics(table: Option<Table>, hub: &HubConfig) -> Result<MetricsConfig, ConfigError> {
+    let mut metrics = MetricsConfig::default();
+    if let Some(table) = table {
+        let mut section = Section::new(table, "metrics.".to_owned(), METRICS_KEYS)?;
+        if let Some(listen) = section.listener("listen")? {
+            metrics.listen = listen;
+        }
+    }
+    let hub_listeners = [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https)];
+    for (first, address) in hub_listeners {
+        if let (Some(a), Some(b)) = (address, metrics.listen) {
+            if a == b && a.port() != 0 {
+                return Err(ConfigError::SameAddress { first, second: "metrics.listen", value: a.to_string() });
+            }
+        }
+    }
+    Ok(metrics)
 }
 
 fn parse_agent(table: Option<Table>, base_dir: &Path) -> Result<AgentConfig, ConfigError> {

@@ -473,3 +473,22 @@ fn agent_section() {
         assert!(error.to_string().contains(key), "{text}: {error}");
     }
 }
+
+#[test]
+fn metrics_section() {
+    use std::net::SocketAddr;
+    assert_eq!(Config::default().metrics.listen, Some("127.0.0.1:9600".parse::<SocketAddr>().unwrap()));
+    let config = Config::from_toml_str("[metrics]\nlisten = \"0.0.0.0:9601\"", Path::new("/etc")).unwrap();
+    assert_eq!(config.metrics.listen, Some("0.0.0.0:9601".parse().unwrap()));
+    let off = Config::from_toml_str("[metrics]\nlisten = \"\"", Path::new("/etc")).unwrap();
+    assert_eq!(off.metrics.listen, None);
+    for (text, key) in [
+        ("[metrics]\nlisten = \"9600\"", "metrics.listen"),
+        ("[metrics]\nlisten = 9600", "metrics.listen"),
+        ("[metrics]\nport = 1", "metrics.port"),
+        ("[hub]\nmqtt = \"127.0.0.1:9600\"", "metrics.listen"),
+    ] {
+        let error = Config::from_toml_str(text, Path::new("/etc")).unwrap_err();
+        assert!(error.to_string().contains(key), "{text}: {error}");
+    }
+}

@@ -10,7 +10,8 @@
 //! # Layout
 //! - `head`: the pure request head parser ([`parse_head`] → [`Head`], or an [`HttpError`]).
 //! - `serve`: the bounded request loop, generic over the byte stream ([`serve_connection`]),
-//!   the connection [`Gate`], and the Unix socket listener ([`serve_unix`], [`bind_unix`]).
+//!   the connection [`Gate`], the Unix socket listener ([`serve_unix`], [`bind_unix`]) and the
+//!   plain TCP one of `/metrics` ([`serve_tcp`]).
 //! - `client`: the blocking Unix socket client of the CLI ([`unix_request`]).
 //! - here: [`Response`], what handlers answer.
 
@@ -21,8 +22,8 @@ mod serve;
 pub use client::{parse_answer, unix_request, ANSWER_BYTES_MAX};
 pub use head::{parse_head, Head, HttpError, HEADERS_MAX, HEAD_BYTES_MAX};
 pub use serve::{
-    bind_unix, read_request, serve_connection, serve_unix, within, Gate, Limits, Permit, Request, CONNECTIONS_MAX,
-    REQUEST_TIMEOUT,
+    bind_unix, read_request, serve_connection, serve_tcp, serve_unix, within, Gate, Limits, Permit, Request,
+    CONNECTIONS_MAX, REQUEST_TIMEOUT,
 };
 
 /// The runtime's management socket, under `data_dir` (`tinyedge deploy`, `list`, `twin show`,
@@ -33,19 +34,29 @@ pub const MANAGEMENT_SOCKET_FILE: &str = "mgmt.sock";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    /// JSON text.
+    /// JSON text, unless `content_type` says otherwise.
     pub body: Vec<u8>,
+    /// The `Content-Type` header ([`JSON_CONTENT_TYPE`] for every API but `/metrics`).
+    pub content_type: &'static str,
 }
+
+/// What tinyedge's APIs answer.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 impl Response {
     /// `status` with the JSON text `body`.
     pub fn new(status: u16, body: Vec<u8>) -> Response {
-        Response { status, body }
+        Response { status, body, content_type: JSON_CONTENT_TYPE }
+    }
+
+    /// `status` with `body` of the given type (the Prometheus text format, say).
+    pub fn typed(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { status, body, content_type }
     }
 
     /// `status` with `value` as its body.
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response { status, body: value.to_string().into_bytes() }
+        Response::new(status, value.to_string().into_bytes())
     }
 
     /// `{"code": status, "message": text}`: how tinyedge's local APIs say what went wrong (and,
@@ -58,9 +69,10 @@ impl Response {
     /// `Connection: close`, body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         )
         .into_bytes();

@@ -212,6 +212,44 @@ pub async fn serve_unix<F, Fut>(
     }
 }
 
+/// Serves HTTP/1.1 on a plain TCP listener until the task is dropped, with the same bounds as
+/// [`serve_unix`] (at most `limits.connections_max` at once, more answered 503). Only for
+/// read-only, unauthenticated answers such as `/metrics`.
+pub async fn serve_tcp<F, Fut>(
+    listener: smol::Async<std::net::TcpListener>,
+    what: &'static str,
+    limits: Limits,
+    respond: F,
+) where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let respond = Arc::new(respond);
+    let limits = Arc::new(limits);
+    let gate = Gate::new(limits.connections_max);
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("{what} listener: {e}");
+                smol::Timer::after(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(permit) = gate.enter() else {
+            let busy = Response::message(503, &format!("too many {what} connections (at most {})", gate.max));
+            let _ = stream.write_all(&busy.to_bytes()).await;
+            continue;
+        };
+        let (respond, limits) = (respond.clone(), limits.clone());
+        smol::spawn(async move {
+            serve_connection(stream, &limits, &*respond).await;
+            drop(permit);
+        })
+        .detach();
+    }
+}
+
 /// Binds a Unix socket at `path` with permissions `mode` (replacing a stale socket file; a
 /// live one, answered by another process, is an error).
 ///
