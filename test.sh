@@ -30,6 +30,14 @@ if [ ! -d "$PYSDK/azure/iot/device" ]; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$PYSDK" "azure-iot-device==2.14.0"
 fi
 export TINYEDGE_PYSDK="$PYSDK"
+# The Prometheus project's Python client parses the /metrics text in tests/metrics.rs.
+PYPROM="${TINYEDGE_PYPROM:-$PWD/target/pyprom}"
+if [ ! -d "$PYPROM/prometheus_client" ]; then
+    echo "test.sh: installing prometheus-client into $PYPROM"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYPROM" "prometheus-client==0.21.1" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$PYPROM" "prometheus-client==0.21.1"
+fi
+export TINYEDGE_PYPROM="$PYPROM"
 
 # One target directory for everything; tests run the real binary built here.
 cargo test --workspace --all-targets "$@"
