@@ -55,7 +55,9 @@ pub fn observed(report: &Value) -> Vec<Observed<'_>> {
         .collect()
 }
 
-const NEVER: &str = tinyedge_agent::supervisor::report::NEVER;
+/// IoT Edge's "never" time, as the agent's report writes it (`report::NEVER`; spelled here so
+/// the hub-only build, without the agent's supervisor, compiles).
+const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// All tracked modules, by name.
 #[derive(Debug, Default)]
