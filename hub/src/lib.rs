@@ -17,7 +17,7 @@
 //!   deliveries, in-flight/in-order acknowledgement, routing into the store, the pumps from
 //!   the store to modules and the outbox to the cloud (smol tasks around the above);
 //! - [`mqtt`]: the MQTT 3.1.1 adapter: codec, connection, writer, transport, the accept loop
-//!   (the only place besides [`upstream`] that knows `mqttbytes`);
+//!   (with [`upstream`], the only code that knows MQTT packets);
 //! - [`listeners`]: every listener of the hub built in one place and served until a shutdown;
 //!   socket permits under the connection limits; the file descriptor budget;
 //! - [`store`]: the offline store: a segmented, bounded, crash-safe append-only log with one
