@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,17 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 
 static FIXED_PORTS: Mutex<()> = Mutex::new(());
-
-fn wait_listening(ports: &[u16]) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 #[test]
 fn runs_on_embedded_defaults_and_generates_key_and_certificates() {
@@ -43,20 +31,6 @@ fn runs_on_embedded_defaults_and_generates_key_and_certificates() {
     assert!(data.join("device.key").is_file());
     let ca = std::fs::read_to_string(data.join("certs/edge-ca.pem")).expect("edge CA written");
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
-}
-
-/// Where test.sh installs the Python SDK (override with TINYEDGE_PYSDK); fails the test loudly
-/// when it is not there.
-fn python_sdk_path() -> std::path::PathBuf {
-    let sdk: std::path::PathBuf = std::env::var_os("TINYEDGE_PYSDK")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pysdk"));
-    assert!(
-        sdk.join("azure/iot/device").is_dir(),
-        "the Azure IoT Python SDK is not installed in {}: run ./test.sh (it pip-installs azure-iot-device there)",
-        sdk.display()
-    );
-    sdk
 }
 
 #[test]

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
@@ -17,29 +16,6 @@ use common::*;
 use serde_json::{json, Value};
 
 static FIXED_PORTS: Mutex<()> = Mutex::new(());
-
-fn python_sdk_path() -> std::path::PathBuf {
-    let sdk: std::path::PathBuf = std::env::var_os("TINYEDGE_PYSDK")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pysdk"));
-    assert!(
-        sdk.join("azure/iot/device").is_dir(),
-        "the Azure IoT Python SDK is not installed in {}: run ./test.sh (it pip-installs azure-iot-device there)",
-        sdk.display()
-    );
-    sdk
-}
-
-fn wait_listening(ports: &[u16]) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 /// A deployment with modules `twinmod` (desired properties `desired`) and `caller`.
 fn twin_deployment(desired: &Value) -> String {

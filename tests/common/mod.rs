@@ -607,3 +607,29 @@ key = "{LEAF_KEY_B64}"
         rt
     }
 }
+
+/// Where test.sh installs the Azure IoT Python SDK (override with TINYEDGE_PYSDK); fails the
+/// test loudly when it is not there.
+pub fn python_sdk_path() -> PathBuf {
+    let sdk: PathBuf = std::env::var_os("TINYEDGE_PYSDK")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pysdk"));
+    assert!(
+        sdk.join("azure/iot/device").is_dir(),
+        "the Azure IoT Python SDK is not installed in {}: run ./test.sh (it pip-installs azure-iot-device there)",
+        sdk.display()
+    );
+    sdk
+}
+
+/// Waits up to 20 s until every port accepts a TCP connection on 127.0.0.1.
+pub fn wait_listening(ports: &[u16]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::mqtt::codec::packet_kind;
 use bytes::BytesMut;
 use mqttbytes::v4::{
     self, Connect, ConnectReturnCode, Disconnect, Packet, PingReq, PubAck, Publish, Subscribe, SubscribeReasonCode,
@@ -164,7 +165,9 @@ impl Connection {
             match self.next_packet()? {
                 Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => return Ok(()),
                 Some(Packet::ConnAck(ack)) => return Err(LinkError::Refused(ack.code as u8)),
-                Some(other) => return Err(LinkError::Protocol(format!("expected CONNACK, got {}", name(&other)))),
+                Some(other) => {
+                    return Err(LinkError::Protocol(format!("expected CONNACK, got {}", packet_kind(&other))))
+                }
                 None => self.read_more().await?,
             }
         }
@@ -341,7 +344,7 @@ impl Connection {
                 }
             }
             Packet::PingResp => {}
-            other => return Err(LinkError::Protocol(format!("unexpected {} from the hub", name(&other)))),
+            other => return Err(LinkError::Protocol(format!("unexpected {} from the hub", packet_kind(&other)))),
         }
         Ok(())
     }
@@ -427,25 +430,6 @@ pub fn check_message(topic: &str, payload_bytes: usize) -> Result<(), &'static s
         return Err("larger than IoT Hub's 256 KiB message limit");
     }
     Ok(())
-}
-
-fn name(packet: &Packet) -> &'static str {
-    match packet {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
-    }
 }
 
 /// The session's byte stream: plain TCP or TLS over it.
