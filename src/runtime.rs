@@ -216,7 +216,12 @@ pub fn run(config: Config) -> Result<(), Failure> {
         log::info!("agent disabled ([agent] enabled = false): the hub runs alone");
         Err("the agent is disabled ([agent] enabled = false): no modules are run")
     };
-    crate::metrics::start(&config, &broker, link_for_metrics.as_ref(), agent.as_ref().ok().map(|a: &crate::mgmt::AgentApi| a.modules.clone()))?;
+    crate::metrics::start(
+        &config,
+        &broker,
+        link_for_metrics.as_ref(),
+        agent.as_ref().ok().map(|a: &crate::mgmt::AgentApi| a.modules.clone()),
+    )?;
     let socket = crate::mgmt::start(crate::mgmt::Management {
         twins: Some(crate::mgmt::twin_reader(&broker)),
         invoker: broker.method_invoker(),
