@@ -19,11 +19,14 @@ pub struct InFlight {
     list: VecDeque<(u16, Option<Origin>)>,
     next_id: u16,
     acked_early: Vec<Origin>,
+    /// At-most-once deliveries written to the connection's buffer, settled (committed) once
+    /// the buffer reached the socket: one checkpoint write per batch, not per message.
+    written: Vec<Origin>,
 }
 
 impl Default for InFlight {
     fn default() -> InFlight {
-        InFlight { list: VecDeque::new(), next_id: 1, acked_early: Vec::new() }
+        InFlight { list: VecDeque::new(), next_id: 1, acked_early: Vec::new(), written: Vec::new() }
     }
 }
 
@@ -46,6 +49,27 @@ impl InFlight {
                 return id;
             }
         }
+    }
+
+    /// An at-most-once delivery was written to the buffer: settled by [`InFlight::flush_written`]
+    /// once the buffer is on the socket.
+    pub fn written(&mut self, origin: Origin) {
+        match self.written.iter_mut().find(|o| o.endpoint == origin.endpoint) {
+            Some(entry) if entry.seq < origin.seq => *entry = origin,
+            Some(_) => {}
+            None => self.written.push(origin),
+        }
+    }
+
+    /// The buffer holding the written at-most-once deliveries reached the socket: settles them,
+    /// one commit per endpoint (still held back by earlier deliveries of the endpoint in flight).
+    pub fn flush_written(&mut self, commit: &Commit) {
+        let written = std::mem::take(&mut self.written);
+        for origin in &written {
+            self.acknowledge(*origin, commit);
+        }
+        self.written = written;
+        self.written.clear();
     }
 
     /// A delivery was written under `id` and waits for its acknowledgement.
@@ -93,6 +117,22 @@ mod tests {
 
     fn origin(endpoint: u16, seq: u64) -> Option<Origin> {
         Some(Origin { endpoint, seq, generation: 0 })
+    }
+
+    #[test]
+    fn at_most_once_deliveries_are_settled_once_per_endpoint_when_the_buffer_is_written() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let sink = commits.clone();
+        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let mut inflight = InFlight::default();
+        for (endpoint, seq) in [(7, 1), (7, 2), (8, 3), (7, 4)] {
+            inflight.written(origin(endpoint, seq).expect("origin"));
+        }
+        assert!(commits.lock().expect("lock").is_empty(), "nothing settles before the socket write");
+        inflight.flush_written(&commit);
+        assert_eq!(*commits.lock().expect("lock"), vec![(7, 4), (8, 3)]);
+        inflight.flush_written(&commit);
+        assert_eq!(commits.lock().expect("lock").len(), 2, "settled once");
     }
 
     #[test]

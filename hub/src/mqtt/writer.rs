@@ -95,6 +95,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
                     break;
                 }
+                inflight.flush_written(&self.commit);
                 self.out.clear();
                 if self.out.capacity() > WRITE_BUFFER_BYTES {
                     self.out = BytesMut::new();
@@ -295,9 +296,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         match settle {
             Settle::AtMostOnce => {
                 codec::put_publish(&mut self.out, &topic, QoS::AtMostOnce, 0, false, &delivery.payload);
-                // At most once: done as soon as it is written.
+                // At most once: done once the buffer holding it is on the socket.
                 if let Some(origin) = delivery.origin {
-                    inflight.acknowledge(origin, &self.commit);
+                    inflight.written(origin);
                 }
             }
             Settle::AtLeastOnce => {
