@@ -184,6 +184,21 @@ pub fn parse_iothub_request(rest: &str) -> Result<IotHubRequest<'_>, RequestErro
     }
 }
 
+/// `devices/{d}/modules/{m}/messages/events/{bag}` (or `devices/{d}/messages/events/{bag}`
+/// without a module) into `out`: the upstream topic of a sender's telemetry.
+pub fn telemetry_topic_into(device_id: &str, module_id: Option<&str>, bag: &str, out: &mut String) {
+    out.push_str("devices/");
+    out.push_str(device_id);
+    out.push('/');
+    if let Some(module) = module_id {
+        out.push_str("modules/");
+        out.push_str(module);
+        out.push('/');
+    }
+    out.push_str("messages/events/");
+    out.push_str(bag);
+}
+
 /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={version}]` into `out`.
 pub fn twin_response_topic_into(status: u16, rid: &str, version: Option<u64>, out: &mut String) {
     use std::fmt::Write as _;

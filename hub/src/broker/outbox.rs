@@ -56,14 +56,8 @@ fn now_unix_ms() -> u64 {
 pub fn upstream_topic(record: &StoredRecord) -> Option<String> {
     let properties = Properties::parse(&record.properties).ok()?;
     let device = properties.system("$.cdid")?;
-    let mut topic = format!("devices/{device}/");
-    if let Some(module) = properties.system("$.cmid") {
-        topic.push_str("modules/");
-        topic.push_str(module);
-        topic.push('/');
-    }
-    topic.push_str("messages/events/");
-    topic.push_str(&record.properties);
+    let mut topic = String::new();
+    crate::topic::telemetry_topic_into(device, properties.system("$.cmid"), &record.properties, &mut topic);
     Some(topic)
 }
 
