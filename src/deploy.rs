@@ -72,5 +72,17 @@ fn save(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(failed)
+    // fsync the file before the rename and the directory after it: an answered deployment
+    // survives a power cut.
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(failed)
 }

@@ -95,7 +95,9 @@ pub enum Settle {
 #[derive(Debug, Clone)]
 pub enum Control {
     /// The answer to a twin request (GET: the document; PATCH: no body).
-    TwinResponse { status: u16, rid: String, version: Option<u64>, body: Bytes },
+    /// `desired_version`: the desired `$version` a GET answer shows the client, recorded as
+    /// delivered once the answer is on the socket.
+    TwinResponse { status: u16, rid: String, version: Option<u64>, body: Bytes, desired_version: Option<u64> },
     /// The identity's desired properties changed: the writer asks the twin store for the one
     /// patch that brings this client up to date, so patches coalesce and are never lost.
     DesiredChanged,
@@ -196,8 +198,10 @@ impl Slot {
         if !self.state().subscriptions.desired || self.desired_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self.control.try_push(Control::DesiredChanged).is_err() {
-            // Lane full or closed: the client resyncs when it next subscribes.
+        // Past the lane's bound if it is full (at most one notice waits: the flag), so a lane
+        // crowded with method calls or twin answers never withholds a desired change.
+        if self.control.push_over_bound(Control::DesiredChanged).is_err() {
+            // Closed: there is no connection to tell.
             self.desired_queued.store(false, Ordering::Release);
         }
     }

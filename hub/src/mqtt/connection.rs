@@ -34,6 +34,9 @@ const READ_CHUNK_BYTES: usize = 2048;
 /// channel preallocates its slots (about 40 bytes each), so this is kept small: the writer
 /// drains it on every wake-up anyway.
 const CTRL_QUEUE_MAX: usize = 16;
+/// How long a client's own twin answer waits for room on its control lane: the writer drains it
+/// continuously, so only a connection whose writer is gone waits this long.
+const OWN_LANE_WAIT: Duration = Duration::from_secs(5);
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -356,6 +359,7 @@ impl Session {
                 twins: broker.twins.clone(),
                 client_id: self.identity.client_id(),
                 out,
+                desired_written: None,
             }
             .run(),
         );
@@ -621,15 +625,13 @@ impl Session {
         static UNSERVED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
         let id = self.identity.client_id();
         let error_body = |message: &str| Bytes::from(serde_json::json!({ "message": message }).to_string());
+        let mut desired_version = None;
         let answer: Option<(u16, String, Option<u64>, Bytes)> = match topic::parse_iothub_request(rest) {
             Ok(topic::IotHubRequest::TwinGet { rid }) => match broker.twins.get(&id) {
                 Ok(document) => {
                     Metrics::inc(&broker.metrics.twin_gets);
-                    if let Some(version) = document.pointer("/desired/$version").and_then(serde_json::Value::as_u64) {
-                        if let Err(error) = broker.twins.mark_delivered(&id, version) {
-                            log::debug!("twin of {id}: {error}");
-                        }
-                    }
+                    // Recorded as delivered by the writer, once the answer is on the socket.
+                    desired_version = document.pointer("/desired/$version").and_then(serde_json::Value::as_u64);
                     Some((200, rid.to_string(), None, Bytes::from(document.to_string())))
                 }
                 Err(error) => {
@@ -678,8 +680,18 @@ impl Session {
             }
         };
         if let Some((status, rid, version, body)) = answer {
-            // The client drains its own lane: waiting for room holds back only its own reads.
-            let _ = self.slot.control.push(Control::TwinResponse { status, rid, version, body }).await;
+            // The client drains its own lane: waiting for room holds back only its own reads, and
+            // only for so long — a writer that is gone (socket failed) never makes room.
+            let answer = Control::TwinResponse { status, rid, version, body, desired_version };
+            let queued = smol::future::or(async { self.slot.control.push(answer).await.is_ok() }, async {
+                smol::Timer::after(OWN_LANE_WAIT).await;
+                false
+            })
+            .await;
+            if !queued {
+                Metrics::inc(&broker.metrics.control_unsubscribed);
+                log::info!("{}: twin answer to {} dropped: its lane stayed full", self.peer, self.identity);
+            }
         }
     }
 

@@ -73,6 +73,9 @@ pub struct Writer<W> {
     pub client_id: String,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
+    /// The newest desired `$version` in `out` (a desired patch or a GET answer): recorded as
+    /// delivered to the client once `out` is on the socket.
+    pub desired_written: Option<u64>,
 }
 
 enum Event {
@@ -96,6 +99,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     break;
                 }
                 inflight.flush_written(&self.commit);
+                self.record_desired_delivered();
                 self.out.clear();
                 if self.out.capacity() > WRITE_BUFFER_BYTES {
                     self.out = BytesMut::new();
@@ -200,13 +204,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// Writes every pending PUBACK whose record is already durable, in order.
+    /// A message whose fsync failed gets no PUBACK (the client sends it again).
     fn release_pubacks(&mut self, pubacks: &mut VecDeque<(u16, u64)>) {
-        let durable = self.store.durable_seq();
         while let Some(&(pkid, seq)) = pubacks.front() {
-            if seq > durable {
-                break;
+            match self.store.durable_outcome(seq) {
+                None => break,
+                Some(Ok(())) => codec::put_puback(&mut self.out, pkid),
+                Some(Err(error)) => {
+                    log::warn!("message {seq} (packet {pkid}) not acknowledged: {error}");
+                    Metrics::inc(&self.metrics.store_errors);
+                }
             }
-            codec::put_puback(&mut self.out, pkid);
             pubacks.pop_front();
         }
     }
@@ -235,18 +243,44 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         true
     }
 
+    /// The desired version in the buffer just written reached the client: remember it (the
+    /// twin file is written and fsynced off the executor thread; an older version than one
+    /// already recorded is ignored, so order does not matter).
+    fn record_desired_delivered(&mut self) {
+        if let Some(version) = self.desired_written.take() {
+            let (twins, id) = (self.twins.clone(), self.client_id.clone());
+            smol::spawn(smol::unblock(move || {
+                if let Err(error) = twins.mark_delivered(&id, version) {
+                    log::debug!("twin of {id}: {error}");
+                }
+            }))
+            .detach();
+        }
+    }
+
+    fn desired_in_buffer(&mut self, version: u64) {
+        self.desired_written = Some(self.desired_written.map_or(version, |v| v.max(version)));
+    }
+
     /// Writes one control-lane item as a QoS 0 PUBLISH (as IoT Hub sends twin responses and
     /// method calls), if the client subscribed to its topic; counted and dropped otherwise.
     fn send_control(&mut self, control: Control) {
+        if matches!(control, Control::DesiredChanged) {
+            // Before reading the subscriptions: a subscription made meanwhile queues a new
+            // notice instead of finding this one still pending.
+            self.slot.desired_taken();
+        }
         let subscriptions = self.slot.state().subscriptions;
         let mut topic = String::new();
         let (subscribed, body) = match control {
-            Control::TwinResponse { status, rid, version, body } => {
+            Control::TwinResponse { status, rid, version, body, desired_version } => {
                 topic::twin_response_topic_into(status, &rid, version, &mut topic);
+                if let (true, Some(desired)) = (subscriptions.twin_responses, desired_version) {
+                    self.desired_in_buffer(desired);
+                }
                 (subscriptions.twin_responses, body)
             }
             Control::DesiredChanged => {
-                self.slot.desired_taken();
                 if !subscriptions.desired {
                     return;
                 }
@@ -257,9 +291,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     return;
                 };
                 topic::desired_patch_topic_into(version, &mut topic);
-                if let Err(error) = self.twins.mark_delivered(&self.client_id, version) {
-                    log::debug!("twin of {}: {error}", self.client_id);
-                }
+                self.desired_in_buffer(version);
                 Metrics::inc(&self.metrics.twin_desired_patches);
                 (true, bytes::Bytes::from(body))
             }

@@ -139,11 +139,27 @@ struct CellFile {
     unsynced: bool,
 }
 
+/// Whether generation `a` is newer than `b`, in serial-number arithmetic, so a cell written
+/// more than 2^32 times keeps alternating correctly; 0 is "never written" and newer than nothing.
+fn newer(a: u32, b: u32) -> bool {
+    a != 0 && (b == 0 || (a.wrapping_sub(b) as i32) > 0)
+}
+
+/// The generation after `generation`, skipping 0.
+fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        next => next,
+    }
+}
+
 impl CellFile {
     fn write(&mut self, entry: usize, value: Value) -> Result<(), StoreError> {
         let generations = self.generations[entry];
-        let target = usize::from(generations[1] < generations[0]);
-        let generation = generations[0].max(generations[1]).wrapping_add(1).max(1);
+        // Over the older (or empty) cell, with the generation after the newer one.
+        let newest = usize::from(newer(generations[1], generations[0]));
+        let target = 1 - newest;
+        let generation = next_generation(generations[newest]);
         let cell = encode_cell(entry, generation, value);
         let offset = HEADER_BYTES + (entry * 2 + target) * CELL_BYTES;
         self.file.write_all_at(&cell, offset as u64).map_err(|error| StoreError::io("write", &self.path, error))?;
@@ -221,7 +237,8 @@ impl Checkpoints {
                         }
                     }
                     let damaged = cells.iter().filter(|cell| cell.is_err()).count();
-                    values[entry] = good.iter().max_by_key(|(generation, _)| *generation).map(|(_, value)| *value);
+                    values[entry] =
+                        good.iter().copied().reduce(|a, b| if newer(b.0, a.0) { b } else { a }).map(|(_, value)| value);
                     if damaged > 0 && values[entry].is_some() {
                         repairs.push(entry);
                     } else if damaged > 0 {
@@ -476,6 +493,26 @@ mod tests {
             assert!(decode_cell(7, &flipped).is_err(), "bit {bit}");
         }
         assert_eq!(decode_cell(7, &[0u8; CELL_BYTES]), Ok(None));
+    }
+
+    #[test]
+    fn generations_alternate_across_the_wrap() {
+        assert!(newer(1, u32::MAX) && !newer(u32::MAX, 1));
+        assert!(newer(5, 4) && !newer(4, 5) && newer(1, 0) && !newer(0, 1));
+        assert_eq!(next_generation(u32::MAX), 1);
+        let path = std::env::temp_dir().join(format!("tinyedge-cells-{}", std::process::id()));
+        let file = std::fs::File::create(&path).expect("file");
+        let mut cells =
+            CellFile { file, path: path.clone(), generations: vec![[u32::MAX - 1, u32::MAX]], unsynced: false };
+        for seq in 1..=4 {
+            let before = cells.generations[0];
+            cells.write(0, Value { seq, sent: 0 }).expect("write");
+            let after = cells.generations[0];
+            assert_eq!(after.iter().filter(|g| !before.contains(g)).count(), 1, "exactly one cell rewritten");
+            let newest = if newer(after[0], after[1]) { after[0] } else { after[1] };
+            assert!(newer(newest, before[0]) && newer(newest, before[1]), "{before:?} -> {after:?}");
+        }
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

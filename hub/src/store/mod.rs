@@ -277,6 +277,11 @@ impl Store {
         self.inner.durability.wait(seq).await
     }
 
+    /// The outcome for `seq` if it is decided (durable, or its fsync failed), without waiting.
+    pub fn durable_outcome(&self, seq: u64) -> Option<Result<(), StoreError>> {
+        self.inner.durability.check(seq)
+    }
+
     /// Every record up to this seq is durable per the fsync policy (a cheap atomic read).
     pub fn durable_seq(&self) -> u64 {
         self.inner.durability.durable_seq()

@@ -312,9 +312,10 @@ fn scan(
                 offset,
                 bytes: tail_bytes,
                 // Exact with the head; without it, the torn record is all that is known.
-                records_lost: known
-                    .head
-                    .map_or(u64::from(torn_record), |head| head.saturating_sub(floor.max(known.checkpoint_min))),
+                records_lost: known.head.map_or(u64::from(torn_record), |head| {
+                    // A head left behind by a failed write still counts the torn record.
+                    head.saturating_sub(floor.max(known.checkpoint_min)).max(u64::from(torn_record))
+                }),
                 reason: reason.to_string(),
             });
             return Ok(Scanned { summary, good_end: offset, file_bytes: offset, tail_cut: true });

@@ -98,7 +98,7 @@ impl Durability {
     }
 
     /// The outcome for `seq` if it is decided.
-    fn check(&self, seq: u64) -> Option<Result<(), StoreError>> {
+    pub fn check(&self, seq: u64) -> Option<Result<(), StoreError>> {
         if self.any_failed.load(Ordering::Acquire) {
             let failed = lock(&self.failed);
             if let Some(range) = failed.iter().find(|range| range.0 <= seq && seq <= range.1) {
