@@ -11,6 +11,7 @@
 //! - `router`: from a message to its endpoints, into the store;
 //! - `pump`: from the store to a module's slot, one task per module-input endpoint;
 //! - `outbox`: from the store to the upstream link;
+//! - `requests`: a client's twin and method requests, served for every protocol adapter;
 //! - `priority`: the merged reader over an endpoint's priority queues;
 //! - `queue`: lazily allocated bounded queues and signals.
 
@@ -19,6 +20,7 @@ pub mod outbox;
 pub mod priority;
 mod pump;
 pub(crate) mod queue;
+pub mod requests;
 pub mod router;
 pub mod session;
 

@@ -19,7 +19,8 @@ use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
 use crate::broker::queue::{Queue, Signal};
-use crate::broker::session::{Control, Kick, Owner, Settle, Slot, Subscriptions};
+use crate::broker::requests;
+use crate::broker::session::{Kick, Owner, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
 use crate::listeners::permit::Permit;
 
@@ -619,70 +620,18 @@ impl Session {
         self.slot.changed.notify(usize::MAX);
     }
 
-    /// Serves a `$iothub/…` request: twin GET and reported PATCH, method responses. Every
-    /// request with a request id gets an answer on `$iothub/twin/res/…`, errors included.
+    /// Serves a `$iothub/…` request (twin GET and reported PATCH, method responses) through
+    /// the core's request handler; every request gets an answer on `$iothub/twin/res/…`,
+    /// errors included, except method responses and patches without a `$rid`.
     async fn iothub(&self, broker: &Broker, rest: &str, payload: Bytes) {
-        static UNSERVED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
-        let id = self.identity.client_id();
-        let error_body = |message: &str| Bytes::from(serde_json::json!({ "message": message }).to_string());
-        let mut desired_version = None;
-        let answer: Option<(u16, String, Option<u64>, Bytes)> = match topic::parse_iothub_request(rest) {
-            Ok(topic::IotHubRequest::TwinGet { rid }) => match broker.twins.get(&id) {
-                Ok(document) => {
-                    Metrics::inc(&broker.metrics.twin_gets);
-                    // Recorded as delivered by the writer, once the answer is on the socket.
-                    desired_version = document.pointer("/desired/$version").and_then(serde_json::Value::as_u64);
-                    Some((200, rid.to_string(), None, Bytes::from(document.to_string())))
-                }
-                Err(error) => {
-                    Metrics::inc(&broker.metrics.twin_errors);
-                    Some((error.status(), rid.to_string(), None, error_body(&error.to_string())))
-                }
-            },
-            Ok(topic::IotHubRequest::TwinPatchReported { rid }) => match {
-                // The twin is written (and fsynced) before the answer: off the executor thread.
-                let (twins, id, payload) = (broker.twins.clone(), id.clone(), payload.clone());
-                smol::unblock(move || twins.patch_reported(&id, &payload)).await
-            } {
-                Ok(version) => {
-                    Metrics::inc(&broker.metrics.twin_reported_patches);
-                    rid.map(|rid| (204, rid.to_string(), Some(version), Bytes::new()))
-                }
-                Err(error) => {
-                    Metrics::inc(&broker.metrics.twin_errors);
-                    log::info!("{}: reported properties of {} refused: {error}", self.peer, self.identity);
-                    rid.map(|rid| (error.status(), rid.to_string(), None, error_body(&error.to_string())))
-                }
-            },
-            Ok(topic::IotHubRequest::MethodResponse { status, rid }) => {
-                let payload = if payload.is_empty() { Bytes::from_static(b"null") } else { payload };
-                if !broker.methods.complete(&id, rid, crate::methods::MethodResponse { status, payload }) {
-                    log::info!(
-                        "{}: {} answered method request {rid}, which nobody waits for",
-                        self.peer,
-                        self.identity
-                    );
-                }
-                None
-            }
-            Err(error) => {
-                Metrics::inc(&broker.metrics.iothub_unserved);
-                log_limited!(
-                    UNSERVED,
-                    log::Level::Warn,
-                    "{}: {} sent $iothub/{rest}: {} ({})",
-                    self.peer,
-                    self.identity,
-                    error.reason,
-                    error.status
-                );
-                Some((error.status, error.rid.unwrap_or_default().to_string(), None, error_body(&error.reason)))
-            }
-        };
-        if let Some((status, rid, version, body)) = answer {
+        static NOTED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
+        let served = requests::serve(broker, &self.identity, topic::parse_iothub_request(rest), payload).await;
+        if let Some(note) = &served.note {
+            log_limited!(NOTED, log::Level::Warn, "{}: {} sent $iothub/{rest}: {note}", self.peer, self.identity);
+        }
+        if let Some(answer) = served.answer {
             // The client drains its own lane: waiting for room holds back only its own reads, and
             // only for so long — a writer that is gone (socket failed) never makes room.
-            let answer = Control::TwinResponse { status, rid, version, body, desired_version };
             let queued = smol::future::or(async { self.slot.control.push(answer).await.is_ok() }, async {
                 smol::Timer::after(OWN_LANE_WAIT).await;
                 false
