@@ -99,6 +99,15 @@ impl Runtime {
 
     /// As [`Runtime::start`], with `sections` (whole TOML tables, e.g. `[agent]`) at the end.
     pub fn start_with(deployment_json: &str, extra_hub_config: &str, sections: &str) -> Runtime {
+        let (dir, mqtt_port, mqtts_port, https_port) =
+            Runtime::prepare_dir(deployment_json, extra_hub_config, sections);
+        Runtime::spawn(dir, mqtt_port, mqtts_port, https_port)
+    }
+
+    /// A new runtime directory with `deployment.json` and a `config.toml` naming the test hub,
+    /// device key, free ports (mqtt, mqtts, https, returned), a downstream device, and the
+    /// extra hub keys and sections.
+    fn prepare_dir(deployment_json: &str, extra_hub_config: &str, sections: &str) -> (TempDir, u16, u16, u16) {
         let dir = TempDir::new("rt");
         let mqtt_port = free_port();
         let mqtts_port = free_port();
@@ -124,7 +133,7 @@ key = "{LEAF_KEY_B64}"
 "#
         );
         std::fs::write(dir.0.join("config.toml"), config).expect("write config");
-        Runtime::spawn(dir, mqtt_port, mqtts_port, https_port)
+        (dir, mqtt_port, mqtts_port, https_port)
     }
 
     fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16, https_port: u16) -> Runtime {
@@ -550,31 +559,8 @@ impl Runtime {
         prepare: impl FnOnce(&Path),
         wrapper: &[&str],
     ) -> Runtime {
-        let dir = TempDir::new("rt");
-        let mqtt_port = free_port();
-        let mqtts_port = free_port();
-        let https_port = free_port();
-        std::fs::write(dir.0.join("deployment.json"), deployment_json).expect("write deployment");
-        let config = format!(
-            r#"hostname = "localhost"
-iothub_hostname = "{HUB}"
-device_id = "{DEVICE}"
-device_key = "{DEVICE_KEY_B64}"
-data_dir = "data"
-deployment = "deployment.json"
-log_level = "debug"
-[hub]
-mqtt = "127.0.0.1:{mqtt_port}"
-mqtts = "127.0.0.1:{mqtts_port}"
-https = "127.0.0.1:{https_port}"
-{extra_hub_config}
-[[devices]]
-id = "{LEAF}"
-key = "{LEAF_KEY_B64}"
-{sections}
-"#
-        );
-        std::fs::write(dir.0.join("config.toml"), config).expect("write config");
+        let (dir, mqtt_port, mqtts_port, https_port) =
+            Runtime::prepare_dir(deployment_json, extra_hub_config, sections);
         prepare(&dir.0);
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
