@@ -178,15 +178,7 @@ key = "{LEAF_KEY_B64}"
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tinyedge");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        collect_stderr(&mut child, log);
         child
     }
 
@@ -579,15 +571,7 @@ impl Runtime {
             .spawn()
             .expect("start tinyedge");
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        collect_stderr(&mut child, &log);
         let rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
         rt.wait_for_port(mqtt_port);
         rt
@@ -618,4 +602,17 @@ pub fn wait_listening(ports: &[u16]) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// Appends the child's stderr, line by line, to `log` (from a thread of its own).
+fn collect_stderr(child: &mut Child, log: &Arc<Mutex<String>>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
 }

@@ -185,31 +185,7 @@ pub async fn serve_unix<F, Fut>(
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
-    let respond = Arc::new(respond);
-    let limits = Arc::new(limits);
-    let gate = Gate::new(limits.connections_max);
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                log::warn!("{what} socket: {e}");
-                smol::Timer::after(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Some(permit) = gate.enter() else {
-            // A fresh socket's send buffer takes the short answer at once.
-            let busy = Response::message(503, &format!("too many {what} connections (at most {})", gate.max));
-            let _ = stream.write_all(&busy.to_bytes()).await;
-            continue;
-        };
-        let (respond, limits) = (respond.clone(), limits.clone());
-        smol::spawn(async move {
-            serve_connection(stream, &limits, &*respond).await;
-            drop(permit);
-        })
-        .detach();
-    }
+    accept_loop(|| async { listener.accept().await.map(|(stream, _)| stream) }, what, limits, respond).await;
 }
 
 /// Serves HTTP/1.1 on a plain TCP listener until the task is dropped, with the same bounds as
@@ -224,12 +200,25 @@ pub async fn serve_tcp<F, Fut>(
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    accept_loop(|| async { listener.accept().await.map(|(stream, _)| stream) }, what, limits, respond).await;
+}
+
+/// The accept loop of [`serve_unix`] and [`serve_tcp`]: the connection gate, 503 beyond it, one
+/// task per connection, a back-off after a failed accept.
+async fn accept_loop<S, A, AFut, F, Fut>(mut accept: A, what: &'static str, limits: Limits, respond: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: FnMut() -> AFut,
+    AFut: Future<Output = std::io::Result<S>>,
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
     let respond = Arc::new(respond);
     let limits = Arc::new(limits);
     let gate = Gate::new(limits.connections_max);
     loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let mut stream = match accept().await {
+            Ok(stream) => stream,
             Err(e) => {
                 log::warn!("{what} listener: {e}");
                 smol::Timer::after(ACCEPT_BACKOFF).await;
@@ -237,6 +226,7 @@ pub async fn serve_tcp<F, Fut>(
             }
         };
         let Some(permit) = gate.enter() else {
+            // A fresh socket's send buffer takes the short answer at once.
             let busy = Response::message(503, &format!("too many {what} connections (at most {})", gate.max));
             let _ = stream.write_all(&busy.to_bytes()).await;
             continue;
