@@ -10,7 +10,8 @@ use tinyedge_hub::broker::outbox::StoreOutbox;
 use tinyedge_hub::broker::Broker;
 use tinyedge_hub::route::Endpoint;
 use tinyedge_hub::store::{CheckpointLoad, FsyncPolicy, FullPolicy, RecoveryReport, RegistryLoad, Store, StoreConfig};
-use tinyedge_hub::upstream::{Link, UpstreamConfig};
+use tinyedge_hub::cloud::{Cloud, CloudConfig};
+use tinyedge_hub::upstream::{Link, LinkStatus, UpstreamConfig};
 use tinyedge_platform::config::DEFAULT_STORE_MAX_BYTES;
 use tinyedge_platform::{Config, FsyncSetting, WhenFull};
 
@@ -78,9 +79,42 @@ pub fn open_store(store_config: StoreConfig) -> Result<Arc<Store>, Failure> {
     Ok(Arc::new(store))
 }
 
-/// Starts the cloud link when `[upstream]` is configured; without one, `$upstream` messages
+/// The cloud side as `[upstream] protocol` chose it.
+#[derive(Clone)]
+pub enum Upstream {
+    /// `"mqtt"`: one connection as the edge device, telemetry only.
+    Single(Arc<Link>),
+    /// `"iothub"`: one connection per identity, twins, methods and C2D.
+    PerIdentity(Arc<Cloud>),
+}
+
+impl Upstream {
+    /// The link's status, or all identity links' together.
+    pub fn status(&self) -> LinkStatus {
+        match self {
+            Upstream::Single(link) => link.status(),
+            Upstream::PerIdentity(cloud) => cloud.status(),
+        }
+    }
+
+    pub fn target(&self) -> String {
+        match self {
+            Upstream::Single(link) => link.target().to_string(),
+            Upstream::PerIdentity(cloud) => cloud.target().to_string(),
+        }
+    }
+
+    pub fn cloud(&self) -> Option<&Arc<Cloud>> {
+        match self {
+            Upstream::PerIdentity(cloud) => Some(cloud),
+            Upstream::Single(_) => None,
+        }
+    }
+}
+
+/// Starts the cloud side when `[upstream]` is configured; without one, `$upstream` messages
 /// stay in the store (bounded) until one is.
-pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Result<Option<Arc<Link>>, Failure> {
+pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Arc<Broker>) -> Result<Option<Upstream>, Failure> {
     let Some(settings) = &config.upstream else {
         log::info!("no [upstream] configured: $upstream messages are kept in the store");
         return Ok(None);
@@ -96,10 +130,21 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Broker) -> Re
     upstream.ca = settings.ca.clone();
     upstream.backoff_max = std::time::Duration::from_secs(settings.backoff_max_secs);
     upstream.backoff_min = upstream.backoff_min.min(upstream.backoff_max);
-    let link = Link::new(upstream, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
-    smol::spawn(link.clone().run()).detach();
-    log::info!("upstream link to {} started", link.target());
-    Ok(Some(link))
+    if settings.protocol == "mqtt" {
+        let link = Link::new(upstream, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
+        smol::spawn(link.clone().run()).detach();
+        log::info!("upstream link to {} started (one connection as {})", link.target(), config.device_id);
+        return Ok(Some(Upstream::Single(link)));
+    }
+    let mut cloud = CloudConfig::new(upstream);
+    cloud.max_links = settings.max_connections;
+    cloud.idle_timeout = std::time::Duration::from_secs(settings.idle_timeout_secs);
+    let cloud = Cloud::start(broker.clone(), cloud, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
+    // The edge hub's own identity is always connected: its twin carries the routes and the
+    // store settings, and edgeHub keeps its connection open.
+    let hub_twin = format!("{}/$edgeHub", config.device_id);
+    cloud.want(&hub_twin, tinyedge_hub::cloud::Interest { twin: true, pinned: true, ..Default::default() });
+    Ok(Some(Upstream::PerIdentity(cloud)))
 }
 
 pub fn store_status(store: &Store) -> Value {
@@ -152,14 +197,23 @@ fn recovery_status(report: &RecoveryReport) -> Value {
     })
 }
 
-pub fn upstream_status(link: Option<&Arc<Link>>) -> Value {
+pub fn upstream_status(link: Option<&Upstream>) -> Value {
     match link {
         None => json!({"configured": false}),
         Some(link) => {
             let s = link.status();
+            let links: Vec<Value> = link.cloud().map_or_else(Vec::new, |cloud| {
+                cloud
+                    .links()
+                    .into_iter()
+                    .map(|(id, s)| json!({"identity": id, "connected": s.connected, "acked": s.acked, "last_error": s.last_error}))
+                    .collect()
+            });
             json!({
                 "configured": true,
-                "target": link.target().to_string(),
+                "protocol": if link.cloud().is_some() { "iothub" } else { "mqtt" },
+                "links": links,
+                "target": link.target(),
                 "connected": s.connected,
                 "since_unix_ms": s.since_unix_ms,
                 "last_error": s.last_error,

@@ -157,7 +157,7 @@ async fn status_loop(
     data_dir: std::path::PathBuf,
     broker: std::sync::Arc<Broker>,
     store: std::sync::Arc<tinyedge_hub::store::Store>,
-    link: Option<std::sync::Arc<tinyedge_hub::upstream::Link>>,
+    link: Option<crate::cloud::Upstream>,
 ) {
     loop {
         let hub: serde_json::Map<String, serde_json::Value> =

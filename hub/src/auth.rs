@@ -136,6 +136,12 @@ impl Authenticator {
         self.keys.insert(identity, key);
     }
 
+    /// The key `identity` signs its tokens with (the cloud side signs the identity's upstream
+    /// connection with it).
+    pub fn key_of(&self, identity: &Identity) -> Option<&[u8]> {
+        self.keys.get(identity).map(Vec::as_slice)
+    }
+
     pub fn knows(&self, identity: &Identity) -> bool {
         self.keys.contains_key(identity)
     }

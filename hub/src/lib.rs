@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cloud;
 pub mod ingest;
 pub mod listeners;
 pub mod message;

@@ -233,6 +233,107 @@ pub fn input_topic_into(device_id: &str, module_id: &str, input: &str, out: &mut
     out.push('/');
 }
 
+// ---- The cloud's side of the same topics: what the hub sends and receives as a client of
+// IoT Hub (one connection per identity, see `crate::cloud`). ----
+
+/// Answers to the identity's twin requests.
+pub const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
+/// Desired-property patches.
+pub const DESIRED_PATCH_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
+/// Direct-method calls.
+pub const METHODS_FILTER: &str = "$iothub/methods/POST/#";
+
+/// `devices/{d}/messages/devicebound/#`: cloud-to-device messages of device `d`.
+pub fn device_bound_filter(device_id: &str) -> String {
+    format!("devices/{device_id}/messages/devicebound/#")
+}
+
+/// `$iothub/twin/GET/?$rid={rid}`.
+pub fn twin_get_topic(rid: &str) -> String {
+    format!("$iothub/twin/GET/?$rid={rid}")
+}
+
+/// `$iothub/twin/PATCH/properties/reported/?$rid={rid}`.
+pub fn reported_patch_topic(rid: &str) -> String {
+    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+}
+
+/// `$iothub/methods/res/{status}/?$rid={rid}`.
+pub fn method_response_topic(status: i32, rid: &str) -> String {
+    format!("$iothub/methods/res/{status}/?$rid={rid}")
+}
+
+/// `devices/{d}/messages/devicebound/{bag}` into `out`: a C2D message as the device gets it.
+pub fn device_bound_topic_into(device_id: &str, bag: &str, out: &mut String) {
+    out.push_str("devices/");
+    out.push_str(device_id);
+    out.push_str("/messages/devicebound/");
+    out.push_str(bag);
+}
+
+/// What a PUBLISH from the cloud is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromCloud<'t> {
+    /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]`.
+    TwinResponse { status: u16, rid: &'t str, version: Option<u64> },
+    /// `$iothub/twin/PATCH/properties/desired/?$version={v}`.
+    DesiredPatch { version: Option<u64> },
+    /// `$iothub/methods/POST/{name}/?$rid={rid}`.
+    MethodRequest { name: &'t str, rid: &'t str },
+    /// `devices/{d}/messages/devicebound/{bag}`.
+    DeviceBound { device: &'t str, bag: &'t str },
+}
+
+/// The value of `key` in a property bag `k=v&…` (also with `$` written `%24`).
+fn bag_value<'t>(bag: &'t str, key: &str) -> Option<&'t str> {
+    bag.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bare = k.strip_prefix('$').or_else(|| k.strip_prefix("%24"))?;
+        (bare == key).then_some(v)
+    })
+}
+
+/// Parses a PUBLISH topic the cloud sent; `None` for a topic IoT Hub never sends (logged and
+/// dropped by the caller).
+pub fn parse_from_cloud(topic: &str) -> Option<FromCloud<'_>> {
+    if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
+        let (status, bag) = rest.split_once("/?").or_else(|| rest.split_once('?'))?;
+        let status = status.parse().ok()?;
+        let rid = request_id(bag).ok()??;
+        let version = bag_value(bag, "version").and_then(|v| v.parse().ok());
+        return Some(FromCloud::TwinResponse { status, rid, version });
+    }
+    if let Some(rest) = topic.strip_prefix("$iothub/twin/PATCH/properties/desired/") {
+        let bag = rest.strip_prefix('?').unwrap_or(rest);
+        return Some(FromCloud::DesiredPatch { version: bag_value(bag, "version").and_then(|v| v.parse().ok()) });
+    }
+    if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
+        let (name, bag) = rest.split_once("/?")?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        let rid = request_id(bag).ok()??;
+        return Some(FromCloud::MethodRequest { name, rid });
+    }
+    let rest = topic.strip_prefix("devices/")?;
+    let (device, rest) = rest.split_once('/')?;
+    let bag = rest.strip_prefix("messages/devicebound")?;
+    let bag = bag.strip_prefix('/').unwrap_or(bag);
+    (!device.is_empty() && !bag.contains('/')).then_some(FromCloud::DeviceBound { device, bag })
+}
+
+/// The identity (`d` or `d/m`) whose telemetry topic this is, as `(device, module)`.
+pub fn telemetry_sender(topic: &str) -> Option<(&str, Option<&str>)> {
+    let rest = topic.strip_prefix("devices/")?;
+    let (device, rest) = rest.split_once('/')?;
+    if rest.starts_with("messages/events") {
+        return Some((device, None));
+    }
+    let rest = rest.strip_prefix("modules/")?;
+    let (module, rest) = rest.split_once('/')?;
+    rest.starts_with("messages/events").then_some((device, Some(module)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +492,35 @@ mod tests {
         out.clear();
         method_request_topic_into("reboot", "c0ffee", &mut out);
         assert_eq!(out, "$iothub/methods/POST/reboot/?$rid=c0ffee");
+    }
+
+    #[test]
+    fn cloud_topics_parse() {
+        assert_eq!(
+            parse_from_cloud("$iothub/twin/res/204/?$rid=7&$version=12"),
+            Some(FromCloud::TwinResponse { status: 204, rid: "7", version: Some(12) })
+        );
+        assert_eq!(
+            parse_from_cloud("$iothub/twin/res/200/?$rid=a1"),
+            Some(FromCloud::TwinResponse { status: 200, rid: "a1", version: None })
+        );
+        assert_eq!(
+            parse_from_cloud("$iothub/twin/PATCH/properties/desired/?$version=5"),
+            Some(FromCloud::DesiredPatch { version: Some(5) })
+        );
+        assert_eq!(
+            parse_from_cloud("$iothub/methods/POST/reboot/?$rid=9f"),
+            Some(FromCloud::MethodRequest { name: "reboot", rid: "9f" })
+        );
+        assert_eq!(
+            parse_from_cloud("devices/leaf/messages/devicebound/%24.mid=1&a=b"),
+            Some(FromCloud::DeviceBound { device: "leaf", bag: "%24.mid=1&a=b" })
+        );
+        for bad in ["$iothub/twin/res/abc/?$rid=1", "$iothub/methods/POST/x/?a=1", "weather/today", "devices/d/other"] {
+            assert_eq!(parse_from_cloud(bad), None, "{bad}");
+        }
+        assert_eq!(telemetry_sender("devices/gw/modules/m/messages/events/a=1"), Some(("gw", Some("m"))));
+        assert_eq!(telemetry_sender("devices/leaf/messages/events/"), Some(("leaf", None)));
+        assert_eq!(telemetry_sender("devices/leaf/twin"), None);
     }
 }

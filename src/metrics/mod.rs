@@ -22,7 +22,7 @@ use std::time::Instant;
 use tinyedge_hub::broker::Broker;
 use tinyedge_hub::metrics::Metrics;
 use tinyedge_hub::store::Store;
-use tinyedge_hub::upstream::Link;
+use crate::cloud::Upstream as Link;
 use tinyedge_platform::http::{self, Limits, Request, Response};
 
 use modules::Modules;
@@ -43,7 +43,7 @@ pub type ModulesReport = Arc<dyn Fn() -> Response + Send + Sync>;
 pub struct Sources {
     pub broker: Arc<Broker>,
     pub store: Arc<Store>,
-    pub link: Option<Arc<Link>>,
+    pub link: Option<Link>,
     pub modules: Option<ModulesReport>,
     /// The containerd namespace, which names the modules' cgroups.
     pub namespace: String,
@@ -348,7 +348,7 @@ pub fn spawn(endpoint: Arc<Endpoint>, listener: smol::Async<std::net::TcpListene
 pub fn start(
     config: &tinyedge_platform::Config,
     broker: &Arc<Broker>,
-    link: Option<&Arc<Link>>,
+    link: Option<&Link>,
     modules: Option<ModulesReport>,
 ) -> Result<(), crate::failure::Failure> {
     let Some(addr) = config.metrics.listen else {

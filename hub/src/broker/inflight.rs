@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::session::Origin;
+use super::session::{Completion, Origin};
 
 /// Advances an endpoint's checkpoint: `(endpoint, seq)` and everything before it is done.
 pub type Commit = Arc<dyn Fn(u16, u64) + Send + Sync>;
@@ -22,11 +22,19 @@ pub struct InFlight {
     /// At-most-once deliveries written to the connection's buffer, settled (committed) once
     /// the buffer reached the socket: one checkpoint write per batch, not per message.
     written: Vec<Origin>,
+    /// Deliveries that are not store records (C2D messages), settled by a callback.
+    completions: Vec<(u16, Completion)>,
 }
 
 impl Default for InFlight {
     fn default() -> InFlight {
-        InFlight { list: VecDeque::new(), next_id: 1, acked_early: Vec::new(), written: Vec::new() }
+        InFlight {
+            list: VecDeque::new(),
+            next_id: 1,
+            acked_early: Vec::new(),
+            written: Vec::new(),
+            completions: Vec::new(),
+        }
     }
 }
 
@@ -45,7 +53,7 @@ impl InFlight {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.list.iter().any(|(p, _)| *p == id) {
+            if !self.list.iter().any(|(p, _)| *p == id) && !self.completions.iter().any(|(p, _)| *p == id) {
                 return id;
             }
         }
@@ -77,8 +85,23 @@ impl InFlight {
         self.list.push_back((id, origin));
     }
 
+    /// A delivery settled by `done` (not a store record) was written under `id`.
+    pub fn sent_completion(&mut self, id: u16, done: Completion) {
+        self.completions.push((id, done));
+    }
+
+    /// Deliveries settled by a callback still waiting for their acknowledgement.
+    pub fn completions_waiting(&self) -> usize {
+        self.completions.len()
+    }
+
     /// The client acknowledged `id`: commits what that frees. An unknown id is ignored.
     pub fn acked(&mut self, id: u16, commit: &Commit) {
+        if let Some(pos) = self.completions.iter().position(|(p, _)| *p == id) {
+            let (_, done) = self.completions.swap_remove(pos);
+            (done.0)();
+            return;
+        }
         if let Some(pos) = self.list.iter().position(|(p, _)| *p == id) {
             if let Some((_, Some(origin))) = self.list.remove(pos) {
                 self.acknowledge(origin, commit);

@@ -117,6 +117,20 @@ pub struct Broker {
     pub twins: Arc<Twins>,
     /// Direct-method calls waiting for their answers.
     pub methods: Methods,
+    /// The cloud side, told what clients do with twins, subscriptions and connections.
+    cloud: RwLock<Option<Arc<dyn CloudHooks>>>,
+}
+
+/// What the cloud side (`crate::cloud`) learns from the hub's clients. Calls come from the
+/// connections' tasks: implementations only record and wake, never wait.
+pub trait CloudHooks: Send + Sync {
+    /// A client of `id` asked for its twin, changed its reported properties (`reported`) or
+    /// subscribed to desired patches: its twin is kept in sync with the cloud.
+    fn twin_used(&self, id: &str, reported: bool);
+    /// The twin, method and C2D subscriptions of `id`'s client changed.
+    fn subscriptions(&self, id: &str, subscriptions: session::Subscriptions);
+    /// `id`'s client disconnected.
+    fn disconnected(&self, id: &str);
 }
 
 impl std::fmt::Debug for Broker {
@@ -150,6 +164,7 @@ impl Broker {
             pumps: Mutex::new(Vec::new()),
             twins,
             methods: Methods::default(),
+            cloud: RwLock::new(None),
         });
         broker.set_routes(routes);
         broker
@@ -219,6 +234,16 @@ impl Broker {
             };
             pumps.push((endpoint.clone(), queues, smol::spawn(pump.run())));
         }
+    }
+
+    /// Connects the cloud side (see [`CloudHooks`]).
+    pub fn set_cloud(&self, hooks: Arc<dyn CloudHooks>) {
+        *self.cloud.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hooks);
+    }
+
+    /// The cloud side, if one is connected.
+    pub fn cloud(&self) -> Option<Arc<dyn CloudHooks>> {
+        self.cloud.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The edge device this hub serves.

@@ -42,7 +42,12 @@ pub async fn serve(
     let id = identity.client_id();
     let metrics = &broker.metrics;
     match request {
-        Ok(IotHubRequest::TwinGet { rid }) => match broker.twins.get(&id) {
+        Ok(IotHubRequest::TwinGet { rid }) => match {
+            if let Some(cloud) = broker.cloud() {
+                cloud.twin_used(&id, false);
+            }
+            broker.twins.get(&id)
+        } {
             Ok(document) => {
                 Metrics::inc(&metrics.twin_gets);
                 // Recorded as delivered by the adapter once the answer is on the wire.
@@ -60,6 +65,9 @@ pub async fn serve(
             match smol::unblock(move || twins.patch_reported(&twin_id, &payload)).await {
                 Ok(version) => {
                     Metrics::inc(&metrics.twin_reported_patches);
+                    if let Some(cloud) = broker.cloud() {
+                        cloud.twin_used(&id, true);
+                    }
                     Served {
                         answer: rid.and_then(|rid| answer(204, rid, Some(version), Bytes::new(), None)),
                         note: None,

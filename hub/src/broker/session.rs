@@ -103,6 +103,20 @@ pub enum Control {
     DesiredChanged,
     /// A direct method call.
     MethodRequest { name: String, rid: String, payload: Bytes },
+    /// A cloud-to-device message for a leaf device: `bag` is its property bag as IoT Hub
+    /// sent it; `done` is called once the device acknowledged it (then it is completed in
+    /// the cloud). Sent at least once: a message not acknowledged is redelivered by the cloud.
+    DeviceBound { bag: String, payload: Bytes, done: Completion },
+}
+
+/// Called once when a delivery is settled by the client.
+#[derive(Clone)]
+pub struct Completion(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Completion")
+    }
 }
 
 /// Items on a control lane: a client's own requests wait for room (it is the one that drains

@@ -272,6 +272,8 @@ struct Session {
     session_present: bool,
     clean: bool,
     peer: String,
+    /// The cloud side, told of subscription changes and the disconnect.
+    cloud: Option<Arc<dyn crate::broker::CloudHooks>>,
 }
 
 impl Session {
@@ -317,6 +319,11 @@ impl Session {
         };
         // A new owner: pumps restart from the checkpoints for this connection.
         slot.bump();
+        // A persistent session keeps its subscriptions: the cloud side hears of them again.
+        let kept = slot.state().subscriptions;
+        if let (Some(cloud), true) = (broker.cloud(), kept != Subscriptions::default()) {
+            cloud.subscriptions(&auth.identity.client_id(), kept);
+        }
         log::info!("{peer}: {} connected (clean session: {clean}, keep-alive {} s)", auth.identity, connect.keep_alive);
         Session {
             identity: auth.identity,
@@ -328,6 +335,7 @@ impl Session {
             session_present,
             clean,
             peer,
+            cloud: broker.cloud(),
         }
     }
 
@@ -413,6 +421,9 @@ impl Session {
         };
         if released {
             self.slot.bump();
+            if let Some(cloud) = &self.cloud {
+                cloud.disconnected(&self.identity.client_id());
+            }
         }
         self.done.fire();
     }
@@ -600,7 +611,7 @@ impl Session {
     /// concerned). A new desired-patch subscription gets the one patch that brings the client
     /// up to date, whether or not it ever did a GET (edgeHub needs a GET first, #2757).
     fn set_subscriptions(&self, kinds: &[SubscriptionKind], on: bool) {
-        {
+        let subscriptions = {
             let mut state = self.slot.state();
             for kind in kinds {
                 let flag = match kind {
@@ -611,6 +622,15 @@ impl Session {
                     SubscriptionKind::ModuleInputs => continue,
                 };
                 *flag = on;
+            }
+            state.subscriptions
+        };
+        // Outside the slot's lock: the cloud side takes its own.
+        if let Some(cloud) = &self.cloud {
+            let id = self.identity.client_id();
+            cloud.subscriptions(&id, subscriptions);
+            if on && kinds.contains(&SubscriptionKind::DesiredPatches) {
+                cloud.twin_used(&id, false);
             }
         }
         if on && kinds.contains(&SubscriptionKind::DesiredPatches) {

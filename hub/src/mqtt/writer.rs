@@ -185,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     break;
                 }
                 if let Some(control) = self.slot.control.try_pop() {
-                    self.send_control(control);
+                    self.send_control(control, &mut inflight);
                     continue;
                 }
                 if !self.can_take(&inflight) {
@@ -238,7 +238,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Ctrl::Inputs(qos) => self.inputs = qos,
             },
             Event::Delivery(d) => self.send(d, inflight),
-            Event::Control(control) => self.send_control(control),
+            Event::Control(control) => self.send_control(control, inflight),
         }
         true
     }
@@ -264,7 +264,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Writes one control-lane item as a QoS 0 PUBLISH (as IoT Hub sends twin responses and
     /// method calls), if the client subscribed to its topic; counted and dropped otherwise.
-    fn send_control(&mut self, control: Control) {
+    fn send_control(&mut self, control: Control, inflight: &mut InFlight) {
         if matches!(control, Control::DesiredChanged) {
             // Before reading the subscriptions: a subscription made meanwhile queues a new
             // notice instead of finding this one still pending.
@@ -298,6 +298,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             Control::MethodRequest { name, rid, payload } => {
                 topic::method_request_topic_into(&name, &rid, &mut topic);
                 (subscriptions.methods, payload)
+            }
+            Control::DeviceBound { bag, payload, done } => {
+                if !subscriptions.device_bound {
+                    // Not completed: the cloud delivers it again once the device subscribes.
+                    Metrics::inc(&self.metrics.control_unsubscribed);
+                    return;
+                }
+                topic::device_bound_topic_into(&self.client_id, &bag, &mut topic);
+                let pkid = inflight.next_id();
+                codec::put_publish(&mut self.out, &topic, QoS::AtLeastOnce, pkid, false, &payload);
+                inflight.sent_completion(pkid, done);
+                return;
             }
         };
         if !subscribed {

@@ -73,6 +73,7 @@ pub fn encode_twin(id: &str, twin: &Twin) -> Vec<u8> {
         "reportedVersion": twin.reported_version,
         "reported": Value::Object(Document::clone(&twin.reported)),
         "delivered": delivered,
+        "pendingUp": twin.pending_up.as_deref().map_or(Value::Null, |p| Value::Object(Document::clone(p))),
     });
     seal(&body)
 }
@@ -93,7 +94,13 @@ pub fn decode_twin(bytes: &[u8]) -> Result<(String, Twin), String> {
         Some(Value::Object(mut seen)) => Some(take_snapshot(&mut seen, desired_version, &desired)?),
         Some(_) => return Err("\"delivered\" is not an object".to_string()),
     };
-    let twin = Twin { desired, desired_version, reported, reported_version, delivered, previous: None };
+    // Absent in files written before the cloud side existed.
+    let pending_up = match fields.remove("pendingUp") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(pending)) if document_len(&pending) <= DOCUMENT_BYTES_MAX * 2 => Some(Arc::new(pending)),
+        Some(_) => return Err("\"pendingUp\" is not an object within the size limit".to_string()),
+    };
+    let twin = Twin { desired, desired_version, reported, reported_version, delivered, previous: None, pending_up };
     Ok((id, twin))
 }
 

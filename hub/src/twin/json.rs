@@ -63,6 +63,19 @@ pub fn merge_members(document: &mut Document, patch: &Document) {
     }
 }
 
+/// Merges patch into patch: like [`merge_members`], but a `null` member is kept (it still has
+/// to delete the key where the result is applied).
+pub fn merge_keeping_nulls(patch: &mut Document, later: &Document) {
+    for (key, value) in later {
+        match (patch.get_mut(key), value) {
+            (Some(Value::Object(earlier)), Value::Object(members)) => merge_keeping_nulls(earlier, members),
+            _ => {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// The merge patch that turns `old` into `new`: changed and added members (recursively into
 /// objects both sides have), `null` for removed ones; `{}` when they are equal. A non-object
 /// on either side gives `new` itself (a patch that replaces).

@@ -64,6 +64,7 @@ pub use self::load::{DamagedFile, TwinsReport, VersionsLoad};
 pub use self::validate::validate_reported_patch;
 
 use self::state::State;
+pub use self::state::CloudPatch;
 
 /// The twins of every identity the hub serves, and their files. Shared as `Arc<Twins>`.
 #[derive(Debug)]
@@ -132,6 +133,43 @@ impl Twins {
     /// than the current one or the one before it (a later patch records the client's state).
     pub fn mark_delivered(&self, id: &str, version: u64) -> Result<(), TwinError> {
         self.lock().mark_delivered(id, version)
+    }
+
+    /// Keeps every reported patch also as a change for the cloud (the upstream twin sync turns
+    /// this on); [`Twins::pending_up`] gives it, [`Twins::clear_pending_up`] ends it.
+    pub fn track_upstream(&self, on: bool) {
+        self.lock().track_upstream = on;
+    }
+
+    /// The reported changes of `id` the cloud has not acknowledged (one merged patch).
+    pub fn pending_up(&self, id: &str) -> Option<Value> {
+        self.lock().pending_up(id)
+    }
+
+    /// The cloud acknowledged `sent`; cleared unless more came meanwhile.
+    pub fn clear_pending_up(&self, id: &str, sent: &Value) -> Result<(), TwinError> {
+        self.lock().clear_pending_up(id, sent)
+    }
+
+    /// Identities whose reported changes wait for the cloud.
+    pub fn ids_with_pending_up(&self) -> Vec<String> {
+        self.lock().with_pending_up()
+    }
+
+    /// Takes the cloud's twin (a GET body): its desired properties and versions win; changes
+    /// not yet sent stay on top of its reported properties. `true` if the desired changed.
+    pub fn apply_cloud(&self, id: &str, body: &Value) -> Result<bool, TwinError> {
+        self.lock().apply_cloud(id, body)
+    }
+
+    /// Merges a desired patch the cloud pushed (see [`CloudPatch`]).
+    pub fn apply_cloud_patch(&self, id: &str, patch: &Value, version: u64) -> Result<CloudPatch, TwinError> {
+        self.lock().apply_cloud_patch(id, patch, version)
+    }
+
+    /// Whether `id` has a served twin.
+    pub fn serves(&self, id: &str) -> bool {
+        self.lock().served(id).is_ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

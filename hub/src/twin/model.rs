@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::json::{diff_members, merge_members, with_version, Document};
+use super::json::{diff_members, merge_members, merge_keeping_nulls, with_version, Document};
 use super::limits::VERSION_MAX;
 use super::validate::validate_document_size;
 
@@ -28,6 +28,9 @@ pub struct Twin {
     /// The desired document before the last change (memory only), so that a delivery of it
     /// marked after the change still records exactly what the client holds.
     pub previous: Option<Snapshot>,
+    /// Reported changes the cloud has not acknowledged yet, merged into one patch (`null`
+    /// members kept: they delete in the cloud); persisted, so a restart sends them too.
+    pub pending_up: Option<Arc<Document>>,
 }
 
 impl Twin {
@@ -41,6 +44,7 @@ impl Twin {
             reported_version: version,
             delivered: None,
             previous: None,
+            pending_up: None,
         }
     }
 
@@ -83,7 +87,7 @@ impl Twin {
     /// there is nothing to receive).
     pub fn pending(&self) -> Option<Value> {
         let patch = match &self.delivered {
-            Some(seen) if seen.version == self.desired_version => return None,
+            Some(seen) if seen.version == self.desired_version && *seen.desired == *self.desired => return None,
             Some(seen) => diff_members(&seen.desired, &self.desired),
             None if self.desired.is_empty() => return None,
             None => diff_members(&Map::new(), &self.desired),
@@ -94,7 +98,10 @@ impl Twin {
     /// The twin remembering that the client received desired version `version`, `None` if
     /// that changes nothing (an older or the same delivery, or a version no longer held).
     pub fn with_delivered(&self, version: u64) -> Option<Twin> {
-        if self.delivered.as_ref().is_some_and(|seen| seen.version >= version) {
+        // A version already recorded changes nothing, unless the cloud replaced the document
+        // under the same (or a lower) version number: then the current one is recorded.
+        let replaced = |seen: &Snapshot| version == self.desired_version && *seen.desired != *self.desired;
+        if self.delivered.as_ref().is_some_and(|seen| seen.version >= version && !replaced(seen)) {
             return None;
         }
         let snapshot = if version == self.desired_version {
@@ -103,6 +110,39 @@ impl Twin {
             self.previous.as_ref().filter(|previous| previous.version == version)?.clone()
         };
         Some(Twin { delivered: Some(snapshot), ..self.clone() })
+    }
+
+    /// The twin with `patch` (a validated reported patch) merged into the changes waiting for
+    /// the cloud, or `None` if they already hold it.
+    pub fn with_pending_up(&self, patch: &Document) -> Option<Twin> {
+        let mut pending = self.pending_up.as_deref().cloned().unwrap_or_default();
+        merge_keeping_nulls(&mut pending, patch);
+        if self.pending_up.as_deref() == Some(&pending) {
+            return None;
+        }
+        Some(Twin { pending_up: Some(Arc::new(pending)), ..self.clone() })
+    }
+
+    /// The twin as the cloud holds it: its desired document and version win, and its reported
+    /// properties with the changes not yet acknowledged merged on top (they are on their way).
+    pub fn with_cloud(&self, desired: Document, desired_version: u64, reported: Document, reported_version: u64) -> Twin {
+        let mut merged = reported;
+        if let Some(pending) = &self.pending_up {
+            merge_members(&mut merged, pending);
+        }
+        let previous = if desired == *self.desired && desired_version == self.desired_version {
+            self.previous.clone()
+        } else {
+            Some(Snapshot { version: self.desired_version, desired: Arc::clone(&self.desired) })
+        };
+        Twin {
+            desired: Arc::new(desired),
+            desired_version,
+            reported: Arc::new(merged),
+            reported_version,
+            previous,
+            ..self.clone()
+        }
     }
 
     /// The highest version this twin holds.

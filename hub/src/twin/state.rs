@@ -9,7 +9,10 @@ use serde_json::Value;
 use super::disk;
 use super::error::TwinError;
 use super::file::{encode_twin, encode_versions, file_stem, TWIN_SUFFIX, VERSIONS_FILE};
-use super::json::{document_from, kind, parse_patch};
+use std::sync::Arc;
+
+use super::json::{document_from, kind, merge_members, parse_patch, Document};
+use super::limits::VERSION_MAX;
 use super::limits::VERSION_LEASE;
 use super::model::Twin;
 use super::validate::{validate_desired, validate_reported_patch};
@@ -40,6 +43,19 @@ pub struct State {
     pub ceiling: u64,
     /// Counts `set_identities` calls, to retire twins oldest first.
     pub generation: u64,
+    /// Reported patches are also kept for the cloud (see [`Twin::pending_up`]).
+    pub track_upstream: bool,
+}
+
+/// What a desired patch from the cloud came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudPatch {
+    /// Merged: the next version after the local one.
+    Applied,
+    /// Already held (a repeat of the current version or an older one).
+    Stale,
+    /// A version was skipped (or the twin was never synced): a full GET must resync it.
+    Gap,
 }
 
 impl State {
@@ -61,14 +77,18 @@ impl State {
         let Value::Object(members) = &patch else {
             return Err(TwinError::Invalid(format!("reported patch must be a JSON object, got {}", kind(&patch))));
         };
-        match twin.with_reported_patch(id, members).map_err(TwinError::Invalid)? {
-            None => Ok(twin.reported_version),
-            Some(next) => {
-                let version = next.reported_version;
-                self.commit(id, next)?;
-                Ok(version)
-            }
+        let changed = twin.with_reported_patch(id, members).map_err(TwinError::Invalid)?;
+        let version = changed.as_ref().map_or(twin.reported_version, |next| next.reported_version);
+        let next = if self.track_upstream {
+            let base = changed.as_ref().unwrap_or(twin);
+            base.with_pending_up(members).or(changed)
+        } else {
+            changed
+        };
+        if let Some(next) = next {
+            self.commit(id, next)?;
         }
+        Ok(version)
     }
 
     pub fn set_desired(&mut self, id: &str, desired: &Value) -> Result<Option<Value>, TwinError> {
@@ -103,6 +123,88 @@ impl State {
                 Ok(())
             }
         }
+    }
+
+    /// Replaces the twin of `id` by the cloud's GET body (`{"desired":…,"reported":…}` with
+    /// `$version`s); returns whether the desired document or version changed.
+    pub fn apply_cloud(&mut self, id: &str, body: &Value) -> Result<bool, TwinError> {
+        let twin = self.served(id)?;
+        let section = |name: &str| -> Result<(Document, u64), TwinError> {
+            let Some(Value::Object(members)) = body.get(name) else {
+                return Err(TwinError::Invalid(format!("the cloud's twin of {id:?} has no {name} object")));
+            };
+            let version = members.get("$version").and_then(Value::as_u64).unwrap_or(0);
+            if !(1..=VERSION_MAX).contains(&version) {
+                return Err(TwinError::Invalid(format!("the cloud's twin of {id:?} has no valid {name} $version")));
+            }
+            let document = document_from(members);
+            validate_desired(&format!("the cloud's {name} properties of {id:?}"), &document)
+                .map_err(TwinError::Invalid)?;
+            Ok((document, version))
+        };
+        let (desired, desired_version) = section("desired")?;
+        let (reported, reported_version) = section("reported")?;
+        let desired_changed = *twin.desired != desired || twin.desired_version != desired_version;
+        let next = twin.with_cloud(desired, desired_version, reported, reported_version);
+        if desired_changed || next.reported != twin.reported || next.reported_version != twin.reported_version {
+            self.commit(id, next)?;
+        }
+        Ok(desired_changed)
+    }
+
+    /// Merges a desired patch the cloud pushed with `version`, if it is the next version.
+    pub fn apply_cloud_patch(&mut self, id: &str, patch: &Value, version: u64) -> Result<CloudPatch, TwinError> {
+        let twin = self.served(id)?;
+        if version <= twin.desired_version {
+            return Ok(CloudPatch::Stale);
+        }
+        if version != twin.desired_version + 1 || version > VERSION_MAX {
+            return Ok(CloudPatch::Gap);
+        }
+        let Value::Object(members) = patch else {
+            return Err(TwinError::Invalid(format!("a desired patch must be a JSON object, got {}", kind(patch))));
+        };
+        let mut desired = Document::clone(&twin.desired);
+        let members: Document =
+            members.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), v.clone())).collect();
+        merge_members(&mut desired, &members);
+        validate_desired(&format!("desired properties of {id:?}"), &desired).map_err(TwinError::Invalid)?;
+        let reported = Document::clone(&twin.reported);
+        let (reported_version, previous_pending) = (twin.reported_version, twin.pending_up.clone());
+        let mut next = twin.with_cloud(desired, version, reported, reported_version);
+        // `with_cloud` merged the pending changes into reported again: they are there already.
+        next.reported = Arc::clone(&twin.reported);
+        next.pending_up = previous_pending;
+        self.commit(id, next)?;
+        Ok(CloudPatch::Applied)
+    }
+
+    /// The reported changes waiting for the cloud.
+    pub fn pending_up(&self, id: &str) -> Option<Value> {
+        let twin = &self.twins.get(id)?.twin;
+        twin.pending_up.as_deref().map(|p| Value::Object(Document::clone(p)))
+    }
+
+    /// The cloud acknowledged `sent` (what [`State::pending_up`] gave): cleared unless more
+    /// changes came meanwhile (then the whole merged patch goes again: applying a value twice
+    /// is harmless).
+    pub fn clear_pending_up(&mut self, id: &str, sent: &Value) -> Result<(), TwinError> {
+        let Some(entry) = self.twins.get(id) else { return Ok(()) };
+        let twin = &entry.twin;
+        let same = match (twin.pending_up.as_deref(), sent) {
+            (Some(pending), Value::Object(sent)) => pending == sent,
+            _ => false,
+        };
+        if !same {
+            return Ok(());
+        }
+        let next = Twin { pending_up: None, ..twin.clone() };
+        self.commit(id, next)
+    }
+
+    /// Identities with reported changes waiting for the cloud.
+    pub fn with_pending_up(&self) -> Vec<String> {
+        self.twins.iter().filter(|(_, e)| e.twin.pending_up.is_some()).map(|(id, _)| id.clone()).collect()
     }
 
     /// Writes `twin` as the twin of `id`, then serves it.

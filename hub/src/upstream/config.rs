@@ -45,9 +45,11 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     /// The IoT Hub's host name, e.g. `myhub.azure-devices.net` (username and token audience).
     pub iothub_hostname: String,
-    /// The edge device's id: the MQTT client id.
+    /// The device the link connects as (the edge device, or a leaf device behind it).
     pub device_id: String,
-    /// The edge device's symmetric key (decoded): signs the SAS tokens.
+    /// The module of `device_id` the link connects as, if it is a module's link.
+    pub module_id: Option<String>,
+    /// That identity's symmetric key (decoded): signs the SAS tokens.
     pub device_key: Vec<u8>,
     /// MQTT keep-alive in seconds (default 60; at least 1, since 0 would turn liveness off).
     pub keep_alive_secs: u16,
@@ -74,6 +76,7 @@ impl UpstreamConfig {
             ca: None,
             iothub_hostname: iothub_hostname.into(),
             device_id: device_id.into(),
+            module_id: None,
             device_key,
             keep_alive_secs: DEFAULT_KEEP_ALIVE_SECS,
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
@@ -92,6 +95,9 @@ impl UpstreamConfig {
         }
         if let Err(reason) = identity::check_id(&self.device_id) {
             return bad("device_id", reason.to_owned());
+        }
+        if let Some(Err(reason)) = self.module_id.as_deref().map(identity::check_id) {
+            return bad("module_id", reason.to_owned());
         }
         if let Err(reason) = identity::check_key_length(&self.device_key) {
             return bad("device_key", reason);

@@ -86,9 +86,96 @@ pub trait Outbox: Send + Sync + 'static {
     fn resume_after(&self) -> u64;
 }
 
-/// Receives PUBLISHes from the cloud (C2D messages, twin updates): topic and payload. Runs on
-/// the link's task, so it must return quickly (e.g. `try_send` into a bounded channel).
-pub type OnMessage = dyn Fn(String, Bytes) + Send + Sync;
+/// One PUBLISH from the cloud.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Bytes,
+    /// QoS 1: the cloud waits for a PUBACK (see [`Ack`]).
+    pub qos1: bool,
+    pub pkid: u16,
+    /// The connection it came on (see [`Link::connection`]); a later PUBACK names it.
+    pub connection: u64,
+}
+
+/// When a QoS 1 PUBLISH from the cloud is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// At once (twin answers, desired patches, method calls: QoS 0 or 1, nothing to complete).
+    Now,
+    /// Later, through [`Link::puback`] (a C2D message is completed when the device
+    /// acknowledges it); if the connection ends first, the cloud delivers it again.
+    Later,
+}
+
+/// Receives PUBLISHes from the cloud. Runs on the link's task, so it must return quickly
+/// (e.g. `try_send` into a bounded channel, or spawn).
+pub type OnMessage = dyn Fn(Inbound) -> Ack + Send + Sync;
+
+/// Told the number of each new connection, once its CONNACK and subscriptions are written:
+/// the place to send what must follow every reconnect (pending reported properties, a twin
+/// GET). Runs on the link's task: queue with [`Link::send`], do not wait.
+pub type OnConnected = dyn Fn(u64) + Send + Sync;
+
+/// A QoS 0 request or a deferred PUBACK waiting for the link's next write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Publish { topic: String, payload: Bytes },
+    PubAck { connection: u64, pkid: u16 },
+}
+
+/// Requests waiting for the connection (twin GETs and PATCHes, method answers, PUBACKs): a
+/// few per identity at a time; at the limit [`Link::send`] refuses and the caller retries.
+pub const OUTGOING_MAX: usize = 64;
+/// Filters one link may hold (IoT Hub allows a device few topics; an identity needs at most
+/// four: twin responses, desired patches, methods, C2D).
+pub const SUBSCRIPTIONS_MAX: usize = 8;
+
+/// The link's requests and subscriptions besides the outbox.
+#[derive(Debug, Default)]
+struct Extra {
+    outgoing: std::collections::VecDeque<Outgoing>,
+    /// Filters subscribed on every connection (QoS 1), in the order they were added.
+    subscriptions: Vec<String>,
+}
+
+/// The reconnect policy several links share, so a cloud outage is probed at one pace rather
+/// than by every identity's link on its own schedule: a failed attempt sets the time of the
+/// next one for all links that fail before it.
+#[derive(Debug)]
+pub struct Gate {
+    state: Mutex<(Backoff, Option<std::time::Instant>)>,
+}
+
+impl Gate {
+    pub fn new(min: Duration, max: Duration) -> Arc<Gate> {
+        Arc::new(Gate { state: Mutex::new((Backoff::new(min, max, XorShift64::from_clock()), None)) })
+    }
+
+    /// A connection failed: the wait before the next attempt (the one already set, if it lies
+    /// ahead, else a new delay). `stable`: the failed connection had been up long enough to
+    /// start the backoff again from its minimum.
+    fn failed(&self, stable: bool) -> Duration {
+        let mut state = lock(&self.state);
+        let now = std::time::Instant::now();
+        if stable {
+            state.0.reset();
+        }
+        match state.1 {
+            Some(at) if at > now && !stable => at - now,
+            _ => {
+                let delay = state.0.next_delay();
+                state.1 = Some(now + delay);
+                delay
+            }
+        }
+    }
+
+    /// A connection came up: the cloud is there.
+    fn succeeded(&self) {
+        lock(&self.state).1 = None;
+    }
+}
 
 /// A snapshot of the link's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,6 +209,11 @@ pub struct Link {
     tls: Option<(futures_rustls::TlsConnector, ServerName<'static>)>,
     outbox: Arc<dyn Outbox>,
     on_message: Mutex<Option<Arc<OnMessage>>>,
+    on_connected: Mutex<Option<Arc<OnConnected>>>,
+    extra: Mutex<Extra>,
+    /// Notified when a request or a subscription is added.
+    wake: event_listener::Event,
+    gate: Mutex<Arc<Gate>>,
     status: Mutex<StatusCell>,
 }
 
@@ -136,26 +228,123 @@ impl Link {
         } else {
             None
         };
-        Ok(Arc::new(Link {
+        Ok(Link::with_tls(config, target, tls, outbox))
+    }
+
+    /// A link reusing an already loaded TLS setup (one per cloud, shared by every identity's
+    /// link, instead of parsing the roots again per link).
+    pub fn with_tls(
+        config: UpstreamConfig,
+        target: Target,
+        tls: Option<(futures_rustls::TlsConnector, ServerName<'static>)>,
+        outbox: Arc<dyn Outbox>,
+    ) -> Arc<Link> {
+        let gate = Gate::new(config.backoff_min, config.backoff_max);
+        Arc::new(Link {
             config,
             target,
             tls,
             outbox,
             on_message: Mutex::new(None),
+            on_connected: Mutex::new(None),
+            extra: Mutex::new(Extra::default()),
+            wake: event_listener::Event::new(),
+            gate: Mutex::new(gate),
             status: Mutex::new(StatusCell::default()),
-        }))
+        })
     }
 
-    /// Hands inbound PUBLISHes to `callback` (see [`OnMessage`]) and subscribes to
-    /// [`inbound_subscriptions`]. Takes effect from the next connection, so set it before
-    /// spawning [`Link::run`]. Without a callback the link subscribes to nothing.
-    pub fn set_on_message(&self, callback: Box<OnMessage>) {
-        *lock(&self.on_message) = Some(Arc::from(callback));
+    /// Hands inbound PUBLISHes to `callback` (acknowledged at once) and subscribes to
+    /// [`inbound_subscriptions`] of the edge device — the single-connection mode's inbound
+    /// side. Takes effect from the next connection, so set it before spawning [`Link::run`].
+    pub fn set_on_message(&self, callback: Box<dyn Fn(String, Bytes) + Send + Sync>) {
+        *lock(&self.on_message) = Some(Arc::new(move |inbound: Inbound| {
+            callback(inbound.topic, inbound.payload);
+            Ack::Now
+        }));
+        for filter in inbound_subscriptions(&self.config.device_id) {
+            self.subscribe(&filter);
+        }
+    }
+
+    /// Hands inbound PUBLISHes to `callback`, which decides when each is acknowledged.
+    pub fn on_inbound(&self, callback: Arc<OnMessage>) {
+        *lock(&self.on_message) = Some(callback);
+    }
+
+    /// Calls `callback` after every connection is made (see [`OnConnected`]).
+    pub fn on_connected(&self, callback: Arc<OnConnected>) {
+        *lock(&self.on_connected) = Some(callback);
+    }
+
+    /// Makes the link share `gate` (one reconnect policy for several links).
+    pub fn share_gate(&self, gate: Arc<Gate>) {
+        *lock(&self.gate) = gate;
+    }
+
+    /// Subscribes to `filter` (QoS 1) now if connected and on every later connection. A filter
+    /// held already changes nothing; beyond [`SUBSCRIPTIONS_MAX`] it is refused.
+    pub fn subscribe(&self, filter: &str) -> bool {
+        let mut extra = lock(&self.extra);
+        if extra.subscriptions.iter().any(|f| f == filter) {
+            return true;
+        }
+        if extra.subscriptions.len() >= SUBSCRIPTIONS_MAX {
+            return false;
+        }
+        extra.subscriptions.push(filter.to_owned());
+        drop(extra);
+        self.wake.notify(usize::MAX);
+        true
+    }
+
+    /// Whether the link holds any subscription (it is then kept open while idle).
+    pub fn has_subscriptions(&self) -> bool {
+        !lock(&self.extra).subscriptions.is_empty()
+    }
+
+    /// Queues a QoS 0 PUBLISH for the current connection (requests queued while disconnected
+    /// are dropped when the next connection starts: its [`OnConnected`] sends what is due).
+    /// `false` when [`OUTGOING_MAX`] requests wait already.
+    pub fn send(&self, topic: String, payload: Bytes) -> bool {
+        self.push_outgoing(Outgoing::Publish { topic, payload })
+    }
+
+    /// Acknowledges an inbound PUBLISH that was answered [`Ack::Later`]; ignored if its
+    /// connection has ended (the cloud then delivers it again).
+    pub fn puback(&self, connection: u64, pkid: u16) {
+        if connection == self.connection() {
+            self.push_outgoing(Outgoing::PubAck { connection, pkid });
+        }
+    }
+
+    fn push_outgoing(&self, item: Outgoing) -> bool {
+        let mut extra = lock(&self.extra);
+        if extra.outgoing.len() >= OUTGOING_MAX {
+            return false;
+        }
+        extra.outgoing.push_back(item);
+        drop(extra);
+        self.wake.notify(usize::MAX);
+        true
+    }
+
+    /// The number of the current (or last) connection: 1 for the first.
+    pub fn connection(&self) -> u64 {
+        lock(&self.status).connects
     }
 
     /// Where the link connects.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The identity the link connects as: `d` or `d/m`.
+    pub fn client_id(&self) -> String {
+        match &self.config.module_id {
+            Some(module) => format!("{}/{module}", self.config.device_id),
+            None => self.config.device_id.clone(),
+        }
     }
 
     /// A snapshot of the connection state and counters (one short mutex hold).
@@ -168,25 +357,30 @@ impl Link {
     pub async fn run(self: Arc<Self>) {
         let mut pipeline =
             Pipeline { window: Window::new(self.config.window), fetched_through: self.outbox.resume_after() };
-        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max, XorShift64::from_clock());
         let mut last_reason: Option<String> = None;
         loop {
             match session::run(&self, &mut pipeline).await {
                 Ok(Ended::Renewal) => {
-                    log::info!("upstream renewing its SAS token: reconnecting to {}", self.target);
+                    log::info!("upstream {} renewing its SAS token: reconnecting to {}", self.client_id(), self.target);
                     self.mark_disconnected(None);
                 }
                 Err(failure) => {
-                    if failure.connected_for.is_some_and(|up| up >= STABLE_SESSION) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
+                    let gate = lock(&self.gate).clone();
+                    let delay = gate.failed(failure.connected_for.is_some_and(|up| up >= STABLE_SESSION));
                     let reason = failure.error.to_string();
                     // Log changes at warn; the same failure again (a long outage) at debug.
                     if failure.connected_for.is_some() || last_reason.as_deref() != Some(reason.as_str()) {
-                        log::warn!("upstream lost: {reason}; retrying in {:.1} s", delay.as_secs_f64());
+                        log::warn!(
+                            "upstream {} lost: {reason}; retrying in {:.1} s",
+                            self.client_id(),
+                            delay.as_secs_f64()
+                        );
                     } else {
-                        log::debug!("upstream still down: {reason}; retrying in {:.1} s", delay.as_secs_f64());
+                        log::debug!(
+                            "upstream {} still down: {reason}; retrying in {:.1} s",
+                            self.client_id(),
+                            delay.as_secs_f64()
+                        );
                     }
                     self.mark_disconnected(Some(reason.clone()));
                     last_reason = Some(reason);
@@ -200,8 +394,30 @@ impl Link {
         lock(&self.on_message).clone()
     }
 
+    fn connected_callback(&self) -> Option<Arc<OnConnected>> {
+        lock(&self.on_connected).clone()
+    }
+
+    /// Every filter held (subscribed on a new connection).
+    fn subscriptions(&self) -> Vec<String> {
+        lock(&self.extra).subscriptions.clone()
+    }
+
+    /// Filters added after the first `known` ones.
+    fn subscriptions_after(&self, known: usize) -> Vec<String> {
+        lock(&self.extra).subscriptions.iter().skip(known).cloned().collect()
+    }
+
+    fn take_outgoing(&self) -> std::collections::VecDeque<Outgoing> {
+        std::mem::take(&mut lock(&self.extra).outgoing)
+    }
+
     fn mark_connected(&self) {
-        log::info!("upstream connected to {}", self.target);
+        log::info!("upstream {} connected to {}", self.client_id(), self.target);
+        lock(&self.gate).succeeded();
+        // Requests made for an earlier connection: what is still due is sent again by the
+        // connection callback.
+        lock(&self.extra).outgoing.clear();
         let mut cell = lock(&self.status);
         cell.connects += 1;
         cell.status.reconnects = cell.connects - 1;
@@ -237,14 +453,15 @@ impl Link {
     }
 }
 
-/// The topics the link subscribes to when it has an inbound callback: cloud-to-device
-/// messages, desired-property patches and twin responses of the edge device. Direct methods
-/// are left out: subscribing without answering would turn "device offline" into a timeout.
+/// The topics the single-connection link subscribes to when it has an inbound callback:
+/// cloud-to-device messages, desired-property patches and twin responses of the edge device.
+/// Direct methods are left out: subscribing without answering would turn "device offline"
+/// into a timeout.
 pub fn inbound_subscriptions(device_id: &str) -> [String; 3] {
     [
-        format!("devices/{device_id}/messages/devicebound/#"),
-        "$iothub/twin/PATCH/properties/desired/#".to_owned(),
-        "$iothub/twin/res/#".to_owned(),
+        crate::topic::device_bound_filter(device_id),
+        crate::topic::DESIRED_PATCH_FILTER.to_owned(),
+        crate::topic::TWIN_RESPONSE_FILTER.to_owned(),
     ]
 }
 

@@ -74,6 +74,7 @@ pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, F
     let credentials = token::credentials(
         &link.config.iothub_hostname,
         &link.config.device_id,
+        link.config.module_id.as_deref(),
         &link.config.device_key,
         unix_now(),
         link.config.token_ttl_secs,
@@ -92,6 +93,10 @@ pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, F
         smol::future::or(connecting, timeout).await.map_err(|error| Failure { error, connected_for: None })?;
     drop(credentials);
     link.mark_connected();
+    connection.subscribe(&link.subscriptions());
+    if let Some(callback) = link.connected_callback() {
+        callback(link.connection());
+    }
     let connected_at = Instant::now();
     let result = connection.serve(link, pipeline, on_message.as_deref(), connected_at).await;
     result.map_err(|error| Failure { error, connected_for: Some(connected_at.elapsed()) })
@@ -130,6 +135,10 @@ struct Connection {
     chunk: Box<[u8]>,
     last_received: Instant,
     last_sent: Instant,
+    /// Filters subscribed (or asked for) on this connection.
+    subscribed: usize,
+    /// A SUBSCRIBE waits for its SUBACK (only one at a time: they share one packet id).
+    suback_pending: bool,
 }
 
 /// What ended a wait.
@@ -137,6 +146,7 @@ enum Wake {
     Read(io::Result<usize>),
     Deadline,
     MoreMessages,
+    Requests,
 }
 
 impl Connection {
@@ -149,6 +159,8 @@ impl Connection {
             chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             last_received: now,
             last_sent: now,
+            subscribed: 0,
+            suback_pending: false,
         }
     }
 
@@ -173,15 +185,43 @@ impl Connection {
         }
     }
 
-    /// Subscribes to the cloud-to-device topics (only when someone takes inbound messages).
-    fn subscribe(&mut self, device_id: &str) {
+    /// Subscribes to `filters` (QoS 1) in one SUBSCRIBE, unless one waits for its SUBACK.
+    fn subscribe(&mut self, filters: &[String]) {
+        if filters.is_empty() || self.suback_pending {
+            return;
+        }
         let mut subscribe = Subscribe::empty_subscribe();
         subscribe.pkid = SUBSCRIBE_PKID;
-        for topic in super::inbound_subscriptions(device_id) {
-            subscribe.add(topic, QoS::AtLeastOnce);
+        for filter in filters {
+            subscribe.add(filter.clone(), QoS::AtLeastOnce);
         }
         // Encoding a SUBSCRIBE with a non-zero id and short topics cannot fail.
         let _ = subscribe.write(&mut self.wbuf);
+        self.subscribed += filters.len();
+        self.suback_pending = true;
+    }
+
+    /// Writes the requests queued on the link, and SUBSCRIBEs filters added meanwhile.
+    fn write_requests(&mut self, link: &Link) {
+        for item in link.take_outgoing() {
+            match item {
+                super::Outgoing::Publish { topic, payload } => {
+                    let publish = Publish::from_bytes(topic.as_str(), QoS::AtMostOnce, payload);
+                    if publish.write(&mut self.wbuf).is_err() {
+                        log::warn!("upstream {}: a request on {topic:?} could not be encoded", link.client_id());
+                    }
+                }
+                super::Outgoing::PubAck { connection, pkid } => {
+                    if connection == link.connection() {
+                        let _ = PubAck::new(pkid).write(&mut self.wbuf);
+                    }
+                }
+            }
+        }
+        if !self.suback_pending {
+            let added = link.subscriptions_after(self.subscribed);
+            self.subscribe(&added);
+        }
     }
 
     /// The connected loop; returns only when the session ends.
@@ -192,9 +232,6 @@ impl Connection {
         on_message: Option<&OnMessage>,
         connected_at: Instant,
     ) -> Result<Ended, LinkError> {
-        if on_message.is_some() {
-            self.subscribe(&link.config.device_id);
-        }
         let keep_alive = Duration::from_secs(u64::from(link.config.keep_alive_secs));
         let dead_after = keep_alive * 3 / 2;
         let renew_at = connected_at + token::renewal_delay(link.config.token_ttl_secs);
@@ -202,6 +239,9 @@ impl Connection {
         // The last seq written on this connection; `None` resends the whole window first.
         let mut written: Option<u64> = None;
         loop {
+            // Listening before looking: a request queued from now on wakes the wait below.
+            let requests = link.wake.listen();
+            self.write_requests(link);
             if drain_until.is_none() {
                 take_from_outbox(link, pipeline);
             }
@@ -241,7 +281,7 @@ impl Connection {
             let deadline =
                 (self.last_sent + keep_alive).min(self.last_received + dead_after).min(drain_until.unwrap_or(renew_at));
             let take_more = drain_until.is_none() && pipeline.window.room() > 0;
-            match self.wait(link, pipeline.fetched_through, deadline, take_more).await {
+            match self.wait(link, pipeline.fetched_through, deadline, take_more, requests).await {
                 Wake::Read(Ok(0)) => return Err(LinkError::Closed),
                 Wake::Read(Ok(n)) => {
                     self.received(n);
@@ -253,13 +293,20 @@ impl Connection {
                     }
                 }
                 Wake::Read(Err(error)) => return Err(LinkError::Io(error)),
-                Wake::Deadline | Wake::MoreMessages => {}
+                Wake::Deadline | Wake::MoreMessages | Wake::Requests => {}
             }
         }
     }
 
     /// Waits for bytes from the hub, the deadline, or (when `take_more`) new messages.
-    async fn wait(&mut self, link: &Link, after: u64, deadline: Instant, take_more: bool) -> Wake {
+    async fn wait(
+        &mut self,
+        link: &Link,
+        after: u64,
+        deadline: Instant,
+        take_more: bool,
+        requests: event_listener::EventListener,
+    ) -> Wake {
         let read = async { Wake::Read(self.stream.read(&mut self.chunk).await) };
         let timer = async {
             smol::Timer::at(deadline).await;
@@ -273,8 +320,12 @@ impl Connection {
                 std::future::pending::<Wake>().await
             }
         };
+        let requests = async {
+            requests.await;
+            Wake::Requests
+        };
         // `or` polls its first future first: acknowledgements are handled before new sends.
-        smol::future::or(read, smol::future::or(timer, more)).await
+        smol::future::or(read, smol::future::or(timer, smol::future::or(requests, more))).await
     }
 
     fn received(&mut self, n: usize) {
@@ -326,20 +377,31 @@ impl Connection {
                 if publish.qos == QoS::ExactlyOnce {
                     return Err(LinkError::Protocol("a QoS 2 PUBLISH (IoT Hub uses QoS 0 and 1 only)".into()));
                 }
+                let qos1 = publish.qos == QoS::AtLeastOnce;
                 let pkid = publish.pkid;
-                let qos = publish.qos;
-                match on_message {
-                    Some(callback) => callback(publish.topic, publish.payload),
-                    None => log::debug!("upstream: no consumer for a message on {}", publish.topic),
-                }
-                if qos == QoS::AtLeastOnce {
+                let ack = match on_message {
+                    Some(callback) => callback(super::Inbound {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        qos1,
+                        pkid,
+                        connection: link.connection(),
+                    }),
+                    None => {
+                        log::debug!("upstream: no consumer for a message on {}", publish.topic);
+                        super::Ack::Now
+                    }
+                };
+                if qos1 && ack == super::Ack::Now {
                     let _ = PubAck::new(pkid).write(&mut self.wbuf);
                 }
             }
             Packet::SubAck(suback) => {
+                self.suback_pending = false;
                 if suback.return_codes.iter().any(|code| matches!(code, SubscribeReasonCode::Failure)) {
                     log::warn!(
-                        "upstream: the hub refused a cloud-to-device subscription; inbound messages may not arrive"
+                        "upstream {}: the hub refused a subscription; inbound messages may not arrive",
+                        link.client_id()
                     );
                 }
             }

@@ -42,24 +42,29 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Credentials of device `device_id` on hub `iothub_hostname`, with a token signed by the
-/// device key that is valid from `now_unix` for `ttl_secs`.
+/// Credentials of device `device_id` (or its module `module_id`) on hub `iothub_hostname`,
+/// with a token signed by that identity's key that is valid from `now_unix` for `ttl_secs`.
 ///
-/// Client id `{device}`, username `{hub}/{device}/?api-version=…`, token resource
-/// `{hub}/devices/{device}` — the form edgeHub itself uses for its upstream connection.
+/// Client id `{device}[/{module}]`, username `{hub}/{device}[/{module}]/?api-version=…`,
+/// token resource `{hub}/devices/{device}[/modules/{module}]` — IoT Hub's MQTT form.
 pub fn credentials(
     iothub_hostname: &str,
     device_id: &str,
-    device_key: &[u8],
+    module_id: Option<&str>,
+    key: &[u8],
     now_unix: u64,
     ttl_secs: u64,
 ) -> Credentials {
     let expires_unix = now_unix.saturating_add(ttl_secs);
-    let resource = identity::sas_resource(iothub_hostname, device_id, None);
+    let resource = identity::sas_resource(iothub_hostname, device_id, module_id);
+    let client_id = match module_id {
+        Some(module) => format!("{device_id}/{module}"),
+        None => device_id.to_owned(),
+    };
     Credentials {
-        client_id: device_id.to_owned(),
-        username: format!("{iothub_hostname}/{device_id}/?api-version={API_VERSION}"),
-        password: sas::generate(&resource, device_key, expires_unix),
+        username: format!("{iothub_hostname}/{client_id}/?api-version={API_VERSION}"),
+        client_id,
+        password: sas::generate(&resource, key, expires_unix),
         expires_unix,
     }
 }
@@ -95,7 +100,7 @@ mod tests {
     #[test]
     fn credentials_are_the_iot_hub_device_ones_and_the_token_verifies() {
         let key = [7u8; 32];
-        let c = credentials("myhub.azure-devices.net", "gw-1", &key, 1_000, 3600);
+        let c = credentials("myhub.azure-devices.net", "gw-1", None, &key, 1_000, 3600);
         assert_eq!(c.client_id, "gw-1");
         assert_eq!(c.username, "myhub.azure-devices.net/gw-1/?api-version=2021-04-12");
         assert_eq!(c.expires_unix, 4_600);
@@ -108,8 +113,16 @@ mod tests {
     }
 
     #[test]
+    fn module_credentials_name_the_module_everywhere() {
+        let c = credentials("h.net", "gw", Some("$edgeHub"), &[1u8; 32], 0, 60);
+        assert_eq!(c.client_id, "gw/$edgeHub");
+        assert_eq!(c.username, "h.net/gw/$edgeHub/?api-version=2021-04-12");
+        assert_eq!(sas::parse(&c.password).expect("token").resource, "h.net/devices/gw/modules/$edgeHub");
+    }
+
+    #[test]
     fn debug_output_hides_the_token() {
-        let c = credentials("h", "d", b"k", 0, 60);
+        let c = credentials("h", "d", None, b"k", 0, 60);
         let shown = format!("{c:?}");
         assert!(!shown.contains("SharedAccessSignature"), "{shown}");
     }

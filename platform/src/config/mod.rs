@@ -243,11 +243,25 @@ pub struct UpstreamSettings {
     pub url: String,
     /// Extra CA certificate(s) to trust besides the system roots.
     pub ca: Option<PathBuf>,
-    /// Only `"iothub"`: IoT Hub topics and SAS authentication.
+    /// `"iothub"` (default): one connection per identity, IoT Hub's device contract (twins,
+    /// methods, C2D); `"mqtt"`: one connection as the edge device, telemetry only (plain
+    /// MQTT brokers).
     pub protocol: String,
     /// Longest wait between reconnect attempts (exponential backoff from 1 s, with jitter).
     pub backoff_max_secs: u64,
+    /// `"iothub"`: most identity connections open at once.
+    pub max_connections: usize,
+    /// `"iothub"`: an identity's connection without subscriptions is closed after this long
+    /// without traffic.
+    pub idle_timeout_secs: u64,
 }
+
+/// edgeHub's `MaxConnectedClients` (100) plus its own connection.
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 101;
+/// The most upstream connections a configuration may ask for.
+pub const UPSTREAM_MAX_CONNECTIONS_LIMIT: usize = 10_000;
+/// edgeHub's `CloudConnectionIdleTimeoutSecs`.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 3600;
 
 /// IoT Edge retries the cloud with exponential backoff up to 60 s.
 pub const DEFAULT_UPSTREAM_BACKOFF_MAX_SECS: u64 = 60;

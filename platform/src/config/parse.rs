@@ -41,7 +41,7 @@ const AGENT_KEYS: &[&str] = &[
     "workload_uri",
 ];
 const STORE_KEYS: &[&str] = &["dir", "max_bytes", "fsync", "fsync_interval_ms", "when_full"];
-const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol", "backoff_max_secs"];
+const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol", "backoff_max_secs", "max_connections", "idle_timeout_secs"];
 /// Longest reconnect backoff allowed: an hour offline after the link comes back is already
 /// more than any gateway wants.
 const BACKOFF_MAX_SECS_LIMIT: usize = 3600;
@@ -390,10 +390,20 @@ fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<Upstre
         .count("backoff_max_secs", 1, BACKOFF_MAX_SECS_LIMIT)?
         .map_or(DEFAULT_UPSTREAM_BACKOFF_MAX_SECS, |v| v as u64);
     let protocol = section.string("protocol")?.unwrap_or_else(|| "iothub".to_owned());
-    if protocol != "iothub" {
-        return Err(ConfigError::BadChoice { key: section.key("protocol"), value: protocol, expected: "\"iothub\"" });
+    if protocol != "iothub" && protocol != "mqtt" {
+        return Err(ConfigError::BadChoice {
+            key: section.key("protocol"),
+            value: protocol,
+            expected: "\"iothub\" or \"mqtt\"",
+        });
     }
-    Ok(Some(UpstreamSettings { url, ca, protocol, backoff_max_secs }))
+    let max_connections = section
+        .count("max_connections", 1, UPSTREAM_MAX_CONNECTIONS_LIMIT)?
+        .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |v| v as usize);
+    let idle_timeout_secs = section
+        .count("idle_timeout_secs", 1, 7 * 86_400)?
+        .map_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS, |v| v as u64);
+    Ok(Some(UpstreamSettings { url, ca, protocol, backoff_max_secs, max_connections, idle_timeout_secs }))
 }
 
 /// `mqtt://host:port` or `mqtts://host:port` (port optional: 1883 / 8883).
