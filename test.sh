@@ -38,6 +38,14 @@ if [ ! -d "$PYPROM/prometheus_client" ]; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$PYPROM" "prometheus-client==0.21.1"
 fi
 export TINYEDGE_PYPROM="$PYPROM"
+# amqtt (a third-party asyncio MQTT broker library) carries the scripted IoT Hub, tests/cloud/iothub.py.
+PYCLOUD="${TINYEDGE_PYCLOUD:-$PWD/target/pycloud}"
+if [ ! -d "$PYCLOUD/amqtt" ]; then
+    echo "test.sh: installing amqtt into $PYCLOUD"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYCLOUD" "amqtt==0.12.1" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$PYCLOUD" "amqtt==0.12.1"
+fi
+export TINYEDGE_PYCLOUD="$PYCLOUD"
 
 # One target directory for everything; tests run the real binary built here.
 cargo test --workspace --all-targets "$@"

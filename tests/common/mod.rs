@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod containers;
+pub mod iothub;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
