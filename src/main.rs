@@ -4,6 +4,7 @@
 #[cfg(feature = "agent")]
 mod agent;
 mod cloud;
+mod cloud_deploy;
 mod deploy;
 mod failure;
 mod metrics;

@@ -40,8 +40,12 @@ pub fn twin_plan(config: &Config, deployment: Option<&Deployment>) -> (Vec<Strin
     let mut identities = vec![device.clone(), format!("{device}/$edgeAgent"), format!("{device}/$edgeHub")];
     identities.extend(modules.iter().map(|module| format!("{device}/{}", module.name)));
     identities.extend(config.devices.iter().map(|leaf| leaf.id.clone()));
+    // With the cloud's twins (`[upstream] protocol = "iothub"`), a module's desired properties
+    // come from its twin in the cloud; a deployment only sets those it states.
+    let cloud_twins = config.upstream.as_ref().is_some_and(|u| u.protocol == "iothub");
     let desired = modules
         .iter()
+        .filter(|module| !cloud_twins || deployment.is_some_and(|d| d.module_twins.iter().any(|(n, _)| *n == module.name)))
         .map(|module| {
             let twin = deployment
                 .and_then(|d| d.module_twins.iter().find(|(name, _)| *name == module.name))

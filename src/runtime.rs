@@ -176,6 +176,28 @@ async fn status_loop(
     }
 }
 
+/// On SIGTERM or SIGINT: reports 406 "Agent is not running" to the cloud (bounded wait), then
+/// exits, as edgeAgent does on shutdown.
+fn stop_on_signal(deployments: Arc<crate::cloud_deploy::CloudDeploy>) {
+    use async_signal::{Signal, Signals};
+    use smol::stream::StreamExt as _;
+    let mut signals = match Signals::new([Signal::Term, Signal::Int]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::warn!("cannot watch SIGTERM ({e}): the shutdown status is not reported");
+            return;
+        }
+    };
+    smol::spawn(async move {
+        if let Some(Ok(signal)) = signals.next().await {
+            log::info!("{signal:?}: reporting the shutdown to the cloud, then exiting");
+            smol::unblock(move || deployments.shutdown()).await;
+            std::process::exit(0);
+        }
+    })
+    .detach();
+}
+
 /// `tinyedge run`.
 pub fn run(config: Config) -> Result<(), Failure> {
     logger::init(config.log_level);
@@ -222,6 +244,18 @@ pub fn run(config: Config) -> Result<(), Failure> {
         link_for_metrics.as_ref(),
         agent.as_ref().ok().map(|a: &crate::mgmt::AgentApi| a.modules.clone()),
     )?;
+    if let Some(cloud) = link_for_metrics.as_ref().and_then(crate::cloud::Upstream::cloud) {
+        let deployer = crate::cloud_deploy::deployer(agent.as_ref().ok(), &hub);
+        let reporter = agent.as_ref().ok().map(|a| {
+            let modules = a.modules.clone();
+            let reporter: crate::cloud_deploy::Reporter =
+                Arc::new(move || serde_json::from_slice(&modules().body).unwrap_or(serde_json::Value::Null));
+            reporter
+        });
+        let deployments =
+            crate::cloud_deploy::CloudDeploy::start(cloud, broker.clone(), &config.device_id, deployer, reporter);
+        stop_on_signal(deployments);
+    }
     let socket = crate::mgmt::start(crate::mgmt::Management {
         twins: Some(crate::mgmt::twin_reader(&broker)),
         invoker: broker.method_invoker(),

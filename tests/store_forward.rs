@@ -15,9 +15,33 @@ use mqttbytes::QoS;
 const UP_ROUTE: (&str, &str) = ("up", "FROM /messages/* INTO $upstream");
 
 /// `[store]` and `[upstream]` pointing at `cloud`, with a short reconnect backoff for tests.
-fn cloud_config(cloud: &Cloud, store: &str) -> String {
-    format!("[store]\n{store}\n[upstream]\nurl = \"mqtt://127.0.0.1:{}\"\nbackoff_max_secs = 1\n", cloud.port)
+thread_local! {
+    /// The `[upstream] protocol` the current test runs with: every test here runs in both.
+    static PROTOCOL: std::cell::Cell<&'static str> = const { std::cell::Cell::new("iothub") };
 }
+
+fn cloud_config(cloud: &Cloud, store: &str) -> String {
+    let protocol = PROTOCOL.with(std::cell::Cell::get);
+    format!(
+        "[store]\n{store}\n[upstream]\nurl = \"mqtt://127.0.0.1:{}\"\nbackoff_max_secs = 1\nprotocol = \"{protocol}\"\n",
+        cloud.port
+    )
+}
+
+/// Each store-and-forward test twice: with one upstream connection per identity (`iothub`,
+/// the default) and with the single edge-device connection (`mqtt`).
+macro_rules! in_both_upstream_modes {
+    ($($name:ident),* $(,)?) => {
+        mod per_identity {
+            $(#[test] fn $name() { super::PROTOCOL.with(|p| p.set("iothub")); super::$name() })*
+        }
+        mod single_connection {
+            $(#[test] fn $name() { super::PROTOCOL.with(|p| p.set("mqtt")); super::$name() })*
+        }
+    };
+}
+
+in_both_upstream_modes!(messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properties, every_acknowledged_message_survives_a_sigkill_and_arrives_upstream, store_stays_within_max_bytes_and_reports_drops, expired_messages_are_not_sent, queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects, corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported, higher_priority_routes_drain_first_without_starving_the_others);
 
 fn sender_topic(bag: &str) -> String {
     format!("devices/{DEVICE}/modules/sender/messages/events/{bag}")
@@ -47,7 +71,6 @@ fn payloads(lines: &[String]) -> Vec<String> {
     lines.iter().filter_map(|l| l.split_once(' ').map(|(_, p)| p.to_string())).collect()
 }
 
-#[test]
 fn messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properties() {
     let mut cloud = Cloud::new();
     cloud.start();
@@ -83,7 +106,6 @@ fn messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properti
     assert!(status.contains("upstream.connected true"), "{status}");
 }
 
-#[test]
 fn every_acknowledged_message_survives_a_sigkill_and_arrives_upstream() {
     let mut cloud = Cloud::new();
     cloud.start();
@@ -151,7 +173,6 @@ fn every_acknowledged_message_survives_a_sigkill_and_arrives_upstream() {
     }
 }
 
-#[test]
 fn store_stays_within_max_bytes_and_reports_drops() {
     // Everything goes to a module that never connects; the store must drop the oldest.
     let rt = Runtime::start(
@@ -190,7 +211,6 @@ fn store_stays_within_max_bytes_and_reports_drops() {
     assert!(rt.log().contains("drop"), "drops not logged:\n{}", rt.log());
 }
 
-#[test]
 fn expired_messages_are_not_sent() {
     let mut cloud = Cloud::new();
     cloud.start();
@@ -224,7 +244,6 @@ fn expired_messages_are_not_sent() {
     assert!(status.contains("store.expired_skipped 5"), "{status}");
 }
 
-#[test]
 fn queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects() {
     let mut rt = Runtime::start(
         &deployment(
@@ -260,7 +279,6 @@ fn queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects(
     assert!(lines.is_empty(), "delivered twice: {lines:?}");
 }
 
-#[test]
 fn corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported() {
     let mut rt = Runtime::start(
         &deployment(
@@ -306,7 +324,6 @@ fn corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported() {
         .success());
 }
 
-#[test]
 fn higher_priority_routes_drain_first_without_starving_the_others() {
     let mut cloud = Cloud::new();
     cloud.start();

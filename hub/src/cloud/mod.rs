@@ -190,7 +190,7 @@ impl Cloud {
                 None => RouteTo::Busy,
             })
         });
-        smol::spawn(dispatch.run(route)).detach();
+        smol::spawn(dispatch.run(route, cloud.gate.clone())).detach();
         for id in broker.twins.ids_with_pending_up() {
             cloud.want(&id, Interest { twin: true, ..Interest::default() });
         }

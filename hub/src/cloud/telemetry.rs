@@ -183,9 +183,12 @@ impl Dispatch {
         }
     }
 
-    /// Reads the queue forever, handing each message to its sender's link.
-    pub async fn run(self: Arc<Self>, route: Arc<Route>) {
+    /// Reads the queue forever, handing each message to its sender's link. Reads only while
+    /// the cloud is up (`gate`), as the single link does: messages stay in the store while it
+    /// is away, so their time to live and the routes' priorities still apply when it is back.
+    pub async fn run(self: Arc<Self>, route: Arc<Route>, gate: Arc<crate::upstream::Gate>) {
         loop {
+            gate.wait_up().await;
             let after = lock(&self.tracker).read_through;
             let batch = self.source.next_batch(after, READ_BATCH);
             if batch.is_empty() {

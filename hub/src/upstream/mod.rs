@@ -145,17 +145,47 @@ struct Extra {
 #[derive(Debug)]
 pub struct Gate {
     state: Mutex<(Backoff, Option<std::time::Instant>)>,
+    /// The last connection attempt of any link sharing the gate succeeded.
+    up: std::sync::atomic::AtomicBool,
+    changed: event_listener::Event,
 }
 
 impl Gate {
     pub fn new(min: Duration, max: Duration) -> Arc<Gate> {
-        Arc::new(Gate { state: Mutex::new((Backoff::new(min, max, XorShift64::from_clock()), None)) })
+        Arc::new(Gate {
+            state: Mutex::new((Backoff::new(min, max, XorShift64::from_clock()), None)),
+            up: std::sync::atomic::AtomicBool::new(false),
+            changed: event_listener::Event::new(),
+        })
+    }
+
+    /// Whether the cloud answered the last attempt (`false` before the first one).
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the cloud is up.
+    pub async fn wait_up(&self) {
+        loop {
+            let listener = self.changed.listen();
+            if self.is_up() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, std::sync::atomic::Ordering::AcqRel) != up {
+            self.changed.notify(usize::MAX);
+        }
     }
 
     /// A connection failed: the wait before the next attempt (the one already set, if it lies
     /// ahead, else a new delay). `stable`: the failed connection had been up long enough to
     /// start the backoff again from its minimum.
     fn failed(&self, stable: bool) -> Duration {
+        self.set_up(false);
         let mut state = lock(&self.state);
         let now = std::time::Instant::now();
         if stable {
@@ -174,6 +204,7 @@ impl Gate {
     /// A connection came up: the cloud is there.
     fn succeeded(&self) {
         lock(&self.state).1 = None;
+        self.set_up(true);
     }
 }
 
