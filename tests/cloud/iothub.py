@@ -39,6 +39,7 @@ import time
 import urllib.parse
 import uuid
 
+from amqtt.adapters import ReaderAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import ListenerType
 from amqtt.errors import AMQTTError
@@ -259,8 +260,9 @@ class C2DMessage:
 class Conn:
     """One authenticated MQTT connection (one identity)."""
 
-    def __init__(self, ident, session, handler, writer, username, clean):
+    def __init__(self, ident, session, handler, writer, username, clean, keep_alive):
         self.ident = ident
+        self.keep_alive = keep_alive  # as the client asked; 1.5 times it of silence closes
         self.session = session
         self.handler = handler
         self.writer = writer  # amqtt's StreamWriterAdapter
@@ -417,7 +419,7 @@ class Hub:
         self.connects[ident.id] = self.connects.get(ident.id, 0) + 1
         self.last_username[ident.id] = conn.username
         log.info("%s connected from %s (clean session %s, keep-alive %s s)", ident.id, conn.peer,
-                 conn.clean, conn.session.keep_alive)
+                 conn.clean, conn.keep_alive)
         if present:
             # IoT Hub keeps a clean_session=0 device's C2D subscription across connections.
             conn.subs[f"devices/{ident.device}/messages/devicebound/#"] = 1
@@ -711,16 +713,16 @@ class Hub:
         return entry
 
     def scope_page(self, count, offset):
-        """`count` in-scope devices from `offset` with their in-scope modules, and the offset of
-        the next page (None on the last)."""
+        """Page `offset // count` of the device scope: `count` in-scope devices from `offset`,
+        with the in-scope modules of those devices (modules of a device that is not listed
+        itself come on the first page), and the offset of the next page (None on the last)."""
         devices = [i for i in self.identities.values() if i.scope and i.module is None]
         page = devices[offset:offset + count]
-        names = {d.device for d in page}
-        modules = [i for i in self.identities.values() if i.scope and i.module and
-                   (i.device in names or (offset == 0 and i.device not in {d.device for d in devices}))]
-        more = offset + count < len(devices)
-        return ([self.scope_entry(d) for d in page], [self.scope_entry(m) for m in modules],
-                offset + count if more else None)
+        listed, on_page = {d.device for d in devices}, {d.device for d in page}
+        modules = [i for i in self.identities.values() if i.scope and i.module
+                   and (i.device in on_page or (offset == 0 and i.device not in listed))]
+        following = offset + count if offset + count < len(devices) else None
+        return [self.scope_entry(d) for d in page], [self.scope_entry(m) for m in modules], following
 
     def scope_lookup(self, device, module):
         ident = self.identities.get(identity_id(device, module or None))
@@ -729,6 +731,74 @@ class Hub:
         entry = self.scope_entry(ident)
         return {"devices": [] if module else [entry], "modules": [entry] if module else [],
                 "continuationLink": None}
+
+
+class FramingError(Exception):
+    """Bad MQTT framing; deliberately not amqtt's MQTTError, which its reader loop discards and
+    reads on: any other exception ends the connection."""
+
+
+class GuardedReader(ReaderAdapter):
+    """The reader amqtt's handler reads a connection through. It first gives back the byte read
+    to check that the first packet is a CONNECT, and checks MQTT 3.1.1 framing on the way: a
+    packet type a client may send with its fixed flags, a remaining length of at most 4 bytes and
+    at most IoT Hub's message size (plus room for the topic), and no read past a packet's end.
+    amqtt alone would discard such input and read on from the middle of a packet, or wait for a
+    256 MB body; IoT Hub closes the connection."""
+
+    MAX_PACKET = MAX_D2C_BYTES + 64 * 1024
+    FLAGS = {1: {0}, 3: None, 4: {0}, 5: {0}, 6: {2}, 7: {0}, 8: {2}, 10: {2}, 12: {0}, 14: {0}}
+
+    def __init__(self, inner, head, peer):
+        self.inner, self.head, self.peer = inner, head, peer
+        self.state, self.left, self.length, self.multiplier, self.length_bytes = "type", 0, 0, 1, 0
+
+    def fail(self, why):
+        log.info("%s: %s: connection closed", self.peer, why)
+        raise FramingError(why)
+
+    async def read(self, n=-1):
+        if n < 0 or (self.state == "body" and n > self.left):
+            self.fail("a field runs past the end of its packet")
+        data, self.head = self.head[:n], self.head[n:]
+        if len(data) < n:
+            data += await self.inner.read(n - len(data))
+        self.check(data)
+        return data
+
+    def check(self, data):
+        i = 0
+        while i < len(data):
+            if self.state == "body":
+                taken = min(self.left, len(data) - i)
+                self.left -= taken
+                i += taken
+                if self.left == 0:
+                    self.state = "type"
+                continue
+            byte = data[i]
+            i += 1
+            if self.state == "type":
+                kind, flags = byte >> 4, byte & 0x0F
+                if kind not in self.FLAGS:
+                    self.fail(f"packet type {kind} is not one a client sends")
+                if (self.FLAGS[kind] is not None and flags not in self.FLAGS[kind]) or (kind == 3 and flags & 6 == 6):
+                    self.fail(f"flags {flags:#x} are invalid for packet type {kind}")
+                self.state, self.length, self.multiplier, self.length_bytes = "length", 0, 1, 0
+            else:
+                self.length += (byte & 0x7F) * self.multiplier
+                self.multiplier *= 128
+                self.length_bytes += 1
+                if byte & 0x80:
+                    if self.length_bytes == 4:
+                        self.fail("remaining length longer than 4 bytes")
+                elif self.length > self.MAX_PACKET:
+                    self.fail(f"packet of {self.length} bytes exceeds {self.MAX_PACKET}")
+                else:
+                    self.state, self.left = ("body", self.length) if self.length else ("type", 0)
+
+    def feed_eof(self):
+        self.inner.feed_eof()
 
 
 class HubProtocolHandler(BrokerProtocolHandler):
@@ -764,10 +834,20 @@ class HubBroker(Broker):
         HubProtocolHandler.hub = hub
 
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
-        # Unlike the base broker, no existing session is touched before authentication.
+        # Unlike the base broker, no existing session is touched before authentication, and a
+        # first packet that is not a CONNECT is refused at once (amqtt would try to parse it as
+        # one and wait for bytes that never come).
+        async def read_connect():
+            first = await reader.read(1)
+            if not first or first[0] >> 4 != 1:
+                raise AMQTTError(f"the first packet is not a CONNECT (first byte {first.hex() or 'EOF'})")
+            guarded = GuardedReader(reader, first, f"{remote_address}:{remote_port}")
+            handler, session = await HubProtocolHandler.init_from_connect(guarded, writer, self.plugins_manager)
+            session.attributes["iothub.reader"] = guarded
+            return handler, session
+
         try:
-            return await asyncio.wait_for(
-                HubProtocolHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT)
+            return await asyncio.wait_for(read_connect(), CONNECT_TIMEOUT)
         except Exception as e:  # timeout, not a CONNECT, malformed CONNECT, protocol level != 4
             log.info("%s:%s sent no valid CONNECT (%r): closed", remote_address, remote_port, e)
             try:
@@ -778,6 +858,7 @@ class HubBroker(Broker):
 
     async def _handle_client_session(self, reader, writer, session, handler, server, listener_name):
         hub, conn = self.hub, None
+        reader = session.attributes.pop("iothub.reader", reader)
         try:
             rc, ident, reason = hub.authenticate(session)
             ka = session.keep_alive
@@ -791,7 +872,7 @@ class HubBroker(Broker):
                 except Exception:  # the client may hang up first
                     pass
                 return
-            conn = Conn(ident, session, handler, writer, session.username, bool(session.clean_session))
+            conn = Conn(ident, session, handler, writer, session.username, bool(session.clean_session), ka)
             session.attributes["iothub.conn"] = conn
             present = hub.connected(conn)
             session.transitions.connect()
@@ -1014,7 +1095,7 @@ class Control:
             return 200, {
                 "connected": sorted(hub.conns),
                 "sessions": {i: {"peer": c.peer, "username": c.username, "clean_session": c.clean,
-                                 "keep_alive": c.session.keep_alive, "subscriptions": c.subs, "since": c.since}
+                                 "keep_alive": c.keep_alive, "subscriptions": c.subs, "since": c.since}
                              for i, c in hub.conns.items()},
                 "connects": hub.connects, "disconnects": hub.disconnects, "last_username": hub.last_username,
                 "refused": len(hub.refused), "refused_reasons": hub.refused,
