@@ -1214,7 +1214,7 @@ class ScopeApi:
             return self.unauthorized()
         params = {k: v[0] for k, v in urllib.parse.parse_qs(query, keep_blank_values=True).items()}
         if method == "GET" and operation == "devicesAndModulesInDeviceScope":
-            count = int(params.get("deviceCount") or 1000)
+            count = max(1, int(params.get("deviceCount") or 1000))
             offset = int(params.get("continuationToken") or 0)
             devices, modules, following = hub.scope_page(count, offset)
             link = None
@@ -1226,7 +1226,7 @@ class ScopeApi:
             return 200, hub.scope_lookup(params.get("targetDeviceId", ""), params.get("targetModuleId"))
         if method == "POST" and operation == "devicesAndModulesInTargetDeviceScope":
             doc = json_body(body)
-            count = int(doc.get("pageSize") or 1000)
+            count = max(1, int(doc.get("pageSize") or 1000))
             link = doc.get("continuationLink") or ""
             offset = int(parse_bag(link.partition("?")[2]).get("continuationToken") or 0)
             devices, modules, following = hub.scope_page(count, offset)
