@@ -184,6 +184,13 @@ impl ScriptedHub {
     /// connect to port 8883.
     pub fn start_on(identities: &[CloudIdentity], mqtt_port: u16) -> ScriptedHub {
         let pycloud = pycloud_path();
+        if mqtt_port != 0 {
+            // A fixed port (8883) may still be held by a test of another binary run by hand.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::net::TcpListener::bind(("127.0.0.1", mqtt_port)).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         let dir = TempDir::new("iothub");
         make_certificates(&dir.0);
         let config = json!({
