@@ -21,6 +21,7 @@
 //! - C2D messages for a leaf device are delivered on its `devicebound` topic and completed in
 //!   the cloud (PUBACK) only once the device acknowledged them.
 
+pub mod scope;
 pub mod sync;
 pub mod telemetry;
 
@@ -51,7 +52,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a method call from the cloud may take: IoT Hub's own limit is 5 minutes; edgeHub
 /// waits 5 min 30 s (`DeviceMethodMaxResponseTimeout`).
-pub const METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(330);
+pub const METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Twin requests waiting for the cloud's answer, all identities together; beyond it a request
 /// is refused at once (and retried on the next connection).
 pub const REQUESTS_WAITING_MAX: usize = 256;

@@ -1,0 +1,299 @@
+//! The cloud side (`[upstream] protocol = "iothub"`) against the scripted IoT Hub
+//! (tests/cloud/iothub.py, on the amqtt broker library), with the unchanged Azure IoT Python SDK
+//! as a module and as a leaf device: desired properties set in the cloud reach the module,
+//! reported properties reach the cloud (also when made offline, across a restart), a short
+//! outage with a desired change during it ends in sync, cloud methods are answered (404 when
+//! the module is gone), C2D messages reach the leaf device and are completed, every identity
+//! has its own upstream connection, and a cloud that sends garbage is refused without harm.
+//! The SDK connects to GatewayHostName:8883, so the tests of this file take one lock.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::iothub::{tinyedge_identities, CloudIdentity, ScriptedHub};
+use common::*;
+use serde_json::{json, Value};
+
+static FIXED_PORTS: Mutex<()> = Mutex::new(());
+
+/// Runs `tinyedge` with MQTTS on 8883 (where the SDK connects) and `[upstream]` at `cloud`.
+fn runtime(cloud: &ScriptedHub, deployment_json: &str) -> Runtime {
+    let upstream = format!(
+        "[upstream]\nurl = \"mqtts://localhost:{}\"\nca = \"{}\"\nbackoff_max_secs = 1\n[agent]\nenabled = false\n",
+        cloud.mqtt_port,
+        cloud.ca_path.display()
+    );
+    let rt = Runtime::start_prepared(
+        deployment_json,
+        "",
+        &upstream,
+        |dir| {
+            let path = dir.join("config.toml");
+            let config = std::fs::read_to_string(&path).expect("config");
+            let config: String = config
+                .lines()
+                .map(|l| if l.starts_with("mqtts = ") { "mqtts = \"127.0.0.1:8883\"" } else { l })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&path, config).expect("config");
+        },
+        &[],
+    );
+    assert!(wait_listening(&[8883]), "tinyedge did not listen on 8883\n{}", rt.log());
+    rt
+}
+
+fn identities() -> Vec<CloudIdentity> {
+    let mut all = tinyedge_identities();
+    all.push(CloudIdentity::edge_module("twinmod"));
+    all
+}
+
+/// An SDK client (tests/sdk/cloud_client.py), killed on drop.
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    /// Lines read while waiting for another prefix (events can come before READY).
+    backlog: std::cell::RefCell<Vec<String>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Client {
+    fn start(kind: &str, rt: &Runtime, id: &str) -> Client {
+        let sdk = python_sdk_path();
+        let out = rt.cli(&["identity", "connection-string", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let connection_string = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/cloud_client.py"))
+            .args([kind, connection_string.as_str()])
+            .arg(rt.data_dir().join("certs/edge-ca.pem"))
+            .env("PYTHONPATH", &sdk)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run python3");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let client = Client { child, stdin, lines, backlog: std::cell::RefCell::new(Vec::new()) };
+        client.expect("READY", rt);
+        client
+    }
+
+    /// The rest of the next line starting with `prefix` (others are kept for later), within 30 s.
+    fn expect(&self, prefix: &str, rt: &Runtime) -> String {
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            if let Some(at) = backlog.iter().position(|l| l.starts_with(prefix)) {
+                let line = backlog.remove(at);
+                return line[prefix.len()..].trim().to_string();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].trim().to_string(),
+                Ok(other) => {
+                    eprintln!("client: {other}");
+                    self.backlog.borrow_mut().push(other);
+                }
+                Err(_) => panic!("the SDK client printed no {prefix:?}\ntinyedge log:\n{}", rt.log()),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the client");
+    }
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
+fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn twins_and_methods_of_a_module_are_served_by_the_cloud_through_tinyedge() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cloud = ScriptedHub::start(&identities());
+    cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
+    let rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
+    let mut module = Client::start("module", &rt, "twinmod");
+
+    // The module subscribed to desired patches: its link to the cloud opens, the cloud twin is
+    // fetched and the module gets what the cloud holds.
+    let first = json_of(&module.expect("DESIRED ", &rt));
+    assert_eq!(first["interval"], 5, "{first}");
+    assert!(cloud.wait_connected("gw/twinmod", Duration::from_secs(10)), "{}", cloud.log());
+
+    // A desired property set in the cloud reaches on_twin_desired_properties_patch_received.
+    cloud.patch_desired("gw/twinmod", &json!({"interval": 7, "mode": "eco"}));
+    let patch = json_of(&module.expect("DESIRED ", &rt));
+    assert_eq!((patch["interval"].clone(), patch["mode"].clone()), (json!(7), json!("eco")), "{patch}");
+    module.send("get");
+    let twin = json_of(&module.expect("TWIN ", &rt));
+    assert_eq!(twin["desired"]["mode"], "eco", "{twin}");
+    assert_eq!(twin["desired"]["$version"], cloud.twin("gw/twinmod")["desired"]["$version"], "the cloud's version");
+
+    // A reported patch reaches the cloud's twin.
+    module.send(r#"report {"state": "ok", "n": 1}"#);
+    module.expect("REPORTED", &rt);
+    let reported = eventually(Duration::from_secs(15), || {
+        let twin = cloud.twin("gw/twinmod");
+        (twin["reported"]["state"] == "ok").then_some(twin)
+    });
+    assert!(reported.is_some(), "the cloud never got the reported patch: {}\n{}", cloud.twin("gw/twinmod"), rt.log());
+
+    // A method the cloud invokes reaches the module, and its answer goes back.
+    let (status, answer) = cloud.invoke("gw/twinmod", "echo", &json!({"x": 1}), 20);
+    assert_eq!(status, 200, "{answer}\n{}", rt.log());
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["payload"], json!({"x": 1}), "{answer}");
+    assert!(module.expect("METHOD ", &rt).starts_with("echo"));
+
+    // Each identity with cloud traffic has a connection of its own.
+    let connections = cloud.connections();
+    let text = connections.to_string();
+    assert!(text.contains("gw/twinmod") && text.contains("gw/$edgeHub"), "{connections}");
+
+    // The module is gone: the cloud's call is answered 404 at once, not after a timeout.
+    module.send("quit");
+    module.expect("BYE", &rt);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, answer) = cloud.invoke("gw/twinmod", "echo", &json!({}), 20);
+    let code = if status == 200 { answer["status"].as_u64().unwrap_or(0) } else { u64::from(status) };
+    assert_eq!(code, 404, "{status} {answer}");
+    assert!(started.elapsed() < Duration::from_secs(10), "404 took {:?}", started.elapsed());
+}
+
+#[test]
+fn offline_reported_changes_and_desired_changes_are_synced_after_an_outage_and_a_restart() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cloud = ScriptedHub::start(&identities());
+    cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
+    let mut rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
+    let mut module = Client::start("module", &rt, "twinmod");
+    assert_eq!(json_of(&module.expect("DESIRED ", &rt))["interval"], 5);
+
+    // A 3-second outage with a desired change during it: the module ends with the cloud's
+    // desired properties (one patch with the difference after the reconnect).
+    cloud.down();
+    cloud.patch_desired("gw/twinmod", &json!({"interval": 9}));
+    std::thread::sleep(Duration::from_secs(3));
+    cloud.up();
+    let patch = json_of(&module.expect("DESIRED ", &rt));
+    assert_eq!(patch["interval"], 9, "{patch}");
+
+    // A reported patch made while the cloud is down, then tinyedge killed and started again
+    // (still offline): it reaches the cloud once the cloud is back.
+    cloud.down();
+    module.send(r#"report {"offline": true}"#);
+    module.expect("REPORTED", &rt);
+    drop(module);
+    rt.kill9();
+    rt.start_again();
+    assert!(wait_listening(&[8883]));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_ne!(cloud.twin("gw/twinmod")["reported"]["offline"], true, "sent while the cloud was down?");
+    cloud.up();
+    let synced = eventually(Duration::from_secs(20), || {
+        let twin = cloud.twin("gw/twinmod");
+        (twin["reported"]["offline"] == true).then_some(twin)
+    });
+    assert!(synced.is_some(), "the offline patch never reached the cloud: {}\n{}", cloud.twin("gw/twinmod"), rt.log());
+}
+
+#[test]
+fn c2d_messages_reach_the_leaf_device_and_are_completed_also_when_sent_while_it_was_away() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cloud = ScriptedHub::start(&identities());
+    let rt = runtime(&cloud, &deployment(&[], &[]));
+    let leaf = Client::start("device", &rt, LEAF);
+    assert!(cloud.wait_connected(LEAF, Duration::from_secs(10)), "{}\n{}", cloud.log(), rt.log());
+    std::thread::sleep(Duration::from_millis(500));
+    cloud.send_c2d(LEAF, "hello leaf", &[("kind", "greeting")]);
+    let message = json_of(&leaf.expect("C2D ", &rt));
+    assert_eq!(message["data"], "hello leaf", "{message}");
+    assert_eq!(message["properties"]["kind"], "greeting", "{message}");
+    let completed = eventually(Duration::from_secs(10), || {
+        let all = cloud.c2d(LEAF);
+        (all.to_string().contains("completed")).then_some(all)
+    });
+    assert!(completed.is_some(), "not completed in the cloud: {}", cloud.c2d(LEAF));
+
+    // The device goes away; two messages wait in the cloud; it comes back and gets both, in order.
+    drop(leaf);
+    std::thread::sleep(Duration::from_secs(1));
+    cloud.send_c2d(LEAF, "first", &[]);
+    cloud.send_c2d(LEAF, "second", &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let leaf = Client::start("device", &rt, LEAF);
+    let first = json_of(&leaf.expect("C2D ", &rt));
+    let second = json_of(&leaf.expect("C2D ", &rt));
+    assert_eq!((first["data"].clone(), second["data"].clone()), (json!("first"), json!("second")));
+    let done = eventually(Duration::from_secs(10), || {
+        let all = cloud.c2d(LEAF);
+        (all.to_string().matches("completed").count() >= 3).then_some(all)
+    });
+    assert!(done.is_some(), "{}", cloud.c2d(LEAF));
+}
+
+#[test]
+fn a_cloud_sending_garbage_is_refused_and_nothing_breaks() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cloud = ScriptedHub::start(&identities());
+    cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
+    let rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
+    let mut module = Client::start("module", &rt, "twinmod");
+    assert_eq!(json_of(&module.expect("DESIRED ", &rt))["interval"], 5);
+    // A malformed desired push, an unknown topic and a malformed twin answer.
+    cloud.fault(&json!({"desired_push": "malformed", "identity": "gw/twinmod"}));
+    cloud.patch_desired("gw/twinmod", &json!({"interval": 6}));
+    cloud.fault(&json!({"publish_unknown_topic": "gw/twinmod"}));
+    // The hub refuses and recovers: the twin is fetched again and the module ends in sync.
+    let patch = json_of(&module.expect("DESIRED ", &rt));
+    assert_eq!(patch["interval"], 6, "{patch}");
+    assert!(rt.wait_log("not an IoT Hub topic"), "{}", rt.log());
+    module.send(r#"report {"after": "garbage"}"#);
+    module.expect("REPORTED", &rt);
+    let synced = eventually(Duration::from_secs(15), || {
+        (cloud.twin("gw/twinmod")["reported"]["after"] == "garbage").then_some(())
+    });
+    assert!(synced.is_some(), "{}\n{}", cloud.twin("gw/twinmod"), rt.log());
+    assert!(!rt.log().contains("panicked"), "{}", rt.log());
+}
