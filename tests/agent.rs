@@ -603,3 +603,71 @@ fn containerd_killed_mid_run_is_reported_and_reconnected() {
         m["runtimeStatus"] == "running" && m["restartCount"] == 1
     });
 }
+
+/// Polls `probe` every 200 ms until it returns `Some`, for at most `timeout`.
+fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_deployment_set_as_the_edge_agent_desired_twin_runs_and_its_status_is_reported_to_the_cloud() {
+    use common::iothub::{tinyedge_identities, CloudIdentity, ScriptedHub};
+    let ns = Namespace::new("cloud");
+    let (v1, _, _) = images(&ns.services);
+    let mut identities = tinyedge_identities();
+    identities.push(CloudIdentity::edge_module("sensor"));
+    let cloud = ScriptedHub::start(&identities);
+    let full: Value = serde_json::from_str(&deployment(json!({"sensor": module(&v1, Value::Null, "always")})))
+        .expect("deployment JSON");
+    let agent_desired = full["modulesContent"]["$edgeAgent"]["properties.desired"].clone();
+    cloud.set_desired("gw/$edgeHub", &full["modulesContent"]["$edgeHub"]["properties.desired"]);
+    cloud.set_desired("gw/$edgeAgent", &agent_desired);
+    let upstream = format!(
+        "[upstream]\nurl = \"mqtts://localhost:{}\"\nca = \"{}\"\nbackoff_max_secs = 1\n",
+        cloud.mqtt_port,
+        cloud.ca_path.display()
+    );
+    // The local deployment has no modules: what runs comes from the cloud.
+    let rt = Runtime::start_with(&deployment(json!({})), "", &format!("{}{upstream}", agent_section(&ns, "")));
+    wait_module(&rt, "sensor", Duration::from_secs(60), status_is("running"));
+    let version = cloud.twin("gw/$edgeAgent")["desired"]["$version"].as_u64().expect("desired $version");
+    let reported = eventually(Duration::from_secs(30), || {
+        let twin = cloud.twin("gw/$edgeAgent");
+        let r = &twin["reported"];
+        (r["modules"]["sensor"]["runtimeStatus"] == "running" && r["lastDesiredStatus"]["code"] == 200)
+            .then(|| r.clone())
+    });
+    let reported = reported.unwrap_or_else(|| panic!("not reported: {}\n{}", cloud.twin("gw/$edgeAgent"), rt.log()));
+    assert_eq!(reported["lastDesiredVersion"], version, "{reported}");
+    assert_eq!(reported["schemaVersion"], "1.1", "{reported}");
+    assert!(reported["systemModules"]["edgeHub"]["runtimeStatus"] == "running", "{reported}");
+    assert!(reported["version"]["version"].is_string(), "{reported}");
+    for key in ["exitCode", "statusDescription", "lastStartTimeUtc", "lastExitTimeUtc", "restartCount", "lastRestartTimeUtc"] {
+        assert!(reported["modules"]["sensor"].get(key).is_some(), "{key} missing: {reported}");
+    }
+    let pid = pid_of(&ns, "sensor").expect("sensor runs");
+
+    // A bad deployment from the cloud: 400 in the reported properties, the module untouched.
+    let mut bad = agent_desired.clone();
+    bad["modules"]["sensor"]["settings"]["createOptions"] = json!("{not json");
+    bad["modules"]["other"] = module(&v1, Value::Null, "always");
+    cloud.set_desired("gw/$edgeAgent", &bad);
+    let bad_version = cloud.twin("gw/$edgeAgent")["desired"]["$version"].as_u64().expect("$version");
+    let refused = eventually(Duration::from_secs(30), || {
+        let r = cloud.twin("gw/$edgeAgent")["reported"].clone();
+        (r["lastDesiredStatus"]["code"] == 400 && r["lastDesiredVersion"] == bad_version).then_some(r)
+    });
+    assert!(refused.is_some(), "not refused: {}\n{}", cloud.twin("gw/$edgeAgent"), rt.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pid_of(&ns, "sensor"), Some(pid), "the module was touched");
+    assert!(list(&rt)["modules"].get("other").is_none(), "a refused deployment changed the modules");
+}
