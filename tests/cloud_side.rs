@@ -289,11 +289,29 @@ fn a_cloud_sending_garbage_is_refused_and_nothing_breaks() {
     let patch = json_of(&module.expect("DESIRED ", &rt));
     assert_eq!(patch["interval"], 6, "{patch}");
     assert!(rt.wait_log("not an IoT Hub topic"), "{}", rt.log());
+    // The next GET answers garbage, then an oversized twin (both refused, the local twin kept):
+    // a version gap in the next push makes the hub fetch; the fetch after that succeeds.
+    cloud.fault(&json!({"twin_get": "malformed", "identity": "gw/twinmod"}));
+    cloud.fault(&json!({"desired_push": "gap", "identity": "gw/twinmod"}));
+    cloud.patch_desired("gw/twinmod", &json!({"interval": 8}));
+    assert!(rt.wait_log("is not JSON"), "{}", rt.log());
+    // The cloud drops the connection in the middle of the next reported patch: it is sent
+    // again on the next connection, never lost.
+    cloud.fault(&json!({"twin_patch": "drop", "identity": "gw/twinmod"}));
     module.send(r#"report {"after": "garbage"}"#);
     module.expect("REPORTED", &rt);
     let synced = eventually(Duration::from_secs(15), || {
         (cloud.twin("gw/twinmod")["reported"]["after"] == "garbage").then_some(())
     });
     assert!(synced.is_some(), "{}\n{}", cloud.twin("gw/twinmod"), rt.log());
+    // The desired change of the gap push arrives with the next successful fetch.
+    cloud.patch_desired("gw/twinmod", &json!({"interval": 10}));
+    let mut last = Value::Null;
+    let synced = eventually(Duration::from_secs(20), || {
+        module.send("get");
+        last = json_of(&module.expect("TWIN ", &rt));
+        (last["desired"]["interval"] == 10).then_some(())
+    });
+    assert!(synced.is_some(), "{last}\n{}", rt.log());
     assert!(!rt.log().contains("panicked"), "{}", rt.log());
 }
