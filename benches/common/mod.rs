@@ -93,8 +93,19 @@ const DEPLOYMENT: &str = r#"{"modulesContent":{"$edgeAgent":{"properties.desired
 /// config (e.g. a `[store]` table). `before_start` sees the child's pid right after spawn (to
 /// put it into a cgroup).
 pub fn start_tinyedge_with(bin: &Path, dir: &Path, extra_toml: &str, before_start: impl FnOnce(u32)) -> Broker {
+    start_tinyedge_deployment(bin, dir, extra_toml, DEPLOYMENT, before_start)
+}
+
+/// As [`start_tinyedge_with`], with `deployment` instead of the routing benchmark's.
+pub fn start_tinyedge_deployment(
+    bin: &Path,
+    dir: &Path,
+    extra_toml: &str,
+    deployment: &str,
+    before_start: impl FnOnce(u32),
+) -> Broker {
     let port = free_port();
-    std::fs::write(dir.join("deployment.json"), DEPLOYMENT).expect("write deployment");
+    std::fs::write(dir.join("deployment.json"), deployment).expect("write deployment");
     // The hub alone (as mosquitto is a broker alone): the agent has its own bench (agent.rs).
     let agent = if extra_toml.contains("[agent]") { "" } else { "[agent]\nenabled = false\n" };
     // Downstream devices leaf-0.. for the idle-connection measurement, all with the device key.
