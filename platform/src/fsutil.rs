@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who may read the written file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Access {
+pub enum Access {
     /// Owner read/write only (0600): private keys.
     OwnerOnly,
     /// World-readable (0644): certificates and other public material.
@@ -45,7 +45,7 @@ fn open_new(path: &Path, _access: Access) -> io::Result<fs::File> {
 }
 
 /// Writes `contents` to `path` atomically (temp file, fsync, rename), replacing any old file.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], access: Access) -> io::Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8], access: Access) -> io::Result<()> {
     let temp = temp_path_for(path);
     let result = (|| {
         let mut file = open_new(&temp, access)?;
@@ -74,7 +74,7 @@ fn sync_parent_dir(path: &Path) {
 
 /// Reads a file that must be at most `max_bytes` long, so a corrupt or hostile file cannot make
 /// us allocate without bound.
-pub(crate) fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+pub fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
     use std::io::Read as _;
     let file = fs::File::open(path)?;
     let mut contents = Vec::new();

@@ -15,12 +15,12 @@
 //!   bounded request loop over any byte stream, the CLI's Unix socket client.
 //! - [`logger`]: a minimal `log::Log` to stderr with UTC timestamps.
 //! - [`utc`]: civil (calendar) UTC time from the system clock, without a date library.
-//! - `fsutil` (private): atomic file writes shared by `identity` and `certs`.
+//! - [`fsutil`]: atomic file writes (keys, certificates, the device-scope cache) and bounded reads.
 #![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod config;
-mod fsutil;
+pub mod fsutil;
 pub mod http;
 pub mod identity;
 pub mod logger;

@@ -31,6 +31,8 @@
 //! ca = "extra-ca.pem"               # optional, added to the system roots
 //! protocol = "iothub"
 //! backoff_max_secs = 60             # reconnect backoff: 1 s doubling up to this, with jitter
+//! api_url = "https://myhub.azure-devices.net"  # IoT Hub's HTTPS API (default: https://{url's host})
+//! scope_refresh_secs = 3600         # "iothub": device scope refresh period (leaf identities)
 //! [agent]                           # modules on containerd
 //! enabled = true                    # false runs the hub alone
 //! containerd = "/run/containerd/containerd.sock"
@@ -254,7 +256,16 @@ pub struct UpstreamSettings {
     /// `"iothub"`: an identity's connection without subscriptions is closed after this long
     /// without traffic.
     pub idle_timeout_secs: u64,
+    /// IoT Hub's HTTPS API (`https://host[:port]`, no path), for the device scope; default
+    /// `https://{host of url}` (port 443).
+    pub api_url: String,
+    /// `"iothub"`: how often the device scope (leaf identities and their keys) is fetched
+    /// again; edgeHub's `DeviceScopeCacheRefreshRateSecs`.
+    pub scope_refresh_secs: u64,
 }
+
+/// edgeHub's `DeviceScopeCacheRefreshRateSecs`.
+pub const DEFAULT_SCOPE_REFRESH_SECS: u64 = 3600;
 
 /// edgeHub's `MaxConnectedClients` (100) plus its own connection.
 pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 101;

@@ -41,7 +41,16 @@ const AGENT_KEYS: &[&str] = &[
     "workload_uri",
 ];
 const STORE_KEYS: &[&str] = &["dir", "max_bytes", "fsync", "fsync_interval_ms", "when_full"];
-const UPSTREAM_KEYS: &[&str] = &["url", "ca", "protocol", "backoff_max_secs", "max_connections", "idle_timeout_secs"];
+const UPSTREAM_KEYS: &[&str] = &[
+    "url",
+    "ca",
+    "protocol",
+    "backoff_max_secs",
+    "max_connections",
+    "idle_timeout_secs",
+    "api_url",
+    "scope_refresh_secs",
+];
 /// Longest reconnect backoff allowed: an hour offline after the link comes back is already
 /// more than any gateway wants.
 const BACKOFF_MAX_SECS_LIMIT: usize = 3600;
@@ -403,7 +412,49 @@ fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<Upstre
     let idle_timeout_secs = section
         .count("idle_timeout_secs", 1, 7 * 86_400)?
         .map_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS, |v| v as u64);
-    Ok(Some(UpstreamSettings { url, ca, protocol, backoff_max_secs, max_connections, idle_timeout_secs }))
+    let api_url = match section.non_empty_string("api_url")? {
+        Some(api_url) => {
+            let rest = api_url.strip_prefix("https://").ok_or_else(|| ConfigError::BadUrl {
+                key: section.key("api_url"),
+                value: api_url.clone(),
+                reason: "it must start with https://",
+            })?;
+            check_host_port(rest.strip_suffix('/').unwrap_or(rest)).map_err(|reason| ConfigError::BadUrl {
+                key: section.key("api_url"),
+                value: api_url.clone(),
+                reason,
+            })?;
+            api_url.trim_end_matches('/').to_owned()
+        }
+        None => format!("https://{}", url_host(&url)),
+    };
+    let scope_refresh_secs =
+        section.count("scope_refresh_secs", 1, 7 * 86_400)?.map_or(DEFAULT_SCOPE_REFRESH_SECS, |v| v as u64);
+    Ok(Some(UpstreamSettings {
+        url,
+        ca,
+        protocol,
+        backoff_max_secs,
+        max_connections,
+        idle_timeout_secs,
+        api_url,
+        scope_refresh_secs,
+    }))
+}
+
+/// The host of a checked `mqtt[s]://host[:port]` URL, brackets of an IPv6 address kept.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    split_host_port(rest).0
+}
+
+/// `host[:port]` into the host (IPv6 brackets kept) and the port text, if any.
+fn split_host_port(rest: &str) -> (&str, Option<&str>) {
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (host, Some(port)),
+        _ => (rest, None),
+    }
 }
 
 /// `mqtt://host:port` or `mqtts://host:port` (port optional: 1883 / 8883).
@@ -412,11 +463,12 @@ fn check_url(url: &str) -> Result<(), &'static str> {
         .strip_prefix("mqtts://")
         .or_else(|| url.strip_prefix("mqtt://"))
         .ok_or("it must start with mqtt:// or mqtts://")?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (host, Some(port)),
-        _ => (rest, None),
-    };
+    check_host_port(rest.strip_suffix('/').unwrap_or(rest))
+}
+
+/// `host[:port]`: a DNS name or IP address, and a port from 1 to 65535.
+fn check_host_port(rest: &str) -> Result<(), &'static str> {
+    let (host, port) = split_host_port(rest);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     check_hostname(host).map_err(|_| "the host is not a DNS name or IP address")?;
     if let Some(port) = port {

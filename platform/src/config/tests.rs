@@ -420,6 +420,18 @@ fn store_and_upstream_tables_parse_with_defaults() {
     let upstream = config.upstream.expect("upstream");
     assert_eq!(upstream.url, "mqtts://hub.example.net:8883");
     assert_eq!(upstream.ca, Some(PathBuf::from("/etc/tinyedge/ca.pem")));
+    assert_eq!(upstream.api_url, "https://hub.example.net");
+    assert_eq!(upstream.scope_refresh_secs, DEFAULT_SCOPE_REFRESH_SECS);
+    let scope = Config::from_toml_str(
+        "[upstream]\nurl = \"mqtts://[::1]:8883\"\napi_url = \"https://localhost:8443/\"\nscope_refresh_secs = 2\n",
+        Path::new("."),
+    )
+    .expect("valid")
+    .upstream
+    .expect("upstream");
+    assert_eq!((scope.api_url.as_str(), scope.scope_refresh_secs), ("https://localhost:8443", 2));
+    let v6 = Config::from_toml_str("[upstream]\nurl = \"mqtts://[::1]:8883\"\n", Path::new(".")).expect("valid");
+    assert_eq!(v6.upstream.expect("upstream").api_url, "https://[::1]");
     let defaults = Config::from_toml_str("", Path::new(".")).expect("valid");
     assert_eq!(defaults.store, StoreSettings::default());
     assert_eq!(defaults.store.fsync, FsyncSetting::Background(DEFAULT_FSYNC_INTERVAL_MS));
@@ -441,6 +453,9 @@ fn bad_store_and_upstream_values_name_the_key() {
         ("[upstream]\nurl = \"mqtts://hub:99999\"\n", "upstream.url"),
         ("[upstream]\nca = \"x.pem\"\n", "upstream.url"),
         ("[upstream]\nurl = \"mqtt://hub\"\nprotocol = \"amqp\"\n", "upstream.protocol"),
+        ("[upstream]\nurl = \"mqtt://hub\"\napi_url = \"http://hub\"\n", "upstream.api_url"),
+        ("[upstream]\nurl = \"mqtt://hub\"\napi_url = \"https://hub/path\"\n", "upstream.api_url"),
+        ("[upstream]\nurl = \"mqtt://hub\"\nscope_refresh_secs = 0\n", "upstream.scope_refresh_secs"),
     ] {
         let error = Config::from_toml_str(text, Path::new(".")).expect_err(text).to_string();
         assert!(error.contains(key), "{text:?}: {error}");
