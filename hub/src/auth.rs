@@ -136,6 +136,11 @@ impl Authenticator {
         self.keys.insert(identity, key);
     }
 
+    /// No longer allows `identity` (a device that left the cloud's device scope).
+    pub fn remove(&mut self, identity: &Identity) {
+        self.keys.remove(identity);
+    }
+
     /// The key `identity` signs its tokens with (the cloud side signs the identity's upstream
     /// connection with it).
     pub fn key_of(&self, identity: &Identity) -> Option<&[u8]> {
@@ -183,10 +188,33 @@ impl Authenticator {
             return Err(AuthError::TooLong);
         }
         let key = self.keys.get(identity).ok_or_else(|| AuthError::UnknownIdentity(identity.client_id()))?;
+        self.authenticate_with_keys(identity, token, std::slice::from_ref(key), now_unix)
+    }
+
+    /// As [`Authenticator::authenticate_token`], with the keys `identity` may sign with given
+    /// (either one; the cloud's device scope gives a primary and a secondary key).
+    pub fn authenticate_with_keys(
+        &self,
+        identity: &Identity,
+        token: &str,
+        keys: &[Vec<u8>],
+        now_unix: u64,
+    ) -> Result<Authenticated, AuthError> {
+        if token.len() > CREDENTIAL_BYTES_MAX {
+            return Err(AuthError::TooLong);
+        }
         let token = sas::parse(token).map_err(|e| AuthError::Token(e.to_string()))?;
         self.check_audience(&token.resource, identity)?;
-        sas::verify(&token, key, now_unix).map_err(|e| AuthError::Token(e.to_string()))?;
-        Ok(Authenticated { identity: identity.clone(), token_expiry: token.expiry })
+        let mut refusal = AuthError::UnknownIdentity(identity.client_id());
+        for key in keys {
+            match sas::verify(&token, key, now_unix) {
+                Ok(()) => return Ok(Authenticated { identity: identity.clone(), token_expiry: token.expiry }),
+                // Signed with this key, and expired: no other key makes it valid.
+                Err(e @ sas::SasError::Expired { .. }) => return Err(AuthError::Token(e.to_string())),
+                Err(e) => refusal = AuthError::Token(e.to_string()),
+            }
+        }
+        Err(refusal)
     }
 
     /// `sr` must be `{host}/devices/{d}[/modules/{m}]` where host is the IoT Hub's or the

@@ -24,11 +24,13 @@ pub mod requests;
 pub mod router;
 pub mod session;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::methods::{Invoker, MethodCall, MethodError, MethodResponse, Methods};
 use crate::metrics::Metrics;
 use crate::route::{Endpoint, RouteTable};
@@ -119,6 +121,18 @@ pub struct Broker {
     pub methods: Methods,
     /// The cloud side, told what clients do with twins, subscriptions and connections.
     cloud: RwLock<Option<Arc<dyn CloudHooks>>>,
+    /// Identities of the cloud's device scope, asked about clients the authenticator refuses.
+    scope: RwLock<Option<Arc<dyn ScopeLookup>>>,
+}
+
+/// The cloud's device scope (`crate::cloud::scope`): leaf devices this edge device may serve
+/// although nobody configured them. A CONNECT the authenticator refuses as an unknown identity,
+/// or whose token its key does not verify, is checked again with the keys this gives.
+pub trait ScopeLookup: Send + Sync {
+    /// The keys `identity` may sign its tokens with (primary first), or none when it is not in
+    /// the scope. May ask the cloud (bounded in time and rate-limited); the future owns what
+    /// it needs.
+    fn lookup(&self, identity: &Identity) -> Pin<Box<dyn Future<Output = Vec<Vec<u8>>> + Send>>;
 }
 
 /// What the cloud side (`crate::cloud`) learns from the hub's clients. Calls come from the
@@ -165,6 +179,7 @@ impl Broker {
             twins,
             methods: Methods::default(),
             cloud: RwLock::new(None),
+            scope: RwLock::new(None),
         });
         broker.set_routes(routes);
         broker
@@ -258,6 +273,25 @@ impl Broker {
     /// Replaces the identities allowed to connect (a new deployment). Open connections stay.
     pub fn set_authenticator(&self, authenticator: Authenticator) {
         *self.authenticator.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
+    }
+
+    /// Changes the identities allowed to connect in place (the device scope's devices), so a
+    /// deployment applied meanwhile is not undone.
+    pub fn update_authenticator(&self, change: impl FnOnce(&mut Authenticator)) {
+        let mut current = self.authenticator.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut authenticator = Authenticator::clone(&current);
+        change(&mut authenticator);
+        *current = Arc::new(authenticator);
+    }
+
+    /// Connects the cloud's device scope (see [`ScopeLookup`]).
+    pub fn set_scope(&self, scope: Arc<dyn ScopeLookup>) {
+        *self.scope.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(scope);
+    }
+
+    /// The device scope, if one is connected.
+    pub fn scope(&self) -> Option<Arc<dyn ScopeLookup>> {
+        self.scope.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {

@@ -237,7 +237,10 @@ pub struct Dropped {
 impl Scope {
     /// The scope a full listing gives: its devices in order, minus the ids `reserved` claims,
     /// at most [`SCOPE_DEVICES_MAX`].
-    pub fn from_listing(listed: impl IntoIterator<Item = ScopeDevice>, reserved: impl Fn(&str) -> bool) -> (Scope, Dropped) {
+    pub fn from_listing(
+        listed: impl IntoIterator<Item = ScopeDevice>,
+        reserved: impl Fn(&str) -> bool,
+    ) -> (Scope, Dropped) {
         let mut scope = Scope::default();
         let mut dropped = Dropped::default();
         for device in listed {
@@ -257,7 +260,9 @@ impl Scope {
     /// The cached scope without the ids `reserved` now claims (a device added to the config
     /// since the cache was written).
     pub fn without(&self, reserved: impl Fn(&str) -> bool) -> Scope {
-        Scope { devices: self.devices.iter().filter(|(id, _)| !reserved(id)).map(|(k, v)| (k.clone(), v.clone())).collect() }
+        Scope {
+            devices: self.devices.iter().filter(|(id, _)| !reserved(id)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&ScopeDevice> {
@@ -432,7 +437,12 @@ mod tests {
     }
 
     fn device(id: &str, key: &[u8]) -> ScopeDevice {
-        ScopeDevice { id: id.into(), generation_id: "1".into(), primary_key: key.to_vec(), secondary_key: KEY_B.to_vec() }
+        ScopeDevice {
+            id: id.into(),
+            generation_id: "1".into(),
+            primary_key: key.to_vec(),
+            secondary_key: KEY_B.to_vec(),
+        }
     }
 
     fn page(devices: Vec<Value>, continuation: Value) -> Vec<u8> {
@@ -507,7 +517,14 @@ mod tests {
         let reserved = |id: &str| id == "gw" || id == "configured";
         let (old, _) = Scope::from_listing([device("a", KEY_A), device("b", KEY_A), device("c", KEY_A)], reserved);
         let (new, dropped) = Scope::from_listing(
-            [device("gw", KEY_A), device("a", KEY_A), device("c", KEY_B), device("configured", KEY_B), device("d", KEY_A), device("d", KEY_B)],
+            [
+                device("gw", KEY_A),
+                device("a", KEY_A),
+                device("c", KEY_B),
+                device("configured", KEY_B),
+                device("d", KEY_A),
+                device("d", KEY_B),
+            ],
             reserved,
         );
         assert_eq!(dropped, Dropped { reserved: 2, over_limit: 0, duplicates: 1 });

@@ -12,7 +12,7 @@ use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
 
-use crate::auth::{Authenticated, Identity};
+use crate::auth::{AuthError, Authenticated, Identity};
 use crate::ingest::{self, Ingested};
 use crate::message::Properties;
 use crate::metrics::Metrics;
@@ -231,15 +231,28 @@ async fn accept<W: AsyncWrite + Unpin>(
         Err((5, "will with QoS 2 (IoT Hub supports QoS 0 and 1)".to_string()))
     } else {
         let login = connect.login.as_ref();
-        broker
-            .authenticator()
-            .authenticate(
-                &connect.client_id,
-                login.map(|l| l.username.as_str()),
-                login.map(|l| l.password.as_str()),
-                unix_now(),
-            )
-            .map_err(|e| (5, e.to_string()))
+        let (username, password) = (login.map(|l| l.username.as_str()), login.map(|l| l.password.as_str()));
+        let verdict = broker.authenticator().authenticate(&connect.client_id, username, password, unix_now());
+        let identity = username.and_then(|u| crate::auth::parse_username(u).ok());
+        match (verdict, broker.scope(), identity, password) {
+            // Not an identity of the config or the deployment, or not its key: the cloud's
+            // device scope may know it (a leaf device nobody configured here).
+            (
+                Err(refused @ (AuthError::UnknownIdentity(_) | AuthError::Token(_))),
+                Some(scope),
+                Some(identity),
+                Some(password),
+            ) => {
+                let keys = scope.lookup(&identity).await;
+                if keys.is_empty() {
+                    Err(refused)
+                } else {
+                    broker.authenticator().authenticate_with_keys(&identity, password, &keys, unix_now())
+                }
+            }
+            (verdict, ..) => verdict,
+        }
+        .map_err(|e| (5, e.to_string()))
     };
     match verdict {
         Ok(auth) => Some(auth),
