@@ -140,6 +140,8 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Arc<Broker>) 
     cloud.max_links = settings.max_connections;
     cloud.idle_timeout = std::time::Duration::from_secs(settings.idle_timeout_secs);
     let cloud = Cloud::start(broker.clone(), cloud, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
+    // Leaf devices of the cloud's device scope, cached for offline use.
+    crate::scope::start(config, device_key, broker)?;
     // The edge hub's own identity is always connected: its twin carries the routes and the
     // store settings, and edgeHub keeps its connection open.
     let hub_twin = format!("{}/$edgeHub", config.device_id);

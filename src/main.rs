@@ -11,6 +11,7 @@ mod metrics;
 mod mgmt;
 mod plan;
 mod runtime;
+mod scope;
 mod status;
 
 use std::path::PathBuf;
