@@ -13,6 +13,7 @@ mod plan;
 mod runtime;
 mod scope;
 mod status;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -238,12 +238,15 @@ pub fn run(config: Config) -> Result<(), Failure> {
         log::info!("agent disabled ([agent] enabled = false): the hub runs alone");
         Err("the agent is disabled ([agent] enabled = false): no modules are run")
     };
-    crate::metrics::start(
+    let metrics = crate::metrics::start(
         &config,
         &broker,
         link_for_metrics.as_ref(),
         agent.as_ref().ok().map(|a: &crate::mgmt::AgentApi| a.modules.clone()),
     )?;
+    if let Some(cloud) = link_for_metrics.as_ref().and_then(crate::cloud::Upstream::cloud) {
+        crate::telemetry::Telemetry::start(&config, metrics, cloud.clone());
+    }
     if let Some(cloud) = link_for_metrics.as_ref().and_then(crate::cloud::Upstream::cloud) {
         let deployer = crate::cloud_deploy::deployer(agent.as_ref().ok(), &hub);
         let reporter = agent.as_ref().ok().map(|a| {

@@ -85,3 +85,79 @@ impl Metrics {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Per-client series (`edgehub_messages_received_total{id=…}` and the like) are kept for at
+/// most this many identities; the clients beyond share one `id="other"` series (counted in
+/// [`Clients::folded`]).
+pub const CLIENT_SERIES_MAX: usize = 256;
+
+/// One identity's counters, held by its connections (no lookup per message).
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    pub messages_received: AtomicU64,
+    pub twin_gets: AtomicU64,
+    pub reported_patches: AtomicU64,
+}
+
+/// The per-client counters of every identity seen, bounded by [`CLIENT_SERIES_MAX`].
+#[derive(Debug, Default)]
+pub struct Clients {
+    table: std::sync::Mutex<Vec<(String, std::sync::Arc<ClientCounters>)>>,
+    other: std::sync::Arc<ClientCounters>,
+    /// Identities that got the shared `other` series.
+    pub folded: AtomicU64,
+}
+
+impl Clients {
+    /// The counters of `id` (`d` or `d/m`), made on first use.
+    pub fn of(&self, id: &str) -> std::sync::Arc<ClientCounters> {
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, counters)) = table.iter().find(|(known, _)| known == id) {
+            return counters.clone();
+        }
+        if table.len() >= CLIENT_SERIES_MAX {
+            Metrics::inc(&self.folded);
+            return self.other.clone();
+        }
+        let counters = std::sync::Arc::new(ClientCounters::default());
+        table.push((id.to_string(), counters.clone()));
+        counters
+    }
+
+    /// `(id, received, twin GETs, reported patches)` of every identity, in first-seen order,
+    /// and `other` last if any client was folded into it.
+    pub fn snapshot(&self) -> Vec<(String, [u64; 3])> {
+        let read = |c: &ClientCounters| {
+            [
+                c.messages_received.load(Ordering::Relaxed),
+                c.twin_gets.load(Ordering::Relaxed),
+                c.reported_patches.load(Ordering::Relaxed),
+            ]
+        };
+        let table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<(String, [u64; 3])> = table.iter().map(|(id, c)| (id.clone(), read(c))).collect();
+        if self.folded.load(Ordering::Relaxed) > 0 {
+            all.push(("other".to_string(), read(&self.other)));
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+
+    #[test]
+    fn clients_beyond_the_limit_share_one_series() {
+        let clients = Clients::default();
+        for i in 0..CLIENT_SERIES_MAX + 3 {
+            Metrics::inc(&clients.of(&format!("d/m{i}")).messages_received);
+        }
+        Metrics::inc(&clients.of("d/m0").messages_received);
+        let all = clients.snapshot();
+        assert_eq!(all.len(), CLIENT_SERIES_MAX + 1);
+        assert_eq!(all[0], ("d/m0".to_string(), [2, 0, 0]));
+        assert_eq!(all.last().expect("other"), &("other".to_string(), [3, 0, 0]));
+        assert_eq!(clients.folded.load(Ordering::Relaxed), 3);
+    }
+}

@@ -72,6 +72,15 @@ pub fn derive_module_key(device_key: &[u8], module_id: &str) -> Vec<u8> {
     hmac::sign(&key, module_id.as_bytes()).as_ref().to_vec()
 }
 
+/// A name replaced by a keyed hash: HMAC-SHA256 keyed with `key` (a per-device secret), the
+/// first 16 bytes in unpadded base64url. Unlike IoT Edge's unsalted SHA-256, a dictionary of
+/// common module names cannot reverse it without the key.
+pub fn pseudonym(key: &[u8], name: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let tag = hmac::sign(&key, name.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16])
+}
+
 /// The SAS resource (audience) of an identity: `{hub}/devices/{d}` or `{hub}/devices/{d}/modules/{m}`.
 pub fn sas_resource(iothub_hostname: &str, device_id: &str, module_id: Option<&str>) -> String {
     match module_id {

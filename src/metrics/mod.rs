@@ -124,7 +124,15 @@ impl Endpoint {
     fn hub(&self, e: &mut Exposition<'_>) {
         let m = &self.sources.broker.metrics;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
-        e.single(Family::counter("edgehub_messages_received_total", "Telemetry messages accepted from clients (all clients and outputs; per id/route_output not counted yet).", true), get(&m.messages_received));
+        let clients = self.sources.broker.clients.snapshot();
+        e.family(Family::counter(
+            "edgehub_messages_received_total",
+            "Telemetry messages accepted, by client (route_output not counted; beyond 256 clients they share id=\"other\").",
+            true,
+        ));
+        for (id, counts) in &clients {
+            e.sample(&[("id", id.as_str())], counts[0] as f64);
+        }
         let upstream_acked = self.sources.link.as_ref().map_or(0, |l| l.status().acked) as f64;
         e.family(Family::counter("edgehub_messages_sent_total", "Messages delivered: to=\"upstream\" acknowledged by the cloud, to=\"modules\" written to module inputs (all modules together).", true))
             .sample(&[("to", "upstream")], upstream_acked)
@@ -146,11 +154,14 @@ impl Endpoint {
             .sample(&[("reason", "no_route")], get(&m.messages_unrouted))
             .sample(&[("reason", "upstream_refused")], link_dropped)
             .sample(&[("reason", "not_subscribed")], get(&m.control_unsubscribed));
-        e.single(Family::counter("edgehub_gettwin_total", "Twin GETs answered.", true), get(&m.twin_gets));
-        e.single(
-            Family::counter("edgehub_reported_properties_total", "Reported-property patches applied.", true),
-            get(&m.twin_reported_patches),
-        );
+        e.family(Family::counter("edgehub_gettwin_total", "Twin GETs answered, by client.", true));
+        for (id, counts) in &clients {
+            e.sample(&[("source", "local"), ("id", id.as_str())], counts[1] as f64);
+        }
+        e.family(Family::counter("edgehub_reported_properties_total", "Reported-property patches applied, by client.", true));
+        for (id, counts) in &clients {
+            e.sample(&[("target", "local"), ("id", id.as_str())], counts[2] as f64);
+        }
         e.single(
             Family::counter("edgehub_direct_methods_total", "Direct-method calls made to modules and devices.", true),
             get(&m.method_calls),
@@ -340,8 +351,9 @@ pub fn spawn(endpoint: Arc<Endpoint>, listener: smol::Async<std::net::TcpListene
     .detach();
 }
 
-/// Binds `[metrics] listen` and starts the endpoint; off when the key is `""`. A configured
-/// address must bind; the default one, when taken, leaves the endpoint off with a warning.
+/// Makes the metrics (also read by the runtime-quality telemetry), binds `[metrics] listen`
+/// and serves them there; not served when the key is `""`. A configured address must bind;
+/// the default one, when taken, leaves the endpoint off with a warning.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -350,24 +362,7 @@ pub fn start(
     broker: &Arc<Broker>,
     link: Option<&Link>,
     modules: Option<ModulesReport>,
-) -> Result<(), crate::failure::Failure> {
-    let Some(addr) = config.metrics.listen else {
-        log::info!("metrics endpoint off ([metrics] listen = \"\")");
-        return Ok(());
-    };
-    let listener = match smol::Async::<std::net::TcpListener>::bind(addr) {
-        Ok(listener) => listener,
-        // As the method API's default: a second tinyedge on the host, or IoT Edge itself,
-        // holds 9600; the runtime runs without metrics rather than not at all.
-        Err(e) if addr == tinyedge_platform::config::DEFAULT_METRICS_ADDR => {
-            log::warn!("metrics endpoint off: the default metrics.listen {addr}: {e}; set [metrics] listen to a free address, or \"\" to turn it off");
-            return Ok(());
-        }
-        Err(e) => {
-            return Err(crate::failure::Failure::Runtime(format!("metrics listener on {addr} (metrics.listen): {e}")))
-        }
-    };
-    let local = listener.get_ref().local_addr().map_or(addr, |a| a);
+) -> Result<Arc<Endpoint>, crate::failure::Failure> {
     let endpoint = Endpoint::new(Sources {
         broker: broker.clone(),
         store: broker.router.store().clone(),
@@ -381,7 +376,24 @@ pub fn start(
             instance_number: instance_number(),
         },
     });
-    spawn(endpoint, listener);
+    let Some(addr) = config.metrics.listen else {
+        log::info!("metrics endpoint off ([metrics] listen = \"\")");
+        return Ok(endpoint);
+    };
+    let listener = match smol::Async::<std::net::TcpListener>::bind(addr) {
+        Ok(listener) => listener,
+        // As the method API's default: a second tinyedge on the host, or IoT Edge itself,
+        // holds 9600; the runtime runs without metrics rather than not at all.
+        Err(e) if addr == tinyedge_platform::config::DEFAULT_METRICS_ADDR => {
+            log::warn!("metrics endpoint off: the default metrics.listen {addr}: {e}; set [metrics] listen to a free address, or \"\" to turn it off");
+            return Ok(endpoint);
+        }
+        Err(e) => {
+            return Err(crate::failure::Failure::Runtime(format!("metrics listener on {addr} (metrics.listen): {e}")))
+        }
+    };
+    let local = listener.get_ref().local_addr().map_or(addr, |a| a);
+    spawn(endpoint.clone(), listener);
     log::info!("metrics listening on http://{local}{METRICS_PATH}");
-    Ok(())
+    Ok(endpoint)
 }

@@ -109,6 +109,8 @@ pub struct Broker {
     pub router: Router,
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
+    /// Per-client counters (bounded), for the metrics' `id` label.
+    pub clients: crate::metrics::Clients,
     pub limits: Limits,
     next_connection_id: AtomicU64,
     /// Advances a store endpoint's checkpoint (module acknowledgements).
@@ -171,6 +173,7 @@ impl Broker {
             router: Router::new(RouteTable::new(Vec::new()), store, metrics.clone()),
             sessions,
             metrics,
+            clients: crate::metrics::Clients::default(),
             limits,
             next_connection_id: AtomicU64::new(1),
             commit: Arc::new(move |endpoint, seq| commit_store.commit(endpoint, seq)),

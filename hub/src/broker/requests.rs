@@ -50,6 +50,7 @@ pub async fn serve(
         } {
             Ok(document) => {
                 Metrics::inc(&metrics.twin_gets);
+                Metrics::inc(&broker.clients.of(&id).twin_gets);
                 // Recorded as delivered by the adapter once the answer is on the wire.
                 let desired = document.pointer("/desired/$version").and_then(serde_json::Value::as_u64);
                 Served { answer: answer(200, rid, None, Bytes::from(document.to_string()), desired), note: None }
@@ -65,6 +66,7 @@ pub async fn serve(
             match smol::unblock(move || twins.patch_reported(&twin_id, &payload)).await {
                 Ok(version) => {
                     Metrics::inc(&metrics.twin_reported_patches);
+                    Metrics::inc(&broker.clients.of(&id).reported_patches);
                     if let Some(cloud) = broker.cloud() {
                         cloud.twin_used(&id, true);
                     }

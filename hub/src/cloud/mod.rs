@@ -264,6 +264,21 @@ impl Cloud {
         bump(&mut lock(&self.stats));
     }
 
+    /// Sends `payload` on `topic` as identity `id`, directly (not through the store or the
+    /// routes), at QoS 1: `true` once the cloud acknowledged it. Opens `id`'s link if needed and
+    /// waits up to `timeout` for it to connect.
+    pub async fn send_direct(&self, id: &str, topic: String, payload: Bytes, timeout: Duration) -> bool {
+        let Some((link, _)) = self.link(id, Interest::default()) else { return false };
+        let deadline = Instant::now() + timeout;
+        while !link.status().connected {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            smol::Timer::after(Duration::from_millis(100)).await;
+        }
+        link.publish_confirmed(topic, payload, deadline.saturating_duration_since(Instant::now())).await
+    }
+
     /// Adds `more` to `id`'s interest, opening its link if needed.
     pub fn want(&self, id: &str, more: Interest) {
         let _ = self.link(id, more);

@@ -287,6 +287,8 @@ struct Session {
     peer: String,
     /// The cloud side, told of subscription changes and the disconnect.
     cloud: Option<Arc<dyn crate::broker::CloudHooks>>,
+    /// This identity's counters (metrics with an `id` label).
+    counters: Arc<crate::metrics::ClientCounters>,
 }
 
 impl Session {
@@ -338,6 +340,7 @@ impl Session {
             cloud.subscriptions(&auth.identity.client_id(), kept);
         }
         log::info!("{peer}: {} connected (clean session: {clean}, keep-alive {} s)", auth.identity, connect.keep_alive);
+        let counters = broker.clients.of(&auth.identity.client_id());
         Session {
             identity: auth.identity,
             token_expiry: auth.token_expiry,
@@ -349,6 +352,7 @@ impl Session {
             clean,
             peer,
             cloud: broker.cloud(),
+            counters,
         }
     }
 
@@ -575,7 +579,10 @@ impl Session {
         };
         let properties = Properties::parse(bag).map_err(|e| format!("PUBLISH to {:?}: {e}", p.topic))?;
         Ok(match ingest::ingest(&broker.router, &broker.metrics, &self.identity, properties, p.payload) {
-            Ingested::Accepted(seq) => Published::Accepted(seq),
+            Ingested::Accepted(seq) => {
+                Metrics::inc(&self.counters.messages_received);
+                Published::Accepted(seq)
+            }
             Ingested::Refused(why) => Published::NotStored(why),
         })
     }

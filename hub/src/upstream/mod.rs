@@ -86,6 +86,50 @@ pub trait Outbox: Send + Sync + 'static {
     fn resume_after(&self) -> u64;
 }
 
+/// Why [`probe`] failed.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// The configuration (URL, settings, trusted roots) cannot be used.
+    Setup(UpstreamError),
+    /// The connection failed at the step the error names.
+    Link(LinkError),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Setup(error) => error.fmt(f),
+            ProbeError::Link(error) => error.fmt(f),
+        }
+    }
+}
+
+/// An outbox that never has a message: what a [`probe`] link publishes.
+struct NoOutbox;
+
+impl Outbox for NoOutbox {
+    fn next_batch(&self, _after: u64, _max: usize) -> Vec<OutMessage> {
+        Vec::new()
+    }
+    fn wait_for_more(&self, _after: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+    fn acked(&self, _seq: u64) {}
+    fn resume_after(&self) -> u64 {
+        0
+    }
+}
+
+/// Connects once as the link does — TCP, TLS with its trusted roots (the system bundle plus
+/// `config.ca`) and, when `authenticate`, MQTT CONNECT with a fresh SAS token up to an
+/// accepting CONNACK — then disconnects cleanly; nothing is subscribed or published.
+/// `tinyedge check`'s upstream probe; `timeout` bounds all of it. Returns where it connected.
+pub async fn probe(config: UpstreamConfig, authenticate: bool, timeout: Duration) -> Result<Target, ProbeError> {
+    let link = Link::new(config, Arc::new(NoOutbox)).map_err(ProbeError::Setup)?;
+    session::probe(&link, authenticate, timeout).await.map_err(ProbeError::Link)?;
+    Ok(link.target.clone())
+}
+
 /// One PUBLISH from the cloud.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -117,11 +161,15 @@ pub type OnMessage = dyn Fn(Inbound) -> Ack + Send + Sync;
 /// GET). Runs on the link's task: queue with [`Link::send`], do not wait.
 pub type OnConnected = dyn Fn(u64) + Send + Sync;
 
-/// A QoS 0 request or a deferred PUBACK waiting for the link's next write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A QoS 0 request, a deferred PUBACK, or a confirmed QoS 1 publish waiting for the link's
+/// next write.
+#[derive(Debug)]
 pub enum Outgoing {
     Publish { topic: String, payload: Bytes },
     PubAck { connection: u64, pkid: u16 },
+    /// Sent at QoS 1 outside the window; `done` gets `()` on its PUBACK, and is dropped (the
+    /// caller sees the channel closed) if the connection ends first.
+    Confirmed { topic: String, payload: Bytes, done: smol::channel::Sender<()> },
 }
 
 /// Requests waiting for the connection (twin GETs and PATCHes, method answers, PUBACKs): a
@@ -339,6 +387,26 @@ impl Link {
     /// `false` when [`OUTGOING_MAX`] requests wait already.
     pub fn send(&self, topic: String, payload: Bytes) -> bool {
         self.push_outgoing(Outgoing::Publish { topic, payload })
+    }
+
+    /// Publishes at QoS 1 outside the telemetry window and waits (at most `timeout`) for the
+    /// cloud's PUBACK: `true` once it arrived. For messages that must not go through the store
+    /// and routes (the agent's diagnostics); `false` if not connected, the queue is full, the
+    /// connection dropped, or the time ran out.
+    pub async fn publish_confirmed(&self, topic: String, payload: Bytes, timeout: Duration) -> bool {
+        if !self.status().connected {
+            return false;
+        }
+        let (done, acked) = smol::channel::bounded(1);
+        if !self.push_outgoing(Outgoing::Confirmed { topic, payload, done }) {
+            return false;
+        }
+        let wait = async { acked.recv().await.is_ok() };
+        let expire = async {
+            smol::Timer::after(timeout).await;
+            false
+        };
+        smol::future::or(wait, expire).await
     }
 
     /// Acknowledges an inbound PUBLISH that was answered [`Ack::Later`]; ignored if its

@@ -102,6 +102,34 @@ pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, F
     result.map_err(|error| Failure { error, connected_for: Some(connected_at.elapsed()) })
 }
 
+/// One connection as [`run`] makes it — TCP, TLS with the link's roots and, when
+/// `authenticate`, CONNECT with a fresh SAS token up to an accepting CONNACK and a clean
+/// DISCONNECT — all within `timeout`. Nothing is subscribed or published.
+pub(crate) async fn probe(link: &Link, authenticate: bool, timeout: Duration) -> Result<(), LinkError> {
+    let attempt = async {
+        let mut connection = connect(link).await?;
+        if authenticate {
+            let credentials = token::credentials(
+                &link.config.iothub_hostname,
+                &link.config.device_id,
+                link.config.module_id.as_deref(),
+                &link.config.device_key,
+                unix_now(),
+                link.config.token_ttl_secs,
+            );
+            connection.handshake(&credentials, link.config.keep_alive_secs).await?;
+            let _ = Disconnect.write(&mut connection.wbuf);
+            connection.flush().await?;
+        }
+        Ok(())
+    };
+    let limit = async {
+        smol::Timer::after(timeout).await;
+        Err(LinkError::ConnectTimeout(timeout))
+    };
+    smol::future::or(attempt, limit).await
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -139,6 +167,8 @@ struct Connection {
     subscribed: usize,
     /// A SUBSCRIBE waits for its SUBACK (only one at a time: they share one packet id).
     suback_pending: bool,
+    /// Confirmed publishes waiting for their PUBACK (ids from `CONFIRMED_PKIDS`).
+    confirmed: Vec<(u16, smol::channel::Sender<()>)>,
 }
 
 /// What ended a wait.
@@ -161,6 +191,7 @@ impl Connection {
             last_sent: now,
             subscribed: 0,
             suback_pending: false,
+            confirmed: Vec::new(),
         }
     }
 
@@ -214,6 +245,19 @@ impl Connection {
                 super::Outgoing::PubAck { connection, pkid } => {
                     if connection == link.connection() {
                         let _ = PubAck::new(pkid).write(&mut self.wbuf);
+                    }
+                }
+                super::Outgoing::Confirmed { topic, payload, done } => {
+                    // A free id of the confirmed range; none free: dropped (the caller retries).
+                    let Some(pkid) =
+                        super::window::CONFIRMED_PKIDS.clone().find(|id| self.confirmed.iter().all(|(used, _)| used != id))
+                    else {
+                        continue;
+                    };
+                    let mut publish = Publish::from_bytes(topic.as_str(), QoS::AtLeastOnce, payload);
+                    publish.pkid = pkid;
+                    if publish.write(&mut self.wbuf).is_ok() {
+                        self.confirmed.push((pkid, done));
                     }
                 }
             }
@@ -368,6 +412,12 @@ impl Connection {
         on_message: Option<&OnMessage>,
     ) -> Result<(), LinkError> {
         match packet {
+            Packet::PubAck(ack) if super::window::CONFIRMED_PKIDS.contains(&ack.pkid) => {
+                if let Some(at) = self.confirmed.iter().position(|(id, _)| *id == ack.pkid) {
+                    let (_, done) = self.confirmed.swap_remove(at);
+                    let _ = done.try_send(());
+                }
+            }
             Packet::PubAck(ack) => {
                 if let Some(released) = pipeline.window.puback(ack.pkid) {
                     release(link, released);

@@ -17,9 +17,13 @@ use bytes::Bytes;
 pub const WINDOW_MAX: usize = 128;
 const _: () = assert!(WINDOW_MAX < PKID_MAX as usize / 2);
 
-/// Window entries are numbered 1..=`PKID_MAX`; the one id above is left for SUBSCRIBE, so a
-/// subscription never shares an id with a message in flight.
-const PKID_MAX: u16 = u16::MAX - 1;
+/// Window entries are numbered 1..=`PKID_MAX`; the ids above are left for confirmed
+/// publishes outside the window ([`CONFIRMED_PKIDS`]) and for SUBSCRIBE, so neither ever shares
+/// an id with a message in flight.
+const PKID_MAX: u16 = u16::MAX - 17;
+/// Packet ids of publishes sent outside the window and confirmed by their PUBACK (the agent's
+/// diagnostics), one connection at a time: at most 16 in flight.
+pub const CONFIRMED_PKIDS: std::ops::RangeInclusive<u16> = (u16::MAX - 16)..=(u16::MAX - 1);
 /// The packet id of the link's SUBSCRIBE.
 pub const SUBSCRIBE_PKID: u16 = u16::MAX;
 

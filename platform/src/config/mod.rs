@@ -153,6 +153,33 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     pub agent: AgentConfig,
     pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[telemetry]` table: IoT Edge's runtime-quality telemetry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Off also when the deployment's `edgeAgent` env has `SendRuntimeQualityTelemetry=false`.
+    pub enabled: bool,
+    /// How often the `ms_telemetry` series are sampled (IoT Edge's `MetricScrapeInterval`).
+    pub scrape_interval_secs: u64,
+    /// How often they are sent (IoT Edge's `MetricUploadInterval`); the first upload comes after
+    /// a random delay within one interval.
+    pub upload_interval_secs: u64,
+}
+
+/// IoT Edge's defaults: sampled every hour, sent once a day.
+pub const DEFAULT_TELEMETRY_SCRAPE_SECS: u64 = 3600;
+pub const DEFAULT_TELEMETRY_UPLOAD_SECS: u64 = 86_400;
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            scrape_interval_secs: DEFAULT_TELEMETRY_SCRAPE_SECS,
+            upload_interval_secs: DEFAULT_TELEMETRY_UPLOAD_SECS,
+        }
+    }
 }
 
 /// The `[metrics]` table.
@@ -347,6 +374,7 @@ impl Default for Config {
             devices: Vec::new(),
             agent: AgentConfig::default(),
             metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

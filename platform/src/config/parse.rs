@@ -25,8 +25,10 @@ const TOP_KEYS: &[&str] = &[
     "devices",
     "agent",
     "metrics",
+    "telemetry",
 ];
 const METRICS_KEYS: &[&str] = &["listen"];
+const TELEMETRY_KEYS: &[&str] = &["enabled", "scrape_interval_secs", "upload_interval_secs"];
 const AGENT_KEYS: &[&str] = &[
     "enabled",
     "containerd",
@@ -254,6 +256,7 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
     let upstream = parse_upstream(top.table("upstream")?, base_dir)?;
     let devices = parse_devices(top.array("devices", "an array of [[devices]] tables")?, &device_id)?;
     let agent = parse_agent(top.table("agent")?, base_dir)?;
+    let telemetry = parse_telemetry(top.table("telemetry")?)?;
     Ok(Config {
         hostname,
         iothub_hostname,
@@ -268,7 +271,28 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> 
         devices,
         agent,
         metrics,
+        telemetry,
     })
+}
+
+/// `[telemetry]`: enabled, and the two intervals (1 s to 7 days).
+fn parse_telemetry(table: Option<Table>) -> Result<TelemetryConfig, ConfigError> {
+    let mut telemetry = TelemetryConfig::default();
+    let Some(table) = table else { return Ok(telemetry) };
+    let mut section = Section::new(table, "telemetry.".to_owned(), TELEMETRY_KEYS)?;
+    match section.table.remove("enabled") {
+        None => {}
+        Some(Value::Boolean(b)) => telemetry.enabled = b,
+        Some(other) => return Err(section.wrong_type("enabled", "a boolean", &other)),
+    }
+    const WEEK: usize = 7 * 86_400;
+    if let Some(secs) = section.count("scrape_interval_secs", 1, WEEK)? {
+        telemetry.scrape_interval_secs = secs as u64;
+    }
+    if let Some(secs) = section.count("upload_interval_secs", 1, WEEK)? {
+        telemetry.upload_interval_secs = secs as u64;
+    }
+    Ok(telemetry)
 }
 
 /// `[metrics] listen`, parsed like the `[hub]` listeners and refused when it repeats one of them.
