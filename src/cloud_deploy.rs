@@ -85,6 +85,8 @@ pub struct CloudDeploy {
     deployer: Deployer,
     reporter: Option<Reporter>,
     state: Mutex<State>,
+    /// One deployment applied at a time; an older one still waiting is skipped.
+    deploying: smol::lock::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,6 +108,7 @@ impl CloudDeploy {
             deployer,
             reporter,
             state: Mutex::new(State::default()),
+            deploying: smol::lock::Mutex::new(()),
         });
         for id in [format!("{device_id}/$edgeAgent"), format!("{device_id}/$edgeHub")] {
             let weak = Arc::downgrade(&me);
@@ -143,11 +146,16 @@ impl CloudDeploy {
             }
             let body = manifest(agent, hub);
             state.applied = Some(versions);
-            (versions.0, body)
+            (versions, body)
         };
         let me = self.clone();
         smol::spawn(async move {
-            let (version, body) = manifest;
+            let (versions, body) = manifest;
+            let _one_at_a_time = me.deploying.lock().await;
+            if lock(&me.state).applied != Some(versions) {
+                return; // a newer one came meanwhile
+            }
+            let version = versions.0;
             let (code, message) = (me.deployer)(body).await;
             if code == 200 {
                 log::info!("cloud deployment {version} applied");
@@ -155,7 +163,8 @@ impl CloudDeploy {
                 log::warn!("cloud deployment {version} refused ({code}): {message}; nothing changes");
             }
             lock(&me.state).acted = Some((version, code, message));
-            me.report_now();
+            let reporter = me.clone();
+            smol::unblock(move || reporter.report_now()).await;
         })
         .detach();
     }
@@ -164,7 +173,8 @@ impl CloudDeploy {
         loop {
             smol::Timer::after(REPORT_EVERY).await;
             let Some(me) = weak.upgrade() else { return };
-            me.report_now();
+            // The twin store writes (and fsyncs) the patch: off the executor thread.
+            smol::unblock(move || me.report_now()).await;
         }
     }
 

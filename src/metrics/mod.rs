@@ -82,10 +82,10 @@ impl Endpoint {
         let answer = report();
         let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&answer.body) else { return };
         let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
-        for seen in modules::observed(&doc) {
-            modules.observe(&seen);
-        }
         let now = Instant::now();
+        for seen in modules::observed(&doc) {
+            modules.observe(&seen, now);
+        }
         let root = std::path::Path::new(cgroup::CGROUP_ROOT);
         let names: Vec<String> = modules.by_name.keys().cloned().collect();
         for name in names {
@@ -239,6 +239,19 @@ impl Endpoint {
         e.single(
             Family::counter("tinyedge_upstream_published_total", "Messages published to the cloud.", false),
             s.published as f64,
+        );
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let offline_secs =
+            if s.connected || s.since_unix_ms == 0 { 0.0 } else { now_ms.saturating_sub(s.since_unix_ms) as f64 / 1000.0 };
+        e.single(
+            Family::gauge(
+                "edgehub_offline_duration_seconds",
+                "How long the cloud link has been down (0 while it is up).",
+                true,
+            ),
+            offline_secs,
         );
     }
 

@@ -29,6 +29,11 @@ pub struct Module {
     pub memory_bytes: Option<u64>,
     pub cpu_percent: Option<f64>,
     cpu: Option<(u64, Instant)>,
+    /// Seconds the module was desired running, and of those, seen running (IoT Edge's
+    /// `total_time_expected_running` / `total_time_running_correctly`), between samples.
+    pub expected_secs: f64,
+    pub correct_secs: f64,
+    seen_at: Option<(Instant, bool, bool)>,
 }
 
 /// One module's line in the agent's reported document.
@@ -39,6 +44,10 @@ pub struct Observed<'a> {
     pub last_start: &'a str,
     pub last_exit: &'a str,
     pub restart_count: u64,
+    /// The desired `status` is `running`.
+    pub expected: bool,
+    /// `runtimeStatus` is `running`.
+    pub running: bool,
 }
 
 /// The modules of the reported document (`modules.{name}`).
@@ -51,6 +60,8 @@ pub fn observed(report: &Value) -> Vec<Observed<'_>> {
             last_start: m.get("lastStartTimeUtc").and_then(Value::as_str).unwrap_or(NEVER),
             last_exit: m.get("lastExitTimeUtc").and_then(Value::as_str).unwrap_or(NEVER),
             restart_count: m.get("restartCount").and_then(Value::as_u64).unwrap_or(0),
+            expected: m.get("status").and_then(Value::as_str) == Some("running"),
+            running: m.get("runtimeStatus").and_then(Value::as_str) == Some("running"),
         })
         .collect()
 }
@@ -70,7 +81,7 @@ pub struct Modules {
 impl Modules {
     /// Applies one observation: a new start time is at least one start (more when the restart
     /// count rose by more since the last sample), a new exit time at least one stop.
-    pub fn observe(&mut self, seen: &Observed<'_>) {
+    pub fn observe(&mut self, seen: &Observed<'_>, now: Instant) {
         if !self.by_name.contains_key(seen.name) && self.by_name.len() >= SERIES_MAX {
             self.overflow += 1;
             return;
@@ -88,6 +99,17 @@ impl Modules {
         module.last_exit.clear();
         module.last_exit.push_str(seen.last_exit);
         module.restart_count = seen.restart_count;
+        // The time since the last sample counts as what that sample saw.
+        if let Some((at, expected, running)) = module.seen_at {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            if expected {
+                module.expected_secs += secs;
+                if running {
+                    module.correct_secs += secs;
+                }
+            }
+        }
+        module.seen_at = Some((now, seen.expected, seen.running));
     }
 
     /// Applies a cgroup reading taken at `now`.
@@ -110,7 +132,21 @@ mod tests {
     use super::*;
 
     fn seen<'a>(start: &'a str, exit: &'a str, restart_count: u64) -> Observed<'a> {
-        Observed { name: "m", last_start: start, last_exit: exit, restart_count }
+        Observed { name: "m", last_start: start, last_exit: exit, restart_count, expected: true, running: true }
+    }
+
+    #[test]
+    fn time_expected_and_running_correctly_add_up_between_samples() {
+        let mut modules = Modules::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let state = |running| Observed { name: "m", last_start: "t", last_exit: NEVER, restart_count: 0, expected: true, running };
+        modules.observe(&state(true), at(0));
+        modules.observe(&state(false), at(10));
+        modules.observe(&state(true), at(14));
+        modules.observe(&state(true), at(20));
+        let m = &modules.by_name["m"];
+        assert_eq!((m.expected_secs, m.correct_secs), (20.0, 16.0));
     }
 
     #[test]
@@ -128,7 +164,7 @@ mod tests {
             (seen("t10", "t8", 0), (6, 4)),
         ];
         for (observation, (starts, stops)) in steps {
-            modules.observe(&observation);
+            modules.observe(&observation, Instant::now());
             let m = &modules.by_name["m"];
             assert_eq!((m.starts, m.stops), (starts, stops), "{observation:?}");
         }
@@ -139,7 +175,8 @@ mod tests {
         let mut modules = Modules::default();
         let names: Vec<String> = (0..SERIES_MAX + 3).map(|i| format!("m{i}")).collect();
         for name in &names {
-            modules.observe(&Observed { name, last_start: "t", last_exit: NEVER, restart_count: 0 });
+            let seen = Observed { name, last_start: "t", last_exit: NEVER, restart_count: 0, expected: true, running: true };
+            modules.observe(&seen, Instant::now());
         }
         assert_eq!((modules.by_name.len(), modules.overflow), (SERIES_MAX, 3));
     }
@@ -147,7 +184,7 @@ mod tests {
     #[test]
     fn cpu_percent_needs_two_readings() {
         let mut modules = Modules::default();
-        modules.observe(&seen("t", NEVER, 0));
+        modules.observe(&seen("t", NEVER, 0), Instant::now());
         let t0 = Instant::now();
         modules.usage("m", Usage { memory_bytes: Some(10), cpu_ns: Some(0) }, t0);
         assert_eq!(modules.by_name["m"].cpu_percent, None);
@@ -159,7 +196,10 @@ mod tests {
     fn the_reported_document_is_read() {
         let doc = serde_json::json!({"modules": {"a": {"lastStartTimeUtc": "x", "restartCount": 2}}});
         let seen = observed(&doc);
-        assert_eq!(seen, vec![Observed { name: "a", last_start: "x", last_exit: NEVER, restart_count: 2 }]);
+        assert_eq!(
+            seen,
+            vec![Observed { name: "a", last_start: "x", last_exit: NEVER, restart_count: 2, expected: false, running: false }]
+        );
         assert!(observed(&serde_json::json!({})).is_empty());
     }
 }

@@ -106,6 +106,8 @@ struct Entry {
     _task: smol::Task<()>,
     interest: Interest,
     last_used: Instant,
+    /// A leaf device disconnected while telemetry of it was in flight: closed once idle.
+    close_when_idle: bool,
 }
 
 /// A twin request waiting for the cloud's answer: status, `$version`, body.
@@ -123,6 +125,11 @@ pub struct Cloud {
     requests: Mutex<HashMap<String, smol::channel::Sender<Answer>>>,
     next_rid: AtomicU64,
     watched: Mutex<Vec<(String, Arc<OnDesired>)>>,
+    /// One twin operation at a time per identity (fetch, cloud patch, reported push), so a
+    /// GET answer never overwrites a newer patch and pushes do not pile up.
+    sync_locks: Mutex<HashMap<String, Arc<smol::lock::Mutex<()>>>>,
+    /// Twins whose last fetch failed: fetched again by housekeeping.
+    unsynced: Mutex<std::collections::HashSet<String>>,
     myself: Weak<Cloud>,
     stats: Mutex<CloudStats>,
 }
@@ -139,6 +146,8 @@ pub struct CloudStats {
     pub c2d_received: u64,
     pub c2d_completed: u64,
     pub refused_from_cloud: u64,
+    /// Identities the cloud refused (their telemetry is dropped rather than holding the rest).
+    pub refused_identities: u64,
     /// Counters of links already closed (so totals never go down).
     pub closed_totals: LinkStatus,
 }
@@ -173,6 +182,8 @@ impl Cloud {
             requests: Mutex::new(HashMap::new()),
             next_rid: AtomicU64::new(1),
             watched: Mutex::new(Vec::new()),
+            sync_locks: Mutex::new(HashMap::new()),
+            unsynced: Mutex::new(std::collections::HashSet::new()),
             myself: myself.clone(),
             stats: Mutex::new(CloudStats::default()),
         });
@@ -188,6 +199,7 @@ impl Cloud {
             };
             Some(match cloud.link(&id, Interest::default()) {
                 Some(entry) => RouteTo::Link(entry.1),
+                None if cloud.key_of(&id).is_none() => RouteTo::NoKey,
                 None => RouteTo::Busy,
             })
         });
@@ -205,6 +217,15 @@ impl Cloud {
     pub fn watch(&self, id: &str, on_desired: Arc<OnDesired>) {
         lock(&self.watched).push((id.to_string(), on_desired));
         self.want(id, Interest { twin: true, pinned: true, ..Interest::default() });
+    }
+
+    /// The lock serialising `id`'s twin operations (bounded by the identities with links).
+    fn sync_lock(&self, id: &str) -> Arc<smol::lock::Mutex<()>> {
+        let mut locks = lock(&self.sync_locks);
+        if locks.len() > self.config.max_links * 2 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(id.to_string()).or_default().clone()
     }
 
     fn is_watched(&self, id: &str) -> bool {
@@ -290,6 +311,7 @@ impl Cloud {
         let mut links = lock(&self.links);
         if let Some(entry) = links.get_mut(id) {
             entry.last_used = Instant::now();
+            entry.close_when_idle = false;
             let before = entry.interest;
             entry.interest.twin |= more.twin;
             entry.interest.methods |= more.methods;
@@ -343,7 +365,14 @@ impl Cloud {
         let task = smol::spawn(link.clone().run());
         links.insert(
             id.to_string(),
-            Entry { link: link.clone(), outbox: outbox.clone(), _task: task, interest: more, last_used: Instant::now() },
+            Entry {
+                link: link.clone(),
+                outbox: outbox.clone(),
+                _task: task,
+                interest: more,
+                last_used: Instant::now(),
+                close_when_idle: false,
+            },
         );
         drop(links);
         self.count(|s| s.links_opened += 1);
@@ -400,11 +429,46 @@ impl Cloud {
             smol::Timer::after(RETRY_EVERY).await;
             let Some(cloud) = weak.upgrade() else { return };
             let mut retired = Vec::new();
+            let mut refused = Vec::new();
             {
                 let mut links = lock(&cloud.links);
                 while Self::close_one_idle(&mut links, cloud.config.idle_timeout, false, &mut retired) {}
+                let closing: Vec<String> = links
+                    .iter()
+                    .filter(|(_, e)| e.close_when_idle && e.outbox.is_idle())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in closing {
+                    if let Some(entry) = links.remove(&id) {
+                        log::info!("cloud: {id} is gone and its telemetry acknowledged: its cloud link is closed");
+                        retired.push(entry.link.status());
+                    }
+                }
+                for (id, entry) in links.iter() {
+                    let status = entry.link.status();
+                    if status.refused && !entry.outbox.is_abandoned() {
+                        refused.push((id.clone(), entry.outbox.clone()));
+                    } else if status.connected && entry.outbox.is_abandoned() {
+                        entry.outbox.resume();
+                    }
+                }
             }
             cloud.retire(retired);
+            for (id, outbox) in refused {
+                let dropped = outbox.abandon();
+                cloud.count(|s| s.refused_identities += 1);
+                log::warn!(
+                    "cloud: the cloud refuses {id} (not authorized): {dropped} message(s) of it in flight are dropped, and its next ones until it is accepted"
+                );
+            }
+            let unsynced: Vec<String> = std::mem::take(&mut *lock(&cloud.unsynced)).into_iter().collect();
+            for id in unsynced {
+                match cloud.link_of(&id) {
+                    Some(link) if link.status().connected => cloud.spawn_sync(id, link.connection()),
+                    // Fetched again on its next connection.
+                    _ => {}
+                }
+            }
             for id in cloud.broker.twins.ids_with_pending_up() {
                 let link = lock(&cloud.links).get(&id).map(|e| e.link.clone());
                 match link {
@@ -451,12 +515,20 @@ impl Cloud {
             }
             requests.insert(rid.clone(), sender);
         }
+        let connection = link.connection();
         let answer = if link.send(topic_of(&rid), body) {
             let timeout = async {
                 smol::Timer::after(self.config.request_timeout).await;
                 None
             };
-            smol::future::or(async { receiver.recv().await.ok() }, timeout).await
+            // The connection it went out on ended: no answer will come on it.
+            let dropped = async {
+                while link.status().connected && link.connection() == connection {
+                    smol::Timer::after(Duration::from_millis(250)).await;
+                }
+                None
+            };
+            smol::future::or(async { receiver.recv().await.ok() }, smol::future::or(dropped, timeout)).await
         } else {
             None
         };
@@ -550,17 +622,22 @@ impl Cloud {
             state.owner.is_some() && state.subscriptions.device_bound
         };
         if !takes || !inbound.qos1 {
-            // Not acknowledged: the cloud keeps it (and delivers it again on the next
-            // connection, which comes when the device is back).
+            // Not acknowledged: the cloud keeps it and delivers it again on the link's next
+            // connection; the link is closed as soon as nothing of the device is in flight,
+            // and opened again when the device is back.
+            if let Some(entry) = lock(&self.links).get_mut(id) {
+                entry.close_when_idle = true;
+            }
             return if inbound.qos1 { Ack::Later } else { Ack::Now };
         }
-        let (weak, link_id, connection, pkid) = (self.myself.clone(), id.to_string(), inbound.connection, inbound.pkid);
+        let Some(link) = self.link_of(id) else { return Ack::Later };
+        let (weak, link, connection, pkid) = (self.myself.clone(), Arc::downgrade(&link), inbound.connection, inbound.pkid);
         let done = Completion(Arc::new(move || {
-            if let Some(cloud) = weak.upgrade() {
-                if let Some(link) = cloud.link_of(&link_id) {
-                    link.puback(connection, pkid);
-                    cloud.count(|s| s.c2d_completed += 1);
-                }
+            // The link the message came on: a newer link of the same identity numbers its
+            // connections from 1 again and must not get this PUBACK.
+            if let (Some(cloud), Some(link)) = (weak.upgrade(), link.upgrade()) {
+                link.puback(connection, pkid);
+                cloud.count(|s| s.c2d_completed += 1);
             }
         }));
         let control = Control::DeviceBound { bag: bag.to_string(), payload: inbound.payload, done };
@@ -646,7 +723,16 @@ impl CloudHooks for Cloud {
             return;
         }
         let mut links = lock(&self.links);
-        if links.get(id).is_some_and(|e| e.outbox.is_idle() && !e.interest.pinned) {
+        let Some(entry) = links.get_mut(id) else { return };
+        if entry.interest.pinned {
+            return;
+        }
+        if !entry.outbox.is_idle() {
+            // Closed by housekeeping once the cloud acknowledged what is in flight.
+            entry.close_when_idle = true;
+            return;
+        }
+        {
             let entry = links.remove(id);
             drop(links);
             self.retire(entry.map(|e| e.link.status()).into_iter().collect());

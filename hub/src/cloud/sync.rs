@@ -24,7 +24,9 @@ use super::Cloud;
 /// A connection of `id`'s link came up (number `connection`).
 pub async fn on_connect(cloud: &Cloud, id: &str, connection: u64) {
     let Some(link) = cloud.link_of(id) else { return };
-    push_reported(cloud, id, &link).await;
+    let lock = cloud.sync_lock(id);
+    let _one_at_a_time = lock.lock().await;
+    push(cloud, id, &link).await;
     if link.connection() != connection {
         return;
     }
@@ -34,8 +36,17 @@ pub async fn on_connect(cloud: &Cloud, id: &str, connection: u64) {
     }
 }
 
-/// Sends `id`'s waiting reported changes and clears them once the cloud acknowledged them.
+
+/// Sends `id`'s waiting reported changes, unless another twin operation of `id` runs (it
+/// pushes them, or housekeeping does within seconds): one push in flight per identity.
 pub async fn push_reported(cloud: &Cloud, id: &str, link: &Link) {
+    let lock = cloud.sync_lock(id);
+    let Some(_one_at_a_time) = lock.try_lock() else { return };
+    push(cloud, id, link).await;
+}
+
+/// Sends `id`'s waiting reported changes and clears them once the cloud acknowledged them.
+async fn push(cloud: &Cloud, id: &str, link: &Link) {
     let twins = cloud.broker.twins.clone();
     let Some(pending) = twins.pending_up(id) else { return };
     let body = Bytes::from(pending.to_string());
@@ -62,14 +73,20 @@ pub async fn push_reported(cloud: &Cloud, id: &str, link: &Link) {
     }
 }
 
-/// Fetches `id`'s twin from the cloud and takes it; tells the client what changed.
-pub async fn fetch(cloud: &Cloud, id: &str, link: &Link) {
+/// Fetches `id`'s twin from the cloud and takes it; tells the client what changed. A failed
+/// fetch is tried again by housekeeping (every few seconds) while the link is up.
+async fn fetch(cloud: &Cloud, id: &str, link: &Link) {
+    let unsynced = || {
+        super::lock(&cloud.unsynced).insert(id.to_string());
+    };
     let Some((status, _, body)) = cloud.request(link, crate::topic::twin_get_topic, Bytes::new()).await else {
         log::info!("cloud: the twin of {id} was not fetched (no answer in time)");
+        unsynced();
         return;
     };
     if status != 200 {
         log::warn!("cloud: fetching the twin of {id} failed with {status}: {}", String::from_utf8_lossy(&body));
+        unsynced();
         return;
     }
     let document: Value = match serde_json::from_slice(&body) {
@@ -77,6 +94,7 @@ pub async fn fetch(cloud: &Cloud, id: &str, link: &Link) {
         Err(error) => {
             cloud.count(|s| s.refused_from_cloud += 1);
             log::warn!("cloud: the twin of {id} from the cloud is not JSON ({error}); the local twin is kept");
+            unsynced();
             return;
         }
     };
@@ -95,12 +113,15 @@ pub async fn fetch(cloud: &Cloud, id: &str, link: &Link) {
         Err(error) => {
             cloud.count(|s| s.refused_from_cloud += 1);
             log::warn!("cloud: the twin of {id} from the cloud is refused: {error}; the local twin is kept");
+            unsynced();
         }
     }
 }
 
-/// A desired patch the cloud pushed for `id`.
+/// A desired patch the cloud pushed for `id` (after any twin operation of `id` in progress).
 pub async fn desired_patch(cloud: &Cloud, id: &str, version: Option<u64>, payload: &[u8]) {
+    let lock = cloud.sync_lock(id);
+    let _one_at_a_time = lock.lock().await;
     let patch: Value = match serde_json::from_slice(payload) {
         Ok(patch @ Value::Object(_)) => patch,
         _ => {

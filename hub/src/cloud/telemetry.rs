@@ -41,6 +41,8 @@ struct Lane {
     waiting: VecDeque<OutMessage>,
     /// Handed out (waiting or in the link's window) and not acknowledged, in order.
     unacked: VecDeque<u64>,
+    /// The cloud refuses the identity: messages for it are dropped.
+    abandoned: bool,
 }
 
 /// One identity's view of the queue: the [`Outbox`] its link drains.
@@ -68,22 +70,52 @@ impl IdentityOutbox {
         lock(&self.lane).unacked.front().copied()
     }
 
-    /// Hands `message` over, waiting while [`IDENTITY_QUEUE_MAX`] wait already.
-    async fn hand_over(&self, message: OutMessage) {
+    /// Hands `message` over, waiting while [`IDENTITY_QUEUE_MAX`] wait already. `false` if
+    /// the lane was abandoned meanwhile (its identity is refused by the cloud): the message is
+    /// dropped.
+    async fn hand_over(&self, message: OutMessage) -> bool {
         loop {
             let listener = self.room.listen();
             {
                 let mut lane = lock(&self.lane);
+                if lane.abandoned {
+                    return false;
+                }
                 if lane.waiting.len() < IDENTITY_QUEUE_MAX {
                     lane.unacked.push_back(message.seq);
                     lane.waiting.push_back(message);
                     drop(lane);
                     self.more.notify(usize::MAX);
-                    return;
+                    return true;
                 }
             }
             listener.await;
         }
+    }
+
+    /// The cloud refuses this identity (not authorized): what waits or is in flight for it
+    /// no longer holds the checkpoint back (it is dropped, and counted by the caller), and
+    /// nothing more is handed over until [`IdentityOutbox::resume`]. Returns how many
+    /// messages were given up.
+    pub fn abandon(&self) -> usize {
+        let given_up = {
+            let mut lane = lock(&self.lane);
+            lane.abandoned = true;
+            lane.waiting.clear();
+            std::mem::take(&mut lane.unacked).len()
+        };
+        self.room.notify(usize::MAX);
+        self.dispatch.release();
+        given_up
+    }
+
+    /// The identity connected again: messages are handed over again.
+    pub fn resume(&self) {
+        lock(&self.lane).abandoned = false;
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        lock(&self.lane).abandoned
     }
 }
 
@@ -142,6 +174,9 @@ pub enum RouteTo {
     Link(Arc<IdentityOutbox>),
     /// No link can be made now (the limit is reached and none is idle): try again shortly.
     Busy,
+    /// The sender has no key (no longer configured or in the device scope): the message can
+    /// never be sent and is skipped.
+    NoKey,
 }
 
 /// The reader of the shared `$upstream` queue.
@@ -169,16 +204,20 @@ impl Dispatch {
     }
 
     /// Moves the store's checkpoint to just below the lowest seq any link still holds.
+    /// `read_through` is read first: a message handed over after that read is above it, so it
+    /// can never be released unacknowledged; the store is told under the tracker's lock, so
+    /// checkpoints reach it in order.
     fn release(&self) {
-        let lowest = lock(&self.lanes).iter().filter_map(std::sync::Weak::upgrade).filter_map(|l| l.lowest_unacked()).min();
         let mut tracker = lock(&self.tracker);
+        let read_through = tracker.read_through;
+        let lanes: Vec<Arc<IdentityOutbox>> = lock(&self.lanes).iter().filter_map(std::sync::Weak::upgrade).collect();
+        let lowest = lanes.iter().filter_map(|l| l.lowest_unacked()).min();
         let through = match lowest {
-            Some(seq) => seq.saturating_sub(1).min(tracker.read_through),
-            None => tracker.read_through,
+            Some(seq) => seq.saturating_sub(1).min(read_through),
+            None => read_through,
         };
         if through > tracker.released {
             tracker.released = through;
-            drop(tracker);
             self.source.acked(through);
         }
     }
@@ -200,7 +239,13 @@ impl Dispatch {
                 loop {
                     match route(&message) {
                         Some(RouteTo::Link(outbox)) => {
-                            outbox.hand_over(message).await;
+                            if !outbox.hand_over(message).await {
+                                log::warn!("upstream: message {seq} dropped: the cloud refuses its sender");
+                            }
+                            break;
+                        }
+                        Some(RouteTo::NoKey) => {
+                            log::warn!("upstream: message {seq} on {:?} dropped: its sender has no key any more", message.topic);
                             break;
                         }
                         Some(RouteTo::Busy) => {

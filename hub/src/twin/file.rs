@@ -94,11 +94,16 @@ pub fn decode_twin(bytes: &[u8]) -> Result<(String, Twin), String> {
         Some(Value::Object(mut seen)) => Some(take_snapshot(&mut seen, desired_version, &desired)?),
         Some(_) => return Err("\"delivered\" is not an object".to_string()),
     };
-    // Absent in files written before the cloud side existed.
+    // Absent in files written before the cloud side existed. One that is not a bounded object
+    // is dropped (logged), not a reason to lose the twin: the reported properties it was
+    // merged from are in the file.
     let pending_up = match fields.remove("pendingUp") {
+        Some(Value::Object(pending)) if document_len(&pending) <= DOCUMENT_BYTES_MAX => Some(Arc::new(pending)),
         None | Some(Value::Null) => None,
-        Some(Value::Object(pending)) if document_len(&pending) <= DOCUMENT_BYTES_MAX * 2 => Some(Arc::new(pending)),
-        Some(_) => return Err("\"pendingUp\" is not an object within the size limit".to_string()),
+        Some(_) => {
+            log::warn!("twin of {id}: its pending reported changes are unreadable; the whole reported document is sent instead");
+            Some(Arc::new(Document::clone(&reported)))
+        }
     };
     let twin = Twin { desired, desired_version, reported, reported_version, delivered, previous: None, pending_up };
     Ok((id, twin))

@@ -117,6 +117,11 @@ impl Twin {
     pub fn with_pending_up(&self, patch: &Document) -> Option<Twin> {
         let mut pending = self.pending_up.as_deref().cloned().unwrap_or_default();
         merge_keeping_nulls(&mut pending, patch);
+        if super::json::document_len(&pending) > super::limits::DOCUMENT_BYTES_MAX {
+            // Deleted keys pile up as nulls: send the whole reported document instead (within
+            // the limit; keys deleted meanwhile may then linger in the cloud's twin).
+            pending = Document::clone(&self.reported);
+        }
         if self.pending_up.as_deref() == Some(&pending) {
             return None;
         }

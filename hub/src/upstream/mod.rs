@@ -193,8 +193,8 @@ struct Extra {
 #[derive(Debug)]
 pub struct Gate {
     state: Mutex<(Backoff, Option<std::time::Instant>)>,
-    /// The last connection attempt of any link sharing the gate succeeded.
-    up: std::sync::atomic::AtomicBool,
+    /// Links sharing the gate that are connected right now.
+    up: std::sync::atomic::AtomicUsize,
     changed: event_listener::Event,
 }
 
@@ -202,14 +202,15 @@ impl Gate {
     pub fn new(min: Duration, max: Duration) -> Arc<Gate> {
         Arc::new(Gate {
             state: Mutex::new((Backoff::new(min, max, XorShift64::from_clock()), None)),
-            up: std::sync::atomic::AtomicBool::new(false),
+            up: std::sync::atomic::AtomicUsize::new(0),
             changed: event_listener::Event::new(),
         })
     }
 
-    /// Whether the cloud answered the last attempt (`false` before the first one).
+    /// Whether some link sharing the gate is connected (a link the cloud refuses does not
+    /// make the cloud "down" for the others).
     pub fn is_up(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Acquire)
+        self.up.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Resolves once the cloud is up.
@@ -223,17 +224,23 @@ impl Gate {
         }
     }
 
-    fn set_up(&self, up: bool) {
-        if self.up.swap(up, std::sync::atomic::Ordering::AcqRel) != up {
+    fn link_up(&self) {
+        if self.up.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
             self.changed.notify(usize::MAX);
         }
+    }
+
+    fn link_down(&self) {
+        let _ = self.up.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+            n.checked_sub(1)
+        });
+        self.changed.notify(usize::MAX);
     }
 
     /// A connection failed: the wait before the next attempt (the one already set, if it lies
     /// ahead, else a new delay). `stable`: the failed connection had been up long enough to
     /// start the backoff again from its minimum.
     fn failed(&self, stable: bool) -> Duration {
-        self.set_up(false);
         let mut state = lock(&self.state);
         let now = std::time::Instant::now();
         if stable {
@@ -252,7 +259,6 @@ impl Gate {
     /// A connection came up: the cloud is there.
     fn succeeded(&self) {
         lock(&self.state).1 = None;
-        self.set_up(true);
     }
 }
 
@@ -273,6 +279,9 @@ pub struct LinkStatus {
     pub acked: u64,
     /// Messages skipped because they can never be delivered (bad topic, over 256 KiB).
     pub dropped: u64,
+    /// The cloud refused the last CONNECT as not authorized (CONNACK 4 or 5): the identity's
+    /// credentials are not (or no longer) valid there. Cleared by the next connection.
+    pub refused: bool,
 }
 
 #[derive(Default)]
@@ -413,7 +422,9 @@ impl Link {
     /// connection has ended (the cloud then delivers it again).
     pub fn puback(&self, connection: u64, pkid: u16) {
         if connection == self.connection() {
-            self.push_outgoing(Outgoing::PubAck { connection, pkid });
+            // Past the bound: a lost completion would stall the device's C2D queue.
+            lock(&self.extra).outgoing.push_back(Outgoing::PubAck { connection, pkid });
+            self.wake.notify(usize::MAX);
         }
     }
 
@@ -454,6 +465,15 @@ impl Link {
     /// Connects, publishes and reconnects forever; spawn it (`smol::spawn(link.clone().run())`).
     /// Dropping the future closes the connection without a DISCONNECT.
     pub async fn run(self: Arc<Self>) {
+        /// A link whose task is dropped while connected (closed by the cloud side) leaves the
+        /// shared gate's count of connected links.
+        struct Closed(Arc<Link>);
+        impl Drop for Closed {
+            fn drop(&mut self) {
+                self.0.mark_disconnected(Some("closed".to_string()), false);
+            }
+        }
+        let _closed = Closed(self.clone());
         let mut pipeline =
             Pipeline { window: Window::new(self.config.window), fetched_through: self.outbox.resume_after() };
         let mut last_reason: Option<String> = None;
@@ -461,7 +481,7 @@ impl Link {
             match session::run(&self, &mut pipeline).await {
                 Ok(Ended::Renewal) => {
                     log::info!("upstream {} renewing its SAS token: reconnecting to {}", self.client_id(), self.target);
-                    self.mark_disconnected(None);
+                    self.mark_disconnected(None, false);
                 }
                 Err(failure) => {
                     let gate = lock(&self.gate).clone();
@@ -481,7 +501,8 @@ impl Link {
                             delay.as_secs_f64()
                         );
                     }
-                    self.mark_disconnected(Some(reason.clone()));
+                    let refused = matches!(failure.error, LinkError::Refused(4 | 5));
+                    self.mark_disconnected(Some(reason.clone()), refused);
                     last_reason = Some(reason);
                     smol::Timer::after(delay).await;
                 }
@@ -518,18 +539,26 @@ impl Link {
         // connection callback.
         lock(&self.extra).outgoing.clear();
         let mut cell = lock(&self.status);
+        if !cell.status.connected {
+            lock(&self.gate).link_up();
+        }
         cell.connects += 1;
         cell.status.reconnects = cell.connects - 1;
         cell.status.connected = true;
+        cell.status.refused = false;
         cell.status.since_unix_ms = unix_ms();
     }
 
-    fn mark_disconnected(&self, error: Option<String>) {
+    fn mark_disconnected(&self, error: Option<String>, refused: bool) {
         let mut cell = lock(&self.status);
+        if cell.status.connected {
+            lock(&self.gate).link_down();
+        }
         if cell.status.connected || cell.status.since_unix_ms == 0 {
             cell.status.since_unix_ms = unix_ms();
         }
         cell.status.connected = false;
+        cell.status.refused = refused;
         if error.is_some() {
             cell.status.last_error = error;
         }

@@ -232,8 +232,16 @@ impl Connection {
         self.suback_pending = true;
     }
 
-    /// Writes the requests queued on the link, and SUBSCRIBEs filters added meanwhile.
+    /// SUBSCRIBEs filters added meanwhile, then writes the requests queued on the link —
+    /// only once no SUBACK is pending, so an answer never comes before its subscription.
     fn write_requests(&mut self, link: &Link) {
+        if !self.suback_pending {
+            let added = link.subscriptions_after(self.subscribed);
+            self.subscribe(&added);
+        }
+        if self.suback_pending {
+            return;
+        }
         for item in link.take_outgoing() {
             match item {
                 super::Outgoing::Publish { topic, payload } => {
@@ -261,10 +269,6 @@ impl Connection {
                     }
                 }
             }
-        }
-        if !self.suback_pending {
-            let added = link.subscriptions_after(self.subscribed);
-            self.subscribe(&added);
         }
     }
 
