@@ -454,6 +454,18 @@ impl Cloud {
                 }
             }
             cloud.retire(retired);
+            // Identities that lost their key (a leaf device removed from the config or the
+            // device scope): their link is closed and what they left is dropped.
+            let ids: Vec<String> = lock(&cloud.links).keys().cloned().collect();
+            let keyless: Vec<String> = ids.into_iter().filter(|id| cloud.key_of(id).is_none()).collect();
+            for id in keyless {
+                let entry = lock(&cloud.links).remove(&id);
+                if let Some(entry) = entry {
+                    let dropped = entry.outbox.abandon();
+                    log::warn!("cloud: {id} has no key any more: its cloud link is closed ({dropped} message(s) of it dropped)");
+                    cloud.retire(vec![entry.link.status()]);
+                }
+            }
             for (id, outbox) in refused {
                 let dropped = outbox.abandon();
                 cloud.count(|s| s.refused_identities += 1);
