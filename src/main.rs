@@ -3,6 +3,8 @@
 
 #[cfg(feature = "agent")]
 mod agent;
+mod bundle;
+mod check;
 mod cloud;
 mod cloud_deploy;
 mod deploy;
@@ -45,6 +47,13 @@ commands:
                                        answered in time (504) or invalid (400)
   status                               counters, store and upstream state of the running runtime
   store stats                          the store part of `status`
+  check [--json]                       check the setup like `iotedge check`: config, keys and
+                                       certificates, hostname, ports, disk, store, containerd,
+                                       cgroups, clock, upstream; one pass/warn/fail line each;
+                                       exit code 1 when a check fails
+  support-bundle [--output FILE]       a tar.gz for support: the config (secrets redacted),
+                                       logs, twins, store stats, `check --json`, versions
+                                       (default FILE: tinyedge-support-bundle-<UTC time>.tar.gz)
   version                              print the version
 
 options:
@@ -161,6 +170,11 @@ fn main() -> ExitCode {
     }
     let config = match load_config(cli.config.as_ref()) {
         Ok(config) => config,
+        Err(e) if words.first() == Some(&"check") => {
+            // A config that does not load is the first failed check.
+            out(&check::config_failure(&e, words.contains(&"--json")));
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("tinyedge: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -178,6 +192,10 @@ fn main() -> ExitCode {
             Ok(ttl) => runtime::mqtt_login(&config, id, ttl).map(|s| out(&s)),
             Err(_) => Err(Failure::Usage(format!("TTL_SECS must be a number of seconds, got {ttl:?}"))),
         },
+        ["check"] => check::command(&config, cli.config.as_deref(), false),
+        ["check", "--json"] => check::command(&config, cli.config.as_deref(), true),
+        ["support-bundle"] => bundle::command(&config, cli.config.as_deref(), None),
+        ["support-bundle", "--output" | "-o", file] => bundle::command(&config, cli.config.as_deref(), Some(file)),
         ["deploy", file] => mgmt::deploy(&config, file).map(|s| out(&s)),
         ["twin", "show", id] => mgmt::twin_show(&config, id, false).map(|s| out(&s)),
         ["twin", "show", id, "--json"] => mgmt::twin_show(&config, id, true).map(|s| out(&s)),

@@ -13,7 +13,7 @@ use crate::plan::{authenticator, deployed_file, routes, twin_plan};
 
 /// The deployment to start with: the one last applied with `tinyedge deploy` when it is newer
 /// than the config's `deployment` file (or there is none), else the config's.
-fn load_deployment(config: &Config) -> Result<Option<Deployment>, Failure> {
+pub(crate) fn load_deployment(config: &Config) -> Result<Option<Deployment>, Failure> {
     let deployed = deployed_file(config);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let use_deployed = deployed.exists()

@@ -98,7 +98,7 @@ pub fn render(data_dir: &Path, section: Option<&str>) -> Result<String, String> 
 }
 
 /// Reads and parses the status file; a file caught mid-overwrite (see [`write`]) is read again.
-fn read_document(path: &Path) -> Result<Value, String> {
+pub fn read_document(path: &Path) -> Result<Value, String> {
     let mut attempt = 0;
     loop {
         let text = std::fs::read_to_string(path).map_err(|e| {

@@ -165,6 +165,14 @@ impl Containerd {
         &self.socket
     }
 
+    /// containerd's version and revision (`1.6.20`, `2806fc1…`), for `tinyedge check`.
+    pub async fn version(&self) -> Result<(String, String), CtrError> {
+        let answer =
+            unary(self.client.version().version(self.req(()))).await.map_err(|s| status_error("version", &s))?;
+        let answer = answer.into_inner();
+        Ok((answer.version, answer.revision))
+    }
+
     fn req<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Ok(value) = self.namespace.parse() {
