@@ -670,4 +670,13 @@ fn a_deployment_set_as_the_edge_agent_desired_twin_runs_and_its_status_is_report
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(pid_of(&ns, "sensor"), Some(pid), "the module was touched");
     assert!(list(&rt)["modules"].get("other").is_none(), "a refused deployment changed the modules");
+
+    // Shutdown (SIGTERM): 406 "Agent is not running" and the modules `unknown` in the cloud.
+    let pid = rt.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let stopped = eventually(Duration::from_secs(15), || {
+        let r = cloud.twin("gw/$edgeAgent")["reported"].clone();
+        (r["lastDesiredStatus"]["code"] == 406 && r["modules"]["sensor"]["runtimeStatus"] == "unknown").then_some(r)
+    });
+    assert!(stopped.is_some(), "no 406 on shutdown: {}\n{}", cloud.twin("gw/$edgeAgent"), rt.log());
 }

@@ -184,6 +184,10 @@ fn twins_and_methods_of_a_module_are_served_by_the_cloud_through_tinyedge() {
     assert_eq!(answer["status"], 200, "{answer}");
     assert_eq!(answer["payload"], json!({"x": 1}), "{answer}");
     assert!(module.expect("METHOD ", &rt).starts_with("echo"));
+    // A method the module does not answer: the caller gets 504 when its timeout runs out.
+    let (status, answer) = cloud.invoke("gw/twinmod", "silent", &json!({}), 2);
+    assert_eq!(status, 504, "{answer}");
+    assert!(module.expect("METHOD ", &rt).starts_with("silent"));
 
     // Each identity with cloud traffic has a connection of its own.
     let connections = cloud.connections();
