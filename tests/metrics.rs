@@ -131,6 +131,11 @@ fn routed_traffic_and_an_outage_move_the_counters_and_the_text_parses() {
     });
     assert!(value(&body, "edgehub_messages_sent_total", &["to=\"upstream\""]) >= Some(3.0), "{body}\n{}", rt.log());
     assert_eq!(value(&body, "tinyedge_upstream_connected", &[]), Some(1.0), "{body}");
+    let processed = value(&body, "edgehub_message_process_duration_seconds_count", &["to=\"upstream\""]);
+    assert!(processed >= Some(3.0), "{body}");
+    // They waited for the cloud: the summed processing time covers the outage.
+    let waited = value(&body, "edgehub_message_process_duration_seconds_sum", &["to=\"upstream\""]);
+    assert!(waited > Some(0.0), "{body}");
     let body = scrape_until(metrics_port, Duration::from_secs(10), |b| {
         value(b, "edgehub_queue_length", &["endpoint=\"$upstream\""]) == Some(0.0)
     });

@@ -140,6 +140,7 @@ impl VecOutbox {
                 topic: topic(seq),
                 payload: Bytes::from(format!("msg-{seq}")),
                 maybe_sent: false,
+                enqueued_unix_ms: 0,
             });
             self.last.store(seq, Ordering::SeqCst);
         }

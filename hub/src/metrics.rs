@@ -70,6 +70,10 @@ counters! {
     method_failures,
     /// Control-lane items dropped because the client had not subscribed to their topic.
     control_unsubscribed,
+    /// Module-input deliveries written, and their milliseconds from enqueue to the write
+    /// (`edgehub_message_process_duration_seconds{to="modules"}`).
+    process_modules_count,
+    process_modules_ms,
 }
 
 impl Metrics {

@@ -154,6 +154,14 @@ impl Endpoint {
             .sample(&[("reason", "no_route")], get(&m.messages_unrouted))
             .sample(&[("reason", "upstream_refused")], link_dropped)
             .sample(&[("reason", "not_subscribed")], get(&m.control_unsubscribed));
+        let upstream = self.sources.link.as_ref().map(|l| l.status()).unwrap_or_default();
+        e.family(Family::summary(
+            "edgehub_message_process_duration_seconds",
+            "Time from a message's arrival at the hub to its first write to the endpoint (to=\"upstream\": the cloud; to=\"modules\": module inputs).",
+            true,
+        ))
+        .summary(&[("to", "upstream")], upstream.process_ms_sum as f64 / 1000.0, upstream.processed as f64)
+        .summary(&[("to", "modules")], get(&m.process_modules_ms) as f64 / 1000.0, get(&m.process_modules_count));
         e.family(Family::counter("edgehub_gettwin_total", "Twin GETs answered, by client.", true));
         for (id, counts) in &clients {
             e.sample(&[("source", "local"), ("id", id.as_str())], counts[1] as f64);

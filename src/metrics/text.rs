@@ -15,6 +15,8 @@ pub enum Kind {
     /// Monotonic; the name ends in `_total`.
     Counter,
     Gauge,
+    /// `_sum` and `_count` samples (no quantiles).
+    Summary,
 }
 
 /// One metric family: its name, kind, help, and whether IoT Edge tags it `ms_telemetry`.
@@ -33,6 +35,10 @@ impl Family {
 
     pub const fn gauge(name: &'static str, help: &'static str, ms_telemetry: bool) -> Family {
         Family { name, kind: Kind::Gauge, help, ms_telemetry }
+    }
+
+    pub const fn summary(name: &'static str, help: &'static str, ms_telemetry: bool) -> Family {
+        Family { name, kind: Kind::Summary, help, ms_telemetry }
     }
 }
 
@@ -65,6 +71,7 @@ impl<'a> Exposition<'a> {
         let kind = match family.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Summary => "summary",
         };
         let _ = writeln!(self.out, "# HELP {} {}", family.name, family.help);
         let _ = writeln!(self.out, "# TYPE {} {kind}", family.name);
@@ -72,13 +79,24 @@ impl<'a> Exposition<'a> {
         self
     }
 
+    /// The `_sum` and `_count` of the current (summary) family with extra `labels`.
+    pub fn summary(&mut self, labels: &[(&str, &str)], sum: f64, count: f64) -> &mut Self {
+        self.sample_named("_sum", labels, sum);
+        self.sample_named("_count", labels, count)
+    }
+
     /// One sample of the current family with extra `labels`.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.sample_named("", labels, value)
+    }
+
+    fn sample_named(&mut self, suffix: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         let Some(family) = self.current else {
             debug_assert!(false, "a sample before its family");
             return self;
         };
         self.out.push_str(family.name);
+        self.out.push_str(suffix);
         self.out.push('{');
         let device = [
             ("iothub", self.device.iothub.as_str()),

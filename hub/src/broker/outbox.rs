@@ -77,7 +77,13 @@ impl Outbox for StoreOutbox {
                         // Lease first, so a crash after the send still flags the resend.
                         self.store.note_sent(queue, record.seq);
                         let maybe_sent = self.store.maybe_sent_before(queue, record.seq);
-                        batch.push(OutMessage { seq: link_seq, topic, payload: record.payload, maybe_sent });
+                        batch.push(OutMessage {
+                            seq: link_seq,
+                            topic,
+                            payload: record.payload,
+                            maybe_sent,
+                            enqueued_unix_ms: record.enqueued_unix_ms,
+                        });
                     }
                     None => {
                         log::warn!("$upstream record {} has no sender properties; skipped", record.seq);

@@ -109,6 +109,7 @@ impl ModulePump {
             payload: record.payload,
             origin: Some(Origin { endpoint, seq: record.seq, generation }),
             dup,
+            enqueued_unix_ms: record.enqueued_unix_ms,
         };
         match self.slot.mailbox.try_push(delivery) {
             Ok(()) => true,

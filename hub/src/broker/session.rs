@@ -76,6 +76,9 @@ pub struct Delivery {
     pub origin: Option<Origin>,
     /// Sent before (to an earlier connection) and not acknowledged (MQTT's DUP flag).
     pub dup: bool,
+    /// When the hub took the message in (unix ms): its processing time ends when it is
+    /// written to the module.
+    pub enqueued_unix_ms: u64,
 }
 
 /// How a client settles its module-input deliveries: the protocol adapter maps its own terms

@@ -677,6 +677,8 @@ impl Cloud {
 }
 
 fn add_counts(total: &mut LinkStatus, status: &LinkStatus) {
+    total.process_ms_sum += status.process_ms_sum;
+    total.processed += status.processed;
     total.reconnects += status.reconnects;
     total.published += status.published;
     total.acked += status.acked;

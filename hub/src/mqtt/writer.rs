@@ -327,6 +327,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
         let settle = self.inputs.unwrap_or(Settle::AtMostOnce);
         Metrics::inc(&self.metrics.deliveries_sent);
+        if !delivery.dup && delivery.enqueued_unix_ms > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            Metrics::inc(&self.metrics.process_modules_count);
+            Metrics::add(&self.metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
+        }
         if let Some(origin) = delivery.origin {
             self.slot.note_sent(origin.endpoint, origin.seq);
         }

@@ -68,6 +68,9 @@ pub struct OutMessage {
     pub payload: Bytes,
     /// It may have been sent before a restart: sent with the DUP flag from the first time.
     pub maybe_sent: bool,
+    /// When the hub took it in (unix ms; 0 unknown): its processing time is measured to the
+    /// moment it is first written to the cloud.
+    pub enqueued_unix_ms: u64,
 }
 
 /// Where the link gets its messages: the store's `$upstream` endpoint in production, a Vec in
@@ -279,6 +282,10 @@ pub struct LinkStatus {
     pub acked: u64,
     /// Messages skipped because they can never be delivered (bad topic, over 256 KiB).
     pub dropped: u64,
+    /// Milliseconds from enqueue to the first write to the cloud, summed over `processed`
+    /// messages (`edgehub_message_process_duration_seconds{to="upstream"}`).
+    pub process_ms_sum: u64,
+    pub processed: u64,
     /// The cloud refused the last CONNECT as not authorized (CONNACK 4 or 5): the identity's
     /// credentials are not (or no longer) valid there. Cleared by the next connection.
     pub refused: bool,
@@ -475,7 +482,11 @@ impl Link {
         }
         let _closed = Closed(self.clone());
         let mut pipeline =
-            Pipeline { window: Window::new(self.config.window), fetched_through: self.outbox.resume_after() };
+            Pipeline {
+                window: Window::new(self.config.window),
+                enqueued: std::collections::VecDeque::new(),
+                fetched_through: self.outbox.resume_after(),
+            };
         let mut last_reason: Option<String> = None;
         loop {
             match session::run(&self, &mut pipeline).await {
@@ -574,6 +585,12 @@ impl Link {
         if n > 0 {
             lock(&self.status).status.acked += n as u64;
         }
+    }
+
+    fn count_processed(&self, ms: u64) {
+        let mut cell = lock(&self.status);
+        cell.status.process_ms_sum += ms;
+        cell.status.processed += 1;
     }
 
     fn count_dropped(&self) {

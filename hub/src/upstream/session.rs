@@ -65,6 +65,8 @@ pub(crate) struct Failure {
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     pub window: Window,
+    /// `(seq, enqueued unix ms)` of window entries not written yet, in order.
+    pub enqueued: std::collections::VecDeque<(u64, u64)>,
     /// The last seq taken from the outbox (into the window or skipped).
     pub fetched_through: u64,
 }
@@ -293,7 +295,19 @@ impl Connection {
             if drain_until.is_none() {
                 take_from_outbox(link, pipeline);
             }
+            let enqueued = &mut pipeline.enqueued;
+            let now_ms = super::unix_ms();
             let sent = pipeline.window.send_after(written, |entry, dup| {
+                while enqueued.front().is_some_and(|(seq, _)| *seq < entry.seq) {
+                    enqueued.pop_front();
+                }
+                if !dup && enqueued.front().is_some_and(|(seq, _)| *seq == entry.seq) {
+                    if let Some((_, at)) = enqueued.pop_front() {
+                        if at > 0 {
+                            link.count_processed(now_ms.saturating_sub(at));
+                        }
+                    }
+                }
                 let mut publish = Publish::from_bytes(entry.topic.as_str(), QoS::AtLeastOnce, entry.payload.clone());
                 publish.pkid = entry.pkid;
                 publish.dup = dup;
@@ -519,6 +533,10 @@ fn take_from_outbox(link: &Link, pipeline: &mut Pipeline) {
             }
             continue;
         }
+        if pipeline.enqueued.len() >= super::window::WINDOW_MAX * 2 {
+            pipeline.enqueued.pop_front();
+        }
+        pipeline.enqueued.push_back((message.seq, message.enqueued_unix_ms));
         if message.maybe_sent {
             pipeline.window.push_resent(message.seq, message.topic, message.payload);
         } else {
