@@ -680,3 +680,56 @@ fn a_deployment_set_as_the_edge_agent_desired_twin_runs_and_its_status_is_report
     });
     assert!(stopped.is_some(), "no 406 on shutdown: {}\n{}", cloud.twin("gw/$edgeAgent"), rt.log());
 }
+
+/// `GET /metrics` on `port`: the body.
+fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+fn sample(body: &str, name: &str, label: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+}
+
+#[test]
+fn a_module_restart_moves_the_agent_metrics() {
+    let ns = Namespace::new("metrics");
+    let (v1, _, _) = images(&ns.services);
+    let port = common::free_port();
+    let dep = deployment(json!({"probe": module(&v1, Value::Null, "always")}));
+    let rt = Runtime::start_with(&dep, "", &format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", agent_section(&ns, "")));
+    wait_module(&rt, "probe", Duration::from_secs(60), status_is("running"));
+    let label = "module_name=\"probe\"";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = scrape(port);
+    while sample(&body, "edgeAgent_module_start_total", label).unwrap_or(0.0) < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        body = scrape(port);
+    }
+    assert_eq!(sample(&body, "edgeAgent_module_start_total", label), Some(1.0), "{body}\n{}", rt.log());
+    assert!(sample(&body, "edgeAgent_used_memory_bytes", label).unwrap_or(0.0) > 0.0, "{body}");
+    kill9(&ns, "probe");
+    wait_module(&rt, "probe", Duration::from_secs(20), |m| m["runtimeStatus"] == "running" && m["restartCount"] == 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        body = scrape(port);
+        let (starts, stops) = (
+            sample(&body, "edgeAgent_module_start_total", label).unwrap_or(0.0),
+            sample(&body, "edgeAgent_module_stop_total", label).unwrap_or(0.0),
+        );
+        if starts >= 2.0 && stops >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restart did not show: {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let expected = sample(&body, "edgeAgent_total_time_expected_running_seconds", label).unwrap_or(0.0);
+    let correct = sample(&body, "edgeAgent_total_time_running_correctly_seconds", label).unwrap_or(0.0);
+    assert!(expected > 0.0 && correct <= expected, "expected {expected}, correct {correct}\n{body}");
+}

@@ -281,6 +281,16 @@ impl Endpoint {
                 "CPU used by the module's cgroup over the last 2 s, percent of one CPU.",
                 true,
             ),
+            Family::gauge(
+                "edgeAgent_total_time_expected_running_seconds",
+                "Time the module was desired running (sampled every 2 s).",
+                true,
+            ),
+            Family::gauge(
+                "edgeAgent_total_time_running_correctly_seconds",
+                "Of the time desired running, the time it was seen running (sampled every 2 s).",
+                true,
+            ),
         ];
         for (index, family) in families.into_iter().enumerate() {
             e.family(family);
@@ -289,7 +299,9 @@ impl Endpoint {
                     0 => Some(m.starts as f64),
                     1 => Some(m.stops as f64),
                     2 => m.memory_bytes.map(|b| b as f64),
-                    _ => m.cpu_percent,
+                    3 => m.cpu_percent,
+                    4 => Some(m.expected_secs.floor()),
+                    _ => Some(m.correct_secs.floor()),
                 };
                 if let Some(value) = value {
                     e.sample(&[("module_name", name)], value);
