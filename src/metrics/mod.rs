@@ -240,6 +240,20 @@ impl Endpoint {
             Family::counter("tinyedge_upstream_reconnects_total", "Reconnections of the cloud link.", false),
             s.reconnects as f64,
         );
+        let (open, up) = match link.cloud() {
+            Some(cloud) => {
+                let links = cloud.links();
+                (links.len(), links.iter().filter(|(_, s)| s.connected).count())
+            }
+            None => (1, usize::from(s.connected)),
+        };
+        e.family(Family::gauge(
+            "tinyedge_upstream_connections",
+            "Upstream connections open (protocol iothub: one per identity with cloud traffic), and of them connected.",
+            false,
+        ))
+        .sample(&[("state", "open")], open as f64)
+        .sample(&[("state", "connected")], up as f64);
         e.single(
             Family::counter("edgehub_offline_count_total", "Times the cloud link was lost (its reconnections).", true),
             s.reconnects as f64,
