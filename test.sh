@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with only the Rust toolchain.
 # Installs the Debian packages the tests drive (mosquitto and its clients, containerd, runc,
-# docker-registry, apache2-utils, busybox-static, protobuf-compiler) and the Azure IoT Python SDK (into
-# target/pysdk), runs every test of
+# docker-registry, apache2-utils, busybox-static, protobuf-compiler, nodejs/npm) and the Azure IoT
+# Python SDK (into target/pysdk) and Node.js SDK (into target/nodesdk), runs every test of
 # the workspace, and leaves nothing running: each test starts and stops the processes it needs.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,6 +46,15 @@ if [ ! -d "$PYCLOUD/amqtt" ]; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$PYCLOUD" "amqtt==0.12.1"
 fi
 export TINYEDGE_PYCLOUD="$PYCLOUD"
+# The Azure IoT Node.js SDK on its AMQP transport (unchanged, from npm) drives the AMQP endpoint
+# in tests/amqp.rs; Debian's Node.js and npm unless a node and npm are already installed.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+NODESDK="$PWD/target/nodesdk"
+if [ ! -d "$NODESDK/node_modules/azure-iot-device-amqp" ]; then
+    echo "test.sh: installing azure-iot-device and azure-iot-device-amqp into $NODESDK"
+    mkdir -p "$NODESDK"
+    npm install --silent --no-audit --no-fund --prefix "$NODESDK" azure-iot-device@1.18.4 azure-iot-device-amqp@1.14.4
+fi
 
 # One target directory for everything; tests run the real binary built here.
 cargo test --workspace --all-targets "$@"

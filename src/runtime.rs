@@ -104,8 +104,8 @@ fn hub_listeners(config: &Config) -> Result<Vec<Listener>, Failure> {
     if let Some(addr) = config.hub.mqtt {
         listeners.push(bind(Kind::Mqtt, addr)?);
     }
-    let acceptor = match (config.hub.mqtts, config.hub.https) {
-        (None, None) => None,
+    let acceptor = match (config.hub.mqtts, config.hub.https, config.hub.amqps) {
+        (None, None, None) => None,
         _ => Some(tls_acceptor(config)?),
     };
     if let (Some(addr), Some(acceptor)) = (config.hub.mqtts, &acceptor) {
@@ -119,7 +119,43 @@ fn hub_listeners(config: &Config) -> Result<Vec<Listener>, Failure> {
             listeners.push(Listener { kind: Kind::MethodsHttps(acceptor.clone()), listener });
         }
     }
+    if let (Some(addr), Some(acceptor)) = (config.hub.amqps, &acceptor) {
+        amqps_listener(addr, acceptor, &mut listeners)?;
+    }
     Ok(listeners)
+}
+
+/// The AMQP listener (`hub.amqps`). As with the method API, the default address may be taken
+/// (another runtime, a broker): then AMQP is off with a warning; a configured address must bind.
+#[cfg(feature = "amqp")]
+fn amqps_listener(
+    addr: std::net::SocketAddr,
+    acceptor: &tinyedge_hub::tls::Acceptor,
+    listeners: &mut Vec<Listener>,
+) -> Result<(), Failure> {
+    match Listener::bind(Kind::Amqps(acceptor.clone()), addr) {
+        Ok(listener) => {
+            log::info!("amqps listening on {}", listener.local_addr().map_or(addr, |a| a));
+            listeners.push(listener);
+            Ok(())
+        }
+        Err(e) if addr == tinyedge_platform::config::DEFAULT_AMQPS_ADDR => {
+            log::warn!("AMQP off: the default hub.amqps {addr}: {e}; set [hub] amqps to a free address, or \"\" to turn it off");
+            Ok(())
+        }
+        Err(e) => Err(Failure::Runtime(format!("amqps listener on {addr} (hub.amqps): {e}"))),
+    }
+}
+
+/// A build without the `amqp` feature serves no AMQP; a configured listener is only noted.
+#[cfg(not(feature = "amqp"))]
+fn amqps_listener(
+    addr: std::net::SocketAddr,
+    _acceptor: &tinyedge_hub::tls::Acceptor,
+    _listeners: &mut Vec<Listener>,
+) -> Result<(), Failure> {
+    log::info!("hub.amqps {addr} not served: this build has no AMQP (feature \"amqp\")");
+    Ok(())
 }
 
 /// The method API's listener (`hub.https`). The default address is a privileged port that

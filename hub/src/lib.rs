@@ -18,6 +18,8 @@
 //!   the store to modules and the outbox to the cloud (smol tasks around the above);
 //! - [`mqtt`]: the MQTT 3.1.1 adapter: codec, connection, writer, transport, the accept loop
 //!   (with [`upstream`], the only code that knows MQTT packets);
+//! - `amqp` (feature `amqp`): the AMQP 1.0 adapter the SDKs' AMQP transport speaks: frames,
+//!   SASL, CBS, links into the same ingest and lanes as MQTT;
 //! - [`listeners`]: every listener of the hub built in one place and served until a shutdown;
 //!   socket permits under the connection limits; the file descriptor budget;
 //! - [`store`]: the offline store: a segmented, bounded, crash-safe append-only log with one
@@ -30,6 +32,8 @@
 //! - [`metrics`]: counters of everything accepted, routed and dropped.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod cloud;

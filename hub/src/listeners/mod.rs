@@ -29,6 +29,9 @@ pub enum Kind {
     Mqtts(Acceptor),
     /// The direct-method HTTP API over TLS (`[hub] https`).
     MethodsHttps(Acceptor),
+    /// AMQP 1.0 over TLS (`[hub] amqps`), for the SDKs' AMQP transport.
+    #[cfg(feature = "amqp")]
+    Amqps(Acceptor),
 }
 
 impl std::fmt::Debug for Kind {
@@ -37,6 +40,8 @@ impl std::fmt::Debug for Kind {
             Kind::Mqtt => "mqtt",
             Kind::Mqtts(_) => "mqtts",
             Kind::MethodsHttps(_) => "https",
+            #[cfg(feature = "amqp")]
+            Kind::Amqps(_) => "amqps",
         })
     }
 }
@@ -73,6 +78,8 @@ pub async fn serve(broker: Arc<Broker>, listeners: Vec<Listener>, shutdown: impl
                 let api = MethodApi::new(&broker, broker.device_id());
                 smol::spawn(crate::methods::listener::serve(listener, acceptor, api))
             }
+            #[cfg(feature = "amqp")]
+            Kind::Amqps(acceptor) => smol::spawn(crate::amqp::serve(broker.clone(), listener, acceptor)),
         })
         .collect();
     shutdown.await;

@@ -12,6 +12,7 @@
 //! mqtt = "127.0.0.1:1883"           # plain listener; "" turns it off
 //! mqtts = "127.0.0.1:8883"          # TLS listener; "" turns it off
 //! https = "127.0.0.1:443"           # edgeHub's method HTTP API (TLS); "" turns it off
+//! amqps = "127.0.0.1:5671"          # AMQP 1.0 over TLS (the SDKs' AMQP transport); "" turns it off
 //! tls_cert = "server.pem"           # with tls_key; generated under data_dir if absent
 //! tls_key = "server.key.pem"
 //! max_packet_bytes = 262144
@@ -88,6 +89,9 @@ pub const DEFAULT_MQTTS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 /// edgeHub's HTTPS port (`httpSettings.port`), where SDK module clients call methods; loopback
 /// like the MQTT listeners (modules share the host's network).
 pub const DEFAULT_HTTPS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 443);
+/// The IANA AMQPS port edgeHub listens on, for SDK clients on the AMQP transport; loopback like
+/// the MQTT listeners.
+pub const DEFAULT_AMQPS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5671);
 /// IoT Edge's metrics port (`Metrics__Listener__Port`), on loopback: the endpoint has no
 /// authentication, so exposing it is the operator's choice.
 pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9600);
@@ -333,6 +337,8 @@ pub struct HubConfig {
     /// The method HTTP API over TLS (edgeHub's `POST /twins/…/methods`); `None` when turned
     /// off with `""`.
     pub https: Option<SocketAddr>,
+    /// AMQP 1.0 over TLS (the server certificate of `mqtts`); `None` when turned off with `""`.
+    pub amqps: Option<SocketAddr>,
     /// Server certificate chain (PEM); always set together with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -385,6 +391,7 @@ impl Default for HubConfig {
             mqtt: Some(DEFAULT_MQTT_ADDR),
             mqtts: Some(DEFAULT_MQTTS_ADDR),
             https: Some(DEFAULT_HTTPS_ADDR),
+            amqps: Some(DEFAULT_AMQPS_ADDR),
             tls_cert: None,
             tls_key: None,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,

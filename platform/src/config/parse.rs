@@ -63,6 +63,7 @@ const HUB_KEYS: &[&str] = &[
     "mqtt",
     "mqtts",
     "https",
+    "amqps",
     "tls_cert",
     "tls_key",
     "max_packet_bytes",
@@ -304,7 +305,8 @@ fn parse_metrics(table: Option<Table>, hub: &HubConfig) -> Result<MetricsConfig,
             metrics.listen = listen;
         }
     }
-    let hub_listeners = [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https)];
+    let hub_listeners =
+        [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https), ("hub.amqps", hub.amqps)];
     for (first, address) in hub_listeners {
         if let (Some(a), Some(b)) = (address, metrics.listen) {
             if a == b && a.port() != 0 {
@@ -433,9 +435,8 @@ fn parse_upstream(table: Option<Table>, base_dir: &Path) -> Result<Option<Upstre
     let max_connections = section
         .count("max_connections", 1, UPSTREAM_MAX_CONNECTIONS_LIMIT)?
         .map_or(DEFAULT_UPSTREAM_MAX_CONNECTIONS, |v| v as usize);
-    let idle_timeout_secs = section
-        .count("idle_timeout_secs", 1, 7 * 86_400)?
-        .map_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS, |v| v as u64);
+    let idle_timeout_secs =
+        section.count("idle_timeout_secs", 1, 7 * 86_400)?.map_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS, |v| v as u64);
     let api_url = match section.non_empty_string("api_url")? {
         Some(api_url) => {
             let rest = api_url.strip_prefix("https://").ok_or_else(|| ConfigError::BadUrl {
@@ -514,7 +515,11 @@ fn parse_hub(table: Option<Table>, base_dir: &Path) -> Result<HubConfig, ConfigE
     if let Some(https) = section.listener("https")? {
         hub.https = https;
     }
-    let listeners = [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https)];
+    if let Some(amqps) = section.listener("amqps")? {
+        hub.amqps = amqps;
+    }
+    let listeners =
+        [("hub.mqtt", hub.mqtt), ("hub.mqtts", hub.mqtts), ("hub.https", hub.https), ("hub.amqps", hub.amqps)];
     for (index, (first, a)) in listeners.iter().enumerate() {
         for (second, b) in &listeners[index + 1..] {
             // Port 0 asks the OS for a fresh port each bind, so it can repeat.
