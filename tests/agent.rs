@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::containers::{self, Entry, Namespace, Services};
-use common::{Runtime, TempDir};
+use common::{eventually, Runtime, TempDir};
 use serde_json::{json, Value};
 
 /// Cool-offs in tests: 300 ms doubling up to 1.2 s (IoT Edge: 10 s up to 300 s).
@@ -602,20 +602,6 @@ fn containerd_killed_mid_run_is_reported_and_reconnected() {
     wait_module(&rt, "survivor", Duration::from_secs(20), |m| {
         m["runtimeStatus"] == "running" && m["restartCount"] == 1
     });
-}
-
-/// Polls `probe` every 200 ms until it returns `Some`, for at most `timeout`.
-fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

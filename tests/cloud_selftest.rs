@@ -10,8 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,31 +26,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-struct Script {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Script {
-    fn expect(&self, prefix: &str, hub: &ScriptedHub) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].trim().to_string(),
-                Ok(other) => eprintln!("script: {other}"),
-                Err(_) => panic!("the SDK script printed no {prefix:?}\nhub log:\n{}", hub.log()),
-            }
-        }
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -111,27 +85,13 @@ fn the_azure_iot_python_sdk_works_against_the_scripted_hub() {
         "HostName={HUB};DeviceId={DEVICE};ModuleId=probe;SharedAccessKey={};GatewayHostName=localhost",
         probe.key_b64
     );
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud/sdk_selftest.py"))
         .args([&device_cs, &wrong_cs, &module_cs])
         .arg(&hub.ca_path)
-        .env("PYTHONPATH", &sdk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run python3");
-    let stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut script = Script { child, stdin, lines };
+        .env("PYTHONPATH", &sdk);
+    let mut script = Script::spawn(command, Duration::from_secs(20));
 
     // A wrong key: CONNACK 5, which the SDK reports as a credential error.
     assert_eq!(script.expect("REFUSED ", &hub), "CredentialError");
@@ -201,7 +161,7 @@ fn the_azure_iot_python_sdk_works_against_the_scripted_hub() {
     let statuses: Vec<_> = requests.as_array().expect("list").iter().map(|r| (r["op"].clone(), r["status"].clone())).collect();
     assert!(statuses.contains(&(json!("GET"), json!(200))) && statuses.contains(&(json!("PATCH reported"), json!(204))), "{requests}");
 
-    writeln!(script.stdin, "quit").expect("write to the script");
+    script.send("quit");
     script.expect("BYE", &hub);
 
     // Every answer went to the SDK's connection only: the observer, still connected, saw nothing.

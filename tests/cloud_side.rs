@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,96 +52,26 @@ fn identities() -> Vec<CloudIdentity> {
     all
 }
 
-/// An SDK client (tests/sdk/cloud_client.py), killed on drop.
-struct Client {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    /// Lines read while waiting for another prefix (events can come before READY).
-    backlog: std::cell::RefCell<Vec<String>>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Client {
-    fn start(kind: &str, rt: &Runtime, id: &str) -> Client {
-        let sdk = python_sdk_path();
-        let out = rt.cli(&["identity", "connection-string", id]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let connection_string = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let mut child = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/cloud_client.py"))
-            .args([kind, connection_string.as_str()])
-            .arg(rt.data_dir().join("certs/edge-ca.pem"))
-            .env("PYTHONPATH", &sdk)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run python3");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let client = Client { child, stdin, lines, backlog: std::cell::RefCell::new(Vec::new()) };
-        client.expect("READY", rt);
-        client
-    }
-
-    /// The rest of the next line starting with `prefix` (others are kept for later), within 30 s.
-    fn expect(&self, prefix: &str, rt: &Runtime) -> String {
-        {
-            let mut backlog = self.backlog.borrow_mut();
-            if let Some(at) = backlog.iter().position(|l| l.starts_with(prefix)) {
-                let line = backlog.remove(at);
-                return line[prefix.len()..].trim().to_string();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].trim().to_string(),
-                Ok(other) => {
-                    eprintln!("client: {other}");
-                    self.backlog.borrow_mut().push(other);
-                }
-                Err(_) => panic!("the SDK client printed no {prefix:?}\ntinyedge log:\n{}", rt.log()),
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").expect("write to the client");
-    }
+/// An SDK client (tests/sdk/cloud_client.py) of the runtime as identity `id`, started and
+/// waited for (`READY`).
+fn client(kind: &str, rt: &Runtime, id: &str) -> Script {
+    let sdk = python_sdk_path();
+    let out = rt.cli(&["identity", "connection-string", id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let connection_string = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut command = Command::new("python3");
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/cloud_client.py"))
+        .args([kind, connection_string.as_str()])
+        .arg(rt.data_dir().join("certs/edge-ca.pem"))
+        .env("PYTHONPATH", &sdk);
+    let script = Script::spawn(command, Duration::from_secs(30));
+    script.expect("READY", rt);
+    script
 }
 
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
-fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -152,7 +80,7 @@ fn twins_and_methods_of_a_module_are_served_by_the_cloud_through_tinyedge() {
     let cloud = ScriptedHub::start(&identities());
     cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
     let rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
-    let mut module = Client::start("module", &rt, "twinmod");
+    let mut module = client("module", &rt, "twinmod");
 
     // The module subscribed to desired patches: its link to the cloud opens, the cloud twin is
     // fetched and the module gets what the cloud holds.
@@ -211,7 +139,7 @@ fn offline_reported_changes_and_desired_changes_are_synced_after_an_outage_and_a
     let cloud = ScriptedHub::start(&identities());
     cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
     let mut rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
-    let mut module = Client::start("module", &rt, "twinmod");
+    let mut module = client("module", &rt, "twinmod");
     assert_eq!(json_of(&module.expect("DESIRED ", &rt))["interval"], 5);
 
     // A 3-second outage with a desired change during it: the module ends with the cloud's
@@ -247,7 +175,7 @@ fn c2d_messages_reach_the_leaf_device_and_are_completed_also_when_sent_while_it_
     let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cloud = ScriptedHub::start(&identities());
     let rt = runtime(&cloud, &deployment(&[], &[("up", "FROM /messages/* INTO $upstream")]));
-    let mut leaf = Client::start("device", &rt, LEAF);
+    let mut leaf = client("device", &rt, LEAF);
     assert!(cloud.wait_connected(LEAF, Duration::from_secs(10)), "{}\n{}", cloud.log(), rt.log());
     std::thread::sleep(Duration::from_millis(500));
     cloud.send_c2d(LEAF, "hello leaf", &[("kind", "greeting")]);
@@ -269,7 +197,7 @@ fn c2d_messages_reach_the_leaf_device_and_are_completed_also_when_sent_while_it_
     cloud.send_c2d(LEAF, "first", &[]);
     cloud.send_c2d(LEAF, "second", &[]);
     std::thread::sleep(Duration::from_secs(1));
-    let leaf = Client::start("device", &rt, LEAF);
+    let leaf = client("device", &rt, LEAF);
     let first = json_of(&leaf.expect("C2D ", &rt));
     let second = json_of(&leaf.expect("C2D ", &rt));
     assert_eq!((first["data"].clone(), second["data"].clone()), (json!("first"), json!("second")));
@@ -286,7 +214,7 @@ fn a_cloud_sending_garbage_is_refused_and_nothing_breaks() {
     let cloud = ScriptedHub::start(&identities());
     cloud.set_desired("gw/twinmod", &json!({"interval": 5}));
     let rt = runtime(&cloud, &deployment(&["twinmod"], &[]));
-    let mut module = Client::start("module", &rt, "twinmod");
+    let mut module = client("module", &rt, "twinmod");
     assert_eq!(json_of(&module.expect("DESIRED ", &rt))["interval"], 5);
     // A malformed desired push, an unknown topic and a malformed twin answer.
     cloud.fault(&json!({"desired_push": "malformed", "identity": "gw/twinmod"}));

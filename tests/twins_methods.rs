@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -92,26 +90,9 @@ fn config(dir: &TempDir) {
     .expect("write config");
 }
 
-/// The SDK script, its stdin, and its stdout lines.
-struct Script {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Script {
-    fn expect(&self, prefix: &str, hub: &Hub) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].trim().to_string(),
-                Ok(other) => eprintln!("script: {other}"),
-                Err(_) => panic!("the SDK script printed no {prefix:?}\nhub log:\n{}", hub.log()),
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").expect("write to the script");
+impl ShowsLog for Hub {
+    fn shown_log(&self) -> String {
+        self.log()
     }
 }
 
@@ -141,29 +122,15 @@ fn python_sdk_modules_and_a_leaf_device_use_twins_and_direct_methods() {
     while !socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/twins_methods.py"))
         .args([twin_cs.as_str(), "caller", leaf_cs.as_str()])
         .arg(hub.dir().join("data/certs/edge-ca.pem"))
         .arg(hub.dir().join("data"))
         .args([DEVICE, HUB])
-        .env("PYTHONPATH", &sdk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run python3");
-    let stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut script = Script { child, stdin, lines };
+        .env("PYTHONPATH", &sdk);
+    let mut script = Script::spawn(command, Duration::from_secs(60));
 
     // get_twin() returns the deployment's desired properties at once.
     let got = json_of(&script.expect("GOT ", &hub));
@@ -221,7 +188,7 @@ fn python_sdk_modules_and_a_leaf_device_use_twins_and_direct_methods() {
     let (ok, text) = hub.cli(&["invoke", "nobody", "echo", "--timeout", "5"]);
     assert!(!ok && text.contains("404"), "{text}");
     script.send("quit");
-    let _ = script.child.wait();
+    let _ = script.wait();
 
     // After a restart the twins and their versions are the same.
     let log = hub.log();

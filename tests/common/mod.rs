@@ -617,3 +617,109 @@ fn collect_stderr(child: &mut Child, log: &Arc<Mutex<String>>) {
         }
     });
 }
+
+/// What a test can show of the process it drives when a step fails (its log).
+pub trait ShowsLog {
+    fn shown_log(&self) -> String;
+}
+
+impl ShowsLog for Runtime {
+    fn shown_log(&self) -> String {
+        self.log()
+    }
+}
+
+impl ShowsLog for iothub::ScriptedHub {
+    fn shown_log(&self) -> String {
+        self.log()
+    }
+}
+
+/// A third-party client script (an Azure IoT SDK under python3 or node) driven line by line:
+/// commands on its stdin, events read from its stdout by a thread. Lines that come while the
+/// test waits for another prefix are kept for later. Killed on drop.
+pub struct Script {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    backlog: std::cell::RefCell<Vec<String>>,
+    wait: Duration,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Script {
+    /// Spawns `command` with piped stdin/stdout (stderr inherited); `wait` bounds each
+    /// [`Script::expect`].
+    pub fn spawn(mut command: Command, wait: Duration) -> Script {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} could not be started ({e}): run ./test.sh"));
+        let stdin = child.stdin.take().expect("stdin piped");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Script { child, stdin, lines, backlog: std::cell::RefCell::new(Vec::new()), wait }
+    }
+
+    /// The rest of the next line starting with `prefix`; fails the test with `context`'s log
+    /// when none comes in time.
+    pub fn expect(&self, prefix: &str, context: &dyn ShowsLog) -> String {
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            if let Some(at) = backlog.iter().position(|l| l.starts_with(prefix)) {
+                let line = backlog.remove(at);
+                return line[prefix.len()..].trim().to_string();
+            }
+        }
+        let deadline = Instant::now() + self.wait;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(prefix) => return line[prefix.len()..].trim().to_string(),
+                Ok(other) => {
+                    eprintln!("script: {other}");
+                    self.backlog.borrow_mut().push(other);
+                }
+                Err(_) => panic!("the client script printed no {prefix:?}\nlog:\n{}", context.shown_log()),
+            }
+        }
+    }
+
+    /// Writes one command line.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the client script");
+    }
+
+    /// Waits for the script to end by itself (after a `quit`).
+    pub fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.wait().ok()
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
