@@ -14,12 +14,12 @@ use mqttbytes::QoS;
 
 const UP_ROUTE: (&str, &str) = ("up", "FROM /messages/* INTO $upstream");
 
-/// `[store]` and `[upstream]` pointing at `cloud`, with a short reconnect backoff for tests.
 thread_local! {
     /// The `[upstream] protocol` the current test runs with: every test here runs in both.
     static PROTOCOL: std::cell::Cell<&'static str> = const { std::cell::Cell::new("iothub") };
 }
 
+/// `[store]` and `[upstream]` pointing at `cloud`, with a short reconnect backoff for tests.
 fn cloud_config(cloud: &Cloud, store: &str) -> String {
     let protocol = PROTOCOL.with(std::cell::Cell::get);
     format!(
