@@ -3,6 +3,7 @@
 //! and /proc readings (memory, CPU time).
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -306,4 +307,49 @@ pub fn build_tinyedge(root: &Path) -> PathBuf {
         .expect("cargo build");
     assert!(status.success(), "building tinyedge failed");
     root.join("target/release/tinyedge")
+}
+
+/// A grouped bar chart: one group per label, one bar per series.
+pub fn bar_chart_svg(title: &str, unit: &str, labels: &[&str], series: &[(&str, &str, Vec<f64>)]) -> String {
+    let (width, height, left, bottom, top) = (760.0, 360.0, 70.0, 60.0, 40.0);
+    let max = series.iter().flat_map(|s| s.2.iter().copied()).fold(1.0_f64, f64::max) * 1.15;
+    let plot_h = height - bottom - top;
+    let group_w = (width - left - 20.0) / labels.len() as f64;
+    let bar_w = group_w * 0.8 / series.len() as f64;
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n");
+    let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{title}</text>", width / 2.0);
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        height - bottom,
+        width - 20.0,
+        height - bottom
+    );
+    for tick in 0..=4 {
+        let v = max * f64::from(tick) / 4.0;
+        let y = height - bottom - plot_h * f64::from(tick) / 4.0;
+        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.0} {unit}</text><line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>", left - 5.0, y + 4.0, width - 20.0);
+    }
+    for (g, label) in labels.iter().enumerate() {
+        let gx = left + group_w * g as f64 + group_w * 0.1;
+        for (s, (_, color, values)) in series.iter().enumerate() {
+            let v = values.get(g).copied().unwrap_or(0.0);
+            let h = plot_h * v / max;
+            let x = gx + bar_w * s as f64;
+            let _ = writeln!(svg, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.0}</text>", height - bottom - h, bar_w * 0.95, x + bar_w / 2.0, height - bottom - h - 3.0);
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            gx + group_w * 0.4,
+            height - bottom + 18.0
+        );
+    }
+    for (s, (name, color, _)) in series.iter().enumerate() {
+        let y = height - 18.0;
+        let x = left + 150.0 * s as f64;
+        let _ = writeln!(svg, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{y}\">{name}</text>", y - 10.0, x + 16.0);
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
