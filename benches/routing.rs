@@ -264,7 +264,8 @@ fn rumqttd(root: &Path) -> Option<PathBuf> {
     }
     eprintln!("installing rumqttd {RUMQTTD_VERSION} into {} (once)", install_root.display());
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["install", "rumqttd", "--locked", "--version", RUMQTTD_VERSION, "--root"])
+        // Not `--locked`: its lock pins metrics 0.22.1, which today's rustc refuses.
+        .args(["install", "rumqttd", "--version", RUMQTTD_VERSION, "--root"])
         .arg(&install_root)
         .status();
     match status {

@@ -48,8 +48,12 @@ pub fn ingest(
         }
     };
     Metrics::inc(&metrics.messages_received);
-    let message =
-        Message { source, properties, enqueued_time: tinyedge_platform::utc::UtcDateTime::now().to_string(), payload };
+    // One clock read per message: the route's `$enqueuedTime` and the store's record time.
+    let enqueued_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let enqueued_time = tinyedge_platform::utc::UtcDateTime::from_unix_millis(enqueued_unix_ms).to_string();
+    let message = Message { source, properties, enqueued_time, enqueued_unix_ms, payload };
     let mut endpoints = Vec::new();
     match router.route(message, &mut endpoints) {
         Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),

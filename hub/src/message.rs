@@ -144,6 +144,8 @@ pub struct Message {
     pub properties: Properties,
     /// Enqueue time, RFC 3339 UTC, as `$enqueuedTime` reads it in routes.
     pub enqueued_time: String,
+    /// The same instant in unix milliseconds (the store's record time): one clock read.
+    pub enqueued_unix_ms: u64,
     /// The body: a slice of the buffer it was read into.
     pub payload: Bytes,
 }
@@ -221,6 +223,7 @@ mod tests {
             source: "/messages/modules/m1/outputs/out1".into(),
             properties,
             enqueued_time: "2026-11-27T00:00:00Z".into(),
+            enqueued_unix_ms: 1_795_737_600_000,
             payload: Bytes::from_static(b"{}"),
         };
         assert_eq!(msg.system_property("contentType"), Some("application/json"));

@@ -2,7 +2,6 @@
 //! message is appended once to the store with that list, and is accepted — a QoS 1 PUBACK may go
 //! out — when the store says it is durable. Pumps and the upstream link take it from there.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::message::Message;
@@ -41,7 +40,8 @@ pub fn endpoint_name(endpoint: &Endpoint, priority: u8) -> String {
 pub struct Router {
     routes: RwLock<Arc<RouteTable>>,
     store: Arc<Store>,
-    endpoint_ids: Mutex<HashMap<(Endpoint, u8), u16>>,
+    /// Store ids of the endpoint queues seen so far: a handful, scanned without a key to build.
+    endpoint_ids: Mutex<Vec<(Endpoint, u8, u16)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -51,13 +51,9 @@ impl std::fmt::Debug for Router {
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Router {
     pub fn new(routes: RouteTable, store: Arc<Store>, metrics: Arc<Metrics>) -> Router {
-        Router { routes: RwLock::new(Arc::new(routes)), store, endpoint_ids: Mutex::new(HashMap::new()), metrics }
+        Router { routes: RwLock::new(Arc::new(routes)), store, endpoint_ids: Mutex::new(Vec::new()), metrics }
     }
 
     /// Replaces the route table (a new deployment).
@@ -76,11 +72,12 @@ impl Router {
     /// The store id of `endpoint`'s queue for `priority`, registered on first use.
     pub fn endpoint_id(&self, endpoint: &Endpoint, priority: u8) -> Result<u16, StoreError> {
         let mut ids = self.endpoint_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(id) = ids.get(&(endpoint.clone(), priority)) {
+        // Found by reference: no key is cloned per message.
+        if let Some((_, _, id)) = ids.iter().find(|(e, p, _)| *p == priority && e == endpoint) {
             return Ok(*id);
         }
         let id = self.store.endpoint_id(&endpoint_name(endpoint, priority))?;
-        ids.insert((endpoint.clone(), priority), id);
+        ids.push((endpoint.clone(), priority, id));
         Ok(id)
     }
 
@@ -113,7 +110,7 @@ impl Router {
         let mut bag = String::new();
         msg.properties.encode_into(&mut bag);
         let record = NewRecord {
-            enqueued_unix_ms: now_unix_ms(),
+            enqueued_unix_ms: msg.enqueued_unix_ms,
             endpoints: &refs,
             source: &msg.source,
             properties: &bag,
