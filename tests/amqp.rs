@@ -1,8 +1,11 @@
 //! The AMQP 1.0 endpoint (`[hub] amqps`) with the unchanged Azure IoT SDK for Node.js on the
 //! AMQP transport (`azure-iot-device` + `azure-iot-device-amqp`, installed by ./test.sh into
 //! target/nodesdk; tests/sdk/amqp_client.js drives it): a module's output reaches an MQTT
-//! module's input through a route with its properties, a leaf device's telemetry is routed to
-//! `$upstream`, a bad key is refused.
+//! module's input through a route with its properties, an MQTT module's output and an AMQP
+//! module's output reach an AMQP module's inputs, an AMQP module gets and patches its twin,
+//! receives a desired patch after a redeploy and answers a direct method, a leaf device's
+//! telemetry is routed to `$upstream`, a leaf device receives a C2D message from the scripted
+//! IoT Hub (tests/common/iothub.rs) and it is completed there, a bad key is refused.
 
 mod common;
 
@@ -74,8 +77,31 @@ impl NodeClient {
         self.lines.recv_timeout(STEP).unwrap_or_else(|_| "timeout".into())
     }
 
+    /// The next line starting with `prefix` (others skipped), without the prefix.
+    fn expect(&self, prefix: &str, rt: &Runtime) -> String {
+        loop {
+            let line = self.next();
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+            assert!(line != "timeout" && !line.starts_with("error"), "waiting for {prefix:?}: {line}\n{}", rt.log());
+        }
+    }
+
     fn say(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").expect("write to node");
+    }
+
+    /// Closes the client (its pending settlements go out first) and waits for it to exit.
+    fn quit(mut self) {
+        self.say("quit");
+        let deadline = std::time::Instant::now() + STEP;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -87,10 +113,125 @@ impl Drop for NodeClient {
 }
 
 fn start_runtime(routes: &[(&str, &str)]) -> (Runtime, u16) {
+    start_deployed(&deployment(&["sender", "receiver", "mqttsender"], routes))
+}
+
+fn start_deployed(deployment_json: &str) -> (Runtime, u16) {
     let port = free_port();
-    let rt = Runtime::start(&deployment(&["sender", "receiver"], routes), &format!("amqps = \"127.0.0.1:{port}\""));
+    let rt = Runtime::start(deployment_json, &format!("amqps = \"127.0.0.1:{port}\""));
     assert!(wait_listening(&[port]), "no AMQP listener\n{}", rt.log());
     (rt, port)
+}
+
+/// The deployment with module `sender`'s desired properties `desired`.
+fn twin_deployment(desired: &serde_json::Value) -> String {
+    let base = deployment(&["sender", "receiver"], &[]);
+    let mut document: serde_json::Value = serde_json::from_str(&base).expect("deployment JSON");
+    document["modulesContent"]["sender"] = serde_json::json!({ "properties.desired": desired });
+    document.to_string()
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn mqtt_and_amqp_outputs_reach_an_amqp_module_input_with_their_properties() {
+    let (rt, port) = start_runtime(&[
+        (
+            "m2a",
+            "FROM /messages/modules/mqttsender/outputs/o1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/fromMqtt\")",
+        ),
+        (
+            "a2a",
+            "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/fromAmqp\")",
+        ),
+    ]);
+    let mut receiver = NodeClient::start(&rt, &module_cs("receiver", port));
+    assert_eq!(receiver.next(), "open", "{}", rt.log());
+    receiver.say("inputs");
+    assert_eq!(receiver.next(), "ready", "{}", rt.log());
+
+    // MQTT → AMQP: mosquitto_pub as module mqttsender's output o1, with a property bag.
+    let topic = "devices/gw/modules/mqttsender/messages/events/%24.mid=mq1&%24.ct=text%2Fplain&color=red&%24.on=o1";
+    let out = mosquitto_pub(rt.mqtt_port, &module_credentials("mqttsender", 3600), topic, "from-mqtt", &["-q", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = receiver.expect("input ", &rt);
+    let (input, rest) = line.split_once(' ').expect("input name");
+    assert_eq!(input, "fromMqtt", "{line}");
+    let (body, props) = rest.split_once(' ').expect("body");
+    assert_eq!(body, "from-mqtt", "{line}");
+    let props = json_of(props);
+    assert_eq!(props["$.mid"], "mq1", "{props}");
+    assert_eq!(props["$.ct"], "text/plain", "{props}");
+    assert_eq!(props["color"], "red", "{props}");
+
+    // AMQP → AMQP: the Node SDK module sender's output out1.
+    let mut sender = NodeClient::start(&rt, &module_cs("sender", port));
+    assert_eq!(sender.next(), "open", "{}", rt.log());
+    for n in 0..3 {
+        sender.say(&format!("output out1 {{\"n\":{n}}}"));
+        assert_eq!(sender.next(), "sent", "{}", rt.log());
+    }
+    for n in 0..3 {
+        let line = receiver.expect("input ", &rt);
+        let want = format!("fromAmqp {{\"n\":{n}}} ");
+        assert!(line.starts_with(&want), "{line} (wanted {want})");
+        let props = json_of(&line[want.len()..]);
+        assert_eq!(props["$.mid"], format!("m-{{\"n\":{n}}}"), "{props}");
+        assert_eq!(props["$.ct"], "application/json", "{props}");
+        assert_eq!(props["k"], "v", "{props}");
+    }
+    // Accepted inputs commit the checkpoint: nothing is sent again to a new connection.
+    receiver.quit();
+    let receiver = NodeClient::start(&rt, &module_cs("receiver", port));
+    assert_eq!(receiver.next(), "open", "{}", rt.log());
+    let mut receiver = receiver;
+    receiver.say("inputs");
+    assert_eq!(receiver.next(), "ready", "{}", rt.log());
+    let again = receiver.lines.recv_timeout(Duration::from_secs(3));
+    assert!(again.is_err(), "sent again after it was accepted: {again:?}\n{}", rt.log());
+}
+
+#[test]
+fn an_amqp_module_uses_its_twin_and_answers_a_direct_method() {
+    let (rt, port) = start_deployed(&twin_deployment(&serde_json::json!({"interval": 5})));
+    let mut module = NodeClient::start(&rt, &module_cs("sender", port));
+    assert_eq!(module.next(), "open", "{}", rt.log());
+    module.say("twin");
+    let twin = json_of(&module.expect("twin ", &rt));
+    assert_eq!(twin["desired"]["interval"], 5, "{twin}");
+    let version = twin["desired"]["$version"].as_u64().expect("desired $version");
+
+    module.say("report {\"temp\":21}");
+    module.expect("reported", &rt);
+    let shown = rt.cli(&["twin", "show", "sender", "--json"]);
+    let shown = json_of(&String::from_utf8_lossy(&shown.stdout));
+    assert_eq!(shown["reported"]["temp"], 21, "{shown}");
+
+    // A redeploy with new desired properties reaches the module as a patch.
+    let redeploy = rt.data_dir().join("redeploy.json");
+    std::fs::write(&redeploy, twin_deployment(&serde_json::json!({"interval": 10}))).expect("write");
+    let out = rt.cli(&["deploy", redeploy.to_str().expect("path")]);
+    assert!(out.status.success(), "deploy: {}", String::from_utf8_lossy(&out.stderr));
+    let patch = loop {
+        let patch = json_of(&module.expect("desired ", &rt));
+        if patch["interval"] == 10 {
+            break patch;
+        }
+    };
+    assert!(patch["$version"].as_u64().expect("patch $version") > version, "{patch}");
+
+    // A direct method from `tinyedge invoke`, answered by the SDK's handler.
+    module.say("method echo");
+    assert_eq!(module.next(), "ready", "{}", rt.log());
+    let answer = eventually(STEP, || {
+        let out = rt.cli(&["invoke", "sender", "echo", "--payload", "{\"x\":1}"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .unwrap_or_else(|| panic!("invoke never answered\n{}", rt.log()));
+    assert_eq!(module.expect("method echo ", &rt), "{\"x\":1}");
+    assert!(answer.contains("200") && answer.contains("echo"), "{answer}");
 }
 
 #[test]
@@ -146,4 +287,42 @@ fn a_bad_key_is_refused() {
     let first = leaf.next();
     assert!(first.starts_with("error"), "{first}\n{}", rt.log());
     assert!(rt.wait_log("put-token for sensor-7 refused"), "{}", rt.log());
+}
+
+#[test]
+fn a_leaf_device_on_amqp_receives_a_c2d_message_and_completes_it() {
+    use common::iothub::{tinyedge_identities, ScriptedHub};
+    let cloud = ScriptedHub::start(&tinyedge_identities());
+    let port = free_port();
+    let upstream = format!(
+        "[upstream]\nurl = \"mqtts://localhost:{}\"\nca = \"{}\"\nbackoff_max_secs = 1\n[agent]\nenabled = false\n",
+        cloud.mqtt_port,
+        cloud.ca_path.display()
+    );
+    let rt = Runtime::start_prepared(
+        &deployment(&[], &[("up", "FROM /messages/* INTO $upstream")]),
+        &format!("amqps = \"127.0.0.1:{port}\""),
+        &upstream,
+        |_| {},
+        &[],
+    );
+    assert!(wait_listening(&[port]), "no AMQP listener\n{}", rt.log());
+    let mut leaf = NodeClient::start(&rt, &leaf_cs(LEAF_KEY_B64, port));
+    assert_eq!(leaf.next(), "open", "{}", rt.log());
+    leaf.say("c2d");
+    assert_eq!(leaf.next(), "ready", "{}", rt.log());
+    // Attaching the C2D link subscribes the leaf: its own upstream connection opens.
+    assert!(cloud.wait_connected(LEAF, STEP), "{}\n{}", cloud.log(), rt.log());
+    std::thread::sleep(Duration::from_millis(500));
+    cloud.send_c2d(LEAF, "hello leaf", &[("kind", "greeting")]);
+    let line = leaf.expect("c2d ", &rt);
+    let want = "hello leaf ";
+    assert!(line.starts_with(want), "{line}");
+    let props = json_of(&line[want.len()..]);
+    assert_eq!(props["kind"], "greeting", "{props}");
+    let completed = eventually(Duration::from_secs(10), || {
+        let all = cloud.c2d(LEAF);
+        all.to_string().contains("completed").then_some(all)
+    });
+    assert!(completed.is_some(), "not completed in the cloud: {}\n{}", cloud.c2d(LEAF), rt.log());
 }

@@ -7,7 +7,14 @@
 //                             application/json and property k=v; prints "sent" or "error ..."
 //   event BODY                sendEvent(BODY) (a leaf device's telemetry); prints "sent"/"error ..."
 //   inputs                    subscribe to module inputs; prints "ready"; then each as
-//                             "input NAME BODY {properties}"
+//                             "input NAME BODY {properties}" (completed)
+//   c2d                       receive C2D messages (a device); prints "ready"; then each as
+//                             "c2d BODY {properties}" (completed)
+//   twin                      getTwin(); prints "twin {desired, reported}" or "error ..."; then
+//                             every desired update as "desired PATCH"
+//   report JSON               the reported patch JSON; prints "reported" or "error ..."
+//   method NAME               answers method NAME with 200 {"echo": payload}; each call
+//                             prints "method NAME PAYLOAD"
 //   quit
 // prints "open" once connected, "error ..." when open fails (then exits 2).
 'use strict';
@@ -21,6 +28,7 @@ const ca = fs.readFileSync(caPath, 'utf8');
 const isModule = /;ModuleId=/.test(cs);
 const client = isModule ? ModuleClient.fromConnectionString(cs, Amqp) : Client.fromConnectionString(cs, Amqp);
 const say = (line) => process.stdout.write(line + '\n');
+let twinObject = null;
 
 function message(body) {
   const m = new Message(body);
@@ -56,6 +64,35 @@ client.setOptions({ ca }, (err) => {
           props['$.ct'] = msg.contentType;
           say('input ' + input + ' ' + msg.getData().toString() + ' ' + JSON.stringify(props));
           client.complete(msg, () => {});
+        });
+        say('ready');
+      } else if (cmd === 'c2d') {
+        client.on('message', (msg) => {
+          const props = {};
+          for (let i = 0; i < msg.properties.count(); i++) {
+            const item = msg.properties.getItem(i);
+            props[item.key] = item.value;
+          }
+          props['$.mid'] = msg.messageId;
+          say('c2d ' + msg.getData().toString() + ' ' + JSON.stringify(props));
+          client.complete(msg, () => {});
+        });
+        say('ready');
+      } else if (cmd === 'twin') {
+        client.getTwin((err, twin) => {
+          if (err) { say('error ' + (err.message || err)); return; }
+          twinObject = twin;
+          say('twin ' + JSON.stringify({ desired: twin.properties.desired, reported: twin.properties.reported }));
+          twin.on('properties.desired', (delta) => say('desired ' + JSON.stringify(delta)));
+        });
+      } else if (cmd === 'report') {
+        if (!twinObject) { say('error no twin yet'); return; }
+        twinObject.properties.reported.update(JSON.parse(rest.join(' ')), (err) => say(err ? 'error ' + (err.message || err) : 'reported'));
+      } else if (cmd === 'method') {
+        const name = rest[0];
+        client.onMethod(name, (request, response) => {
+          say('method ' + name + ' ' + JSON.stringify(request.payload));
+          response.send(200, { echo: request.payload }, (err) => { if (err) say('error ' + (err.message || err)); });
         });
         say('ready');
       } else if (cmd === 'quit') client.close(() => process.exit(0));

@@ -1,8 +1,12 @@
 //! One AMQP connection: the protocol header (plain or SASL), open/begin/attach/flow/transfer/
-//! disposition/detach/end/close, CBS put-token, and the telemetry links into [`ingest`].
+//! disposition/detach/end/close, CBS put-token, the telemetry links into [`ingest`], and the
+//! links on which the hub sends (module inputs, C2D, twin answers and desired patches, method
+//! calls) from the identity's slot, which the connection owns while such a link is attached
+//! (taking it over from any other connection of the identity, as MQTT does).
 //!
 //! One task owns the socket and every session and link of the connection; it waits on the
-//! socket, on the store making the oldest unsettled telemetry durable, and on one timer (the
+//! socket, on the store making the oldest unsettled telemetry durable, on the mailbox and the
+//! control lane of every slot it owns (and on their takeover signals), and on one timer (the
 //! earliest of the open deadline, token expiries, heartbeat and idle timeout).
 
 use std::collections::{HashMap, VecDeque};
@@ -22,10 +26,16 @@ use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslMechanisms, SaslOutcome};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{AuthError, Identity};
+use crate::broker::inflight::InFlight;
+use crate::broker::queue::Signal;
+use crate::broker::requests;
+use crate::broker::session::{Completion, Control, Delivery, Kick, Origin, Owner, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
 use crate::ingest::{self, Ingested};
 use crate::listeners::permit::Permit;
+use crate::message::Properties as HubProperties;
 use crate::metrics::Metrics;
+use crate::topic::IotHubRequest;
 
 use super::address::{self, Address};
 use super::frame::{self, FrameError, Header};
@@ -40,6 +50,50 @@ fn error(condition: ErrorCondition, description: impl Into<String>) -> Error {
     Error { condition, description: Some(description.into()), info: None }
 }
 
+/// One transfer frame of a message the hub sends (`first`: the frame that opens the delivery).
+#[allow(clippy::too_many_arguments)]
+fn put_transfer(
+    out: &mut BytesMut,
+    channel: u16,
+    handle: u32,
+    delivery_id: u32,
+    settled: bool,
+    more: bool,
+    first: bool,
+    payload: &[u8],
+) {
+    let transfer = Transfer {
+        handle: handle.into(),
+        delivery_id: first.then_some(delivery_id),
+        delivery_tag: first
+            .then(|| fe2o3_amqp_types::definitions::DeliveryTag::from(delivery_id.to_be_bytes().to_vec())),
+        message_format: first.then_some(0),
+        settled: Some(settled),
+        more,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    };
+    frame::put_performative(out, channel, &Performative::Transfer(transfer), payload);
+}
+
+/// Matches links of the same kind as `kind` (any identity).
+fn kind_matcher(kind: &Kind) -> fn(&Kind) -> bool {
+    match kind {
+        Kind::Inputs(_) => |k| matches!(k, Kind::Inputs(_)),
+        Kind::DeviceBound(_) => |k| matches!(k, Kind::DeviceBound(_)),
+        Kind::TwinReplies(_) => |k| matches!(k, Kind::TwinReplies(_)),
+        Kind::MethodCalls(_) => |k| matches!(k, Kind::MethodCalls(_)),
+        Kind::TwinRequests(_) => |k| matches!(k, Kind::TwinRequests(_)),
+        Kind::MethodReplies(_) => |k| matches!(k, Kind::MethodReplies(_)),
+        Kind::Telemetry(_) => |k| matches!(k, Kind::Telemetry(_)),
+        Kind::CbsRequests => |k| matches!(k, Kind::CbsRequests),
+        Kind::CbsReplies => |k| matches!(k, Kind::CbsReplies),
+    }
+}
+
 /// What a link is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -49,6 +103,69 @@ enum Kind {
     CbsReplies,
     /// `…/messages/events`, client sends telemetry of `Identity`.
     Telemetry(Identity),
+    /// `/devices/{d}/modules/{m}/messages/events`, client receives the module's inputs.
+    Inputs(Identity),
+    /// `…/messages/deviceBound`, a leaf device receives C2D messages.
+    DeviceBound(Identity),
+    /// `…/twin`, client sends twin requests.
+    TwinRequests(Identity),
+    /// `…/twin`, client receives twin answers and desired patches.
+    TwinReplies(Identity),
+    /// `…/methods/deviceBound`, client sends method answers.
+    MethodReplies(Identity),
+    /// `…/methods/deviceBound`, client receives method calls.
+    MethodCalls(Identity),
+}
+
+impl Kind {
+    fn identity(&self) -> Option<&Identity> {
+        match self {
+            Kind::CbsRequests | Kind::CbsReplies => None,
+            Kind::Telemetry(id)
+            | Kind::Inputs(id)
+            | Kind::DeviceBound(id)
+            | Kind::TwinRequests(id)
+            | Kind::TwinReplies(id)
+            | Kind::MethodReplies(id)
+            | Kind::MethodCalls(id) => Some(id),
+        }
+    }
+
+    /// The hub sends on this link from the identity's slot: attaching it takes the slot over.
+    fn takes_slot(&self) -> bool {
+        matches!(self, Kind::Inputs(_) | Kind::DeviceBound(_) | Kind::TwinReplies(_) | Kind::MethodCalls(_))
+    }
+
+    /// The hub is the sender on this link.
+    fn hub_sends(&self) -> bool {
+        self.takes_slot() || matches!(self, Kind::CbsReplies)
+    }
+}
+
+/// How a message the hub sends is settled.
+enum Track {
+    /// Sent settled (CBS answers, twin and method links: at most once, as edgeHub).
+    Settled,
+    /// A module input: its store record is committed once the client accepts it, in order.
+    Input(Option<Origin>),
+    /// A C2D message: completed in the cloud once the client accepts it.
+    Completion(Completion),
+}
+
+/// A message waiting for credit on a sending link.
+struct Out {
+    bytes: Vec<u8>,
+    track: Track,
+}
+
+/// A slot the connection owns (it sends on links of that identity).
+struct Owned {
+    slot: Arc<Slot>,
+    connection_id: u64,
+    kick: Arc<Kick>,
+    done: Arc<Signal>,
+    /// Unsettled module inputs and C2D messages, by the id [`InFlight`] gave them.
+    inflight: InFlight,
 }
 
 /// A message arriving in several transfer frames.
@@ -68,7 +185,7 @@ struct Link {
     unsettled: usize,
     partial: Option<Partial>,
     /// Sending links: encoded messages waiting for credit.
-    backlog: VecDeque<Vec<u8>>,
+    backlog: VecDeque<Out>,
 }
 
 struct Session {
@@ -103,6 +220,13 @@ struct Conn {
     tokens: HashMap<Identity, u64>,
     pending: VecDeque<Pending>,
     authenticated: bool,
+    /// Slots taken over for the links the hub sends on.
+    owned: HashMap<Identity, Owned>,
+    /// Unsettled deliveries the hub sent: (channel, delivery id) → identity and in-flight id.
+    outgoing: HashMap<(u16, u32), (Identity, u16)>,
+    /// Desired `$version`s in `out` (patches and GET answers), recorded as delivered once
+    /// `out` is on the socket.
+    desired_written: Vec<(String, u64)>,
 }
 
 /// Serves one connection on `stream` (TLS already done) until it closes.
@@ -121,6 +245,9 @@ where
         tokens: HashMap::new(),
         pending: VecDeque::new(),
         authenticated: false,
+        owned: HashMap::new(),
+        outgoing: HashMap::new(),
+        desired_written: Vec::new(),
     };
     let mut buf = BytesMut::new();
     let end = match Box::pin(conn.handshake(&mut stream, &mut buf, deadline)).await {
@@ -144,13 +271,34 @@ where
     let _ = stream.write_all(&conn.out).await;
     let _ = stream.flush().await;
     let _ = stream.close().await;
+    conn.release_all();
 }
 
 enum Wake {
     Read(std::io::Result<usize>),
     Durable,
     Timer,
+    Slot(Identity, SlotEvent),
 }
+
+/// Something from a slot the connection owns.
+enum SlotEvent {
+    Delivery(Delivery),
+    Control(Control),
+    /// Another connection of the identity took the slot over.
+    Kicked,
+}
+
+type SlotWait = std::pin::Pin<Box<dyn std::future::Future<Output = Wake> + Send>>;
+
+/// Items taken from a slot's lanes per loop turn before the buffer goes to the socket.
+const SLOT_BATCH_MAX: usize = 64;
+/// Twin answers, desired patches, method calls and C2D messages waiting for credit on one link.
+const CONTROL_BACKLOG_MAX: usize = 16;
+/// Room kept in a transfer frame for its performative.
+const TRANSFER_OVERHEAD_BYTES: usize = 128;
+/// How long a new owner of a slot waits for the previous connection to hand it over.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
     let start = buf.len();
@@ -339,11 +487,13 @@ impl Conn {
                 permit.authenticated();
             }
             self.release_durable();
+            self.pump_slots();
             if !self.out.is_empty() {
                 if let Err(end) = self.flush(stream).await {
                     return end;
                 }
                 last_write = Instant::now();
+                self.record_desired_delivered();
             }
             if buf.is_empty() && buf.capacity() > 0 {
                 *buf = BytesMut::new();
@@ -362,6 +512,9 @@ impl Conn {
             }
             let store = self.broker.router.store().clone();
             let front = self.pending.front().map(|p| p.seq);
+            let mut slot_waits = self.slot_waits();
+            // The read grows `buf` for its bytes; when another wake-up wins, it is cut back.
+            let filled = buf.len();
             let wake = {
                 let read = async { Wake::Read(read_some(stream, buf).await) };
                 let durable = async {
@@ -377,13 +530,26 @@ impl Conn {
                     smol::Timer::at(wake_at).await;
                     Wake::Timer
                 };
-                smol::future::or(read, smol::future::or(Box::pin(durable), timer)).await
+                let slots = smol::future::poll_fn(|cx| {
+                    for wait in slot_waits.iter_mut() {
+                        if let std::task::Poll::Ready(wake) = wait.as_mut().poll(cx) {
+                            return std::task::Poll::Ready(wake);
+                        }
+                    }
+                    std::task::Poll::Pending
+                });
+                smol::future::or(read, smol::future::or(Box::pin(durable), smol::future::or(slots, timer))).await
             };
+            drop(slot_waits);
+            if !matches!(wake, Wake::Read(_)) {
+                buf.truncate(filled);
+            }
             match wake {
                 Wake::Read(Ok(0)) => return Ending::Closed("closed by the client".into()),
                 Wake::Read(Ok(_)) => last_read = Instant::now(),
                 Wake::Read(Err(e)) => return Ending::Closed(format!("read error: {e}")),
                 Wake::Durable => {}
+                Wake::Slot(identity, event) => self.slot_event(&identity, event).await,
                 Wake::Timer => {
                     let now = Instant::now();
                     if now >= last_read + IDLE_TIMEOUT {
@@ -418,7 +584,7 @@ impl Conn {
             let mut detach = Vec::new();
             for (channel, session) in &self.sessions {
                 for (handle, link) in &session.links {
-                    if matches!(&link.kind, Kind::Telemetry(id) if *id == identity) {
+                    if link.kind.identity() == Some(&identity) {
                         detach.push((*channel, *handle));
                     }
                 }
@@ -431,8 +597,8 @@ impl Conn {
     }
 
     fn detach(&mut self, channel: u16, handle: u32, error: Option<Error>) {
-        if let Some(session) = self.sessions.get_mut(&channel) {
-            session.links.remove(&handle);
+        if let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.remove(&handle)) {
+            self.link_gone(&link);
         }
         self.pending.retain(|p| !(p.channel == channel && p.handle == handle));
         let detach = Detach { handle: handle.into(), closed: true, error };
@@ -529,13 +695,19 @@ impl Conn {
                 format!("frame on channel {channel}, which has no session"),
             ))),
             Performative::End(_) => {
-                self.sessions.remove(&channel);
+                if let Some(session) = self.sessions.remove(&channel) {
+                    for link in session.links.values() {
+                        self.link_gone(link);
+                    }
+                }
+                // A new session on this channel numbers its deliveries from 0 again.
+                self.outgoing.retain(|(c, _), _| *c != channel);
                 self.pending.retain(|p| p.channel != channel);
                 frame::put_performative(&mut self.out, channel, &Performative::End(End { error: None }), &[]);
                 Ok(())
             }
             Performative::Attach(attach) => {
-                self.attach(channel, attach);
+                Box::pin(self.attach(channel, attach)).await;
                 Ok(())
             }
             Performative::Detach(detach) => {
@@ -550,8 +722,10 @@ impl Conn {
                 Ok(())
             }
             Performative::Transfer(transfer) => Box::pin(self.transfer(channel, transfer, payload)).await,
-            // Dispositions of what the hub sends: its CBS answers are sent settled.
-            Performative::Disposition(_) => Ok(()),
+            Performative::Disposition(disposition) => {
+                self.disposition(channel, disposition);
+                Ok(())
+            }
         }
     }
 
@@ -633,16 +807,26 @@ impl Conn {
                 format!("no valid token for {id} on this connection (put one on $cbs)"),
             )
         };
-        match (address::parse(&address), client_sends) {
-            (Some(Address::Cbs), true) => Ok(Kind::CbsRequests),
-            (Some(Address::Cbs), false) => Ok(Kind::CbsReplies),
-            (Some(Address::Events(id)), true) if self.authorized(&id) => Ok(Kind::Telemetry(id)),
-            (Some(Address::Events(id)), true) => Err(unauthorized(&id)),
-            _ => Err(not_found()),
+        let kind = match (address::parse(&address), client_sends) {
+            (Some(Address::Cbs), true) => return Ok(Kind::CbsRequests),
+            (Some(Address::Cbs), false) => return Ok(Kind::CbsReplies),
+            (Some(Address::Events(id)), true) => Kind::Telemetry(id),
+            (Some(Address::Events(id)), false) if id.module_id.is_some() => Kind::Inputs(id),
+            // IoT Hub sends C2D messages to devices only.
+            (Some(Address::DeviceBound(id)), false) if id.module_id.is_none() => Kind::DeviceBound(id),
+            (Some(Address::Twin(id)), true) => Kind::TwinRequests(id),
+            (Some(Address::Twin(id)), false) => Kind::TwinReplies(id),
+            (Some(Address::Methods(id)), true) => Kind::MethodReplies(id),
+            (Some(Address::Methods(id)), false) => Kind::MethodCalls(id),
+            _ => return Err(not_found()),
+        };
+        match kind.identity() {
+            Some(id) if !self.authorized(id) => Err(unauthorized(id)),
+            _ => Ok(kind),
         }
     }
 
-    fn attach(&mut self, channel: u16, attach: Attach) {
+    async fn attach(&mut self, channel: u16, attach: Attach) {
         let handle = attach.handle.0;
         let links = self.sessions.get(&channel).map_or(0, |s| s.links.len());
         let kind = if self.sessions.get(&channel).is_some_and(|s| s.links.contains_key(&handle)) {
@@ -668,6 +852,9 @@ impl Conn {
         reply.rcv_settle_mode = ReceiverSettleMode::First;
         match kind {
             Ok(kind) => {
+                if let (true, Some(id)) = (kind.takes_slot(), kind.identity()) {
+                    Box::pin(self.take_slot(id)).await;
+                }
                 frame::put_performative(&mut self.out, channel, &Performative::Attach(reply), &[]);
                 let delivery_count = attach.initial_delivery_count.unwrap_or(0);
                 let link = Link {
@@ -678,9 +865,11 @@ impl Conn {
                     partial: None,
                     backlog: VecDeque::new(),
                 };
+                let kind = link.kind.clone();
                 if let Some(session) = self.sessions.get_mut(&channel) {
                     session.links.insert(handle, link);
                 }
+                self.set_subscription(&kind, true);
                 if client_sends {
                     if let Some(flow) = self.link_flow(channel, handle) {
                         frame::put_performative(&mut self.out, channel, &Performative::Flow(flow), &[]);
@@ -707,41 +896,529 @@ impl Conn {
         let Some(handle) = flow.handle.map(|h| h.0) else { return };
         let Some(session) = self.sessions.get_mut(&channel) else { return };
         let Some(link) = session.links.get_mut(&handle) else { return };
-        if matches!(link.kind, Kind::CbsReplies) {
+        if link.kind.hub_sends() {
             // AMQP 1.0 2.6.7: credit = the receiver's delivery-count + its credit - ours.
             let theirs = flow.delivery_count.unwrap_or(0);
             let credit = flow.link_credit.unwrap_or(0);
             link.credit = theirs.wrapping_add(credit).wrapping_sub(link.delivery_count).min(LINK_CREDIT);
             self.send_backlog(channel, handle);
+            if flow.drain {
+                // Nothing more to send now: the rest of the credit is used up (2.6.7).
+                self.drain(channel, handle);
+            }
         }
     }
 
-    /// Sends what waits on a sending link, as far as its credit goes.
+    /// Sends what waits on a sending link, as far as its credit goes; each message in
+    /// transfers of at most the client's frame size. Unsettled ones are tracked until the
+    /// client's disposition.
     fn send_backlog(&mut self, channel: u16, handle: u32) {
-        let Some(session) = self.sessions.get_mut(&channel) else { return };
-        let Some(link) = session.links.get_mut(&handle) else { return };
-        while link.credit > 0 {
-            let Some(bytes) = link.backlog.pop_front() else { break };
-            let delivery_id = session.next_outgoing_id;
-            session.next_outgoing_id = session.next_outgoing_id.wrapping_add(1);
-            link.credit -= 1;
-            link.delivery_count = link.delivery_count.wrapping_add(1);
-            let transfer = Transfer {
-                handle: handle.into(),
-                delivery_id: Some(delivery_id),
-                delivery_tag: Some(fe2o3_amqp_types::definitions::DeliveryTag::from(
-                    delivery_id.to_be_bytes().to_vec(),
-                )),
-                message_format: Some(0),
-                settled: Some(true),
-                more: false,
-                rcv_settle_mode: None,
-                state: None,
-                resume: false,
-                aborted: false,
-                batchable: false,
+        let chunk = self.peer_max_frame.saturating_sub(TRANSFER_OVERHEAD_BYTES).max(FRAME_BYTES_MIN / 2);
+        let mut tracked = Vec::new();
+        let identity = {
+            let Some(session) = self.sessions.get_mut(&channel) else { return };
+            let Some(link) = session.links.get_mut(&handle) else { return };
+            while link.credit > 0 {
+                let Some(out) = link.backlog.pop_front() else { break };
+                let delivery_id = session.next_outgoing_id;
+                session.next_outgoing_id = session.next_outgoing_id.wrapping_add(1);
+                link.credit -= 1;
+                link.delivery_count = link.delivery_count.wrapping_add(1);
+                let settled = matches!(out.track, Track::Settled);
+                let mut parts = out.bytes.chunks(chunk).peekable();
+                let mut first = true;
+                // An empty message still needs one transfer.
+                let empty: &[u8] = &[];
+                if parts.peek().is_none() {
+                    put_transfer(&mut self.out, channel, handle, delivery_id, settled, false, true, empty);
+                }
+                while let Some(part) = parts.next() {
+                    let more = parts.peek().is_some();
+                    put_transfer(&mut self.out, channel, handle, delivery_id, settled, more, first, part);
+                    first = false;
+                }
+                if !settled {
+                    tracked.push((delivery_id, out.track));
+                }
+            }
+            session.links.get(&handle).and_then(|l| l.kind.identity().cloned())
+        };
+        let Some(identity) = identity else { return };
+        for (delivery_id, track) in tracked {
+            let Some(owned) = self.owned.get_mut(&identity) else { return };
+            let id = owned.inflight.next_id();
+            match track {
+                Track::Input(origin) => owned.inflight.sent(id, origin),
+                Track::Completion(done) => owned.inflight.sent_completion(id, done),
+                Track::Settled => continue,
+            }
+            self.outgoing.insert((channel, delivery_id), (identity.clone(), id));
+        }
+    }
+
+    /// The client asked to drain a sending link: its remaining credit is used up.
+    fn drain(&mut self, channel: u16, handle: u32) {
+        let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) else { return };
+        link.delivery_count = link.delivery_count.wrapping_add(link.credit);
+        link.credit = 0;
+        if let Some(flow) = self.link_flow(channel, handle) {
+            frame::put_performative(&mut self.out, channel, &Performative::Flow(flow), &[]);
+        }
+    }
+
+    /// A message for `identity`'s link of `kind` (the first one attached): queued for credit
+    /// and sent as far as credit goes. False when no such link is attached or its backlog is
+    /// full.
+    fn queue_out(&mut self, identity: &Identity, kind: fn(&Kind) -> bool, out: Out) -> bool {
+        let Some((channel, handle)) = self.find_link(identity, kind) else { return false };
+        let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) else { return false };
+        if link.backlog.len() >= CONTROL_BACKLOG_MAX {
+            return false;
+        }
+        link.backlog.push_back(out);
+        self.send_backlog(channel, handle);
+        true
+    }
+
+    /// The first link of `identity` whose kind matches.
+    fn find_link(&self, identity: &Identity, kind: fn(&Kind) -> bool) -> Option<(u16, u32)> {
+        let mut found: Option<(u16, u32)> = None;
+        for (channel, session) in &self.sessions {
+            for (handle, link) in &session.links {
+                if kind(&link.kind) && link.kind.identity() == Some(identity) {
+                    let here = (*channel, *handle);
+                    found = Some(found.map_or(here, |f| f.min(here)));
+                }
+            }
+        }
+        found
+    }
+
+    /// Takes the slot of `identity` over (once per connection): any other connection of the
+    /// identity is told to end and given a moment to hand it over; what the slot subscribed
+    /// to starts afresh (an AMQP client attaches its links again on every connection).
+    async fn take_slot(&mut self, identity: &Identity) {
+        if self.owned.contains_key(identity) {
+            return;
+        }
+        let broker = self.broker.clone();
+        let slot = broker.sessions.slot(&identity.client_id());
+        let kick = Arc::new(Kick::new(None));
+        let done = Arc::new(Signal::default());
+        let connection_id = broker.next_connection_id();
+        let previous = slot.state().owner.replace(Owner { connection_id, kick: kick.clone(), done: done.clone() });
+        if let Some(previous) = previous {
+            log::info!("{}: {identity} connected again; closing its previous connection", self.peer);
+            previous.kick.fire();
+            let handed_over = async {
+                previous.done.wait().await;
             };
-            frame::put_performative(&mut self.out, channel, &Performative::Transfer(transfer), &bytes);
+            let waited = async {
+                smol::Timer::after(TAKEOVER_WAIT).await;
+            };
+            smol::future::or(handed_over, waited).await;
+        }
+        {
+            let mut state = slot.state();
+            state.inputs = None;
+            state.subscriptions = Subscriptions::default();
+            state.persistent = false;
+        }
+        slot.bump();
+        self.owned.insert(identity.clone(), Owned { slot, connection_id, kick, done, inflight: InFlight::default() });
+    }
+
+    /// What a link of `kind` being attached (`on`) or gone means for its identity's slot:
+    /// inputs subscribed (a new generation: the pumps start again from the checkpoints), and
+    /// the twin, method and C2D subscriptions, which the cloud side hears of.
+    fn set_subscription(&mut self, kind: &Kind, on: bool) {
+        let Some(identity) = kind.identity() else { return };
+        let Some(owned) = self.owned.get_mut(identity) else { return };
+        let slot = owned.slot.clone();
+        if !slot.state().owner.as_ref().is_some_and(|o| o.connection_id == owned.connection_id) {
+            return;
+        }
+        if let Kind::Inputs(_) = kind {
+            slot.state().inputs = on.then_some(Settle::AtLeastOnce);
+            if !on {
+                // What was sent and not settled comes again from the checkpoint.
+                owned.inflight = InFlight::default();
+                self.outgoing.retain(|_, (id, _)| id != identity);
+            }
+            slot.bump();
+            return;
+        }
+        let subscriptions = {
+            let mut state = slot.state();
+            let s = &mut state.subscriptions;
+            match kind {
+                Kind::DeviceBound(_) => s.device_bound = on,
+                Kind::TwinReplies(_) => {
+                    // Attaching the twin receiver subscribes to desired patches (edgeHub's
+                    // TwinSendingLinkHandler); the client may turn them off with DELETE.
+                    s.twin_responses = on;
+                    s.desired = on;
+                }
+                Kind::MethodCalls(_) => s.methods = on,
+                _ => return,
+            }
+            state.subscriptions
+        };
+        let id = identity.client_id();
+        if let Some(cloud) = self.broker.cloud() {
+            cloud.subscriptions(&id, subscriptions);
+            if on && matches!(kind, Kind::TwinReplies(_)) {
+                cloud.twin_used(&id, false);
+            }
+        }
+        if on && matches!(kind, Kind::TwinReplies(_)) {
+            slot.desired_changed();
+        }
+        // Method callers waiting for this client to subscribe look again.
+        slot.changed.notify(usize::MAX);
+    }
+
+    /// A link was detached or its session ended.
+    fn link_gone(&mut self, link: &Link) {
+        if link.kind.takes_slot() {
+            let kind = link.kind.clone();
+            // Another link of the same kind and identity keeps the subscription.
+            let still = kind.identity().and_then(|id| self.find_link(id, kind_matcher(&kind))).is_some();
+            if !still {
+                self.set_subscription(&kind, false);
+            }
+        }
+    }
+
+    /// Futures that wake the connection for its slots: the control lane always, the mailbox
+    /// while the inputs link has credit, the takeover signal.
+    fn slot_waits(&self) -> Vec<SlotWait> {
+        let mut waits: Vec<SlotWait> = Vec::new();
+        for (identity, owned) in &self.owned {
+            let (slot, id) = (owned.slot.clone(), identity.clone());
+            waits.push(Box::pin(async move {
+                match slot.control.pop().await {
+                    Some(c) => Wake::Slot(id, SlotEvent::Control(c)),
+                    None => smol::future::pending().await,
+                }
+            }));
+            let (kick, id) = (owned.kick.clone(), identity.clone());
+            waits.push(Box::pin(async move {
+                match kick.signal() {
+                    Some(signal) => signal.wait().await,
+                    None => smol::future::pending().await,
+                }
+                Wake::Slot(id, SlotEvent::Kicked)
+            }));
+            if self.input_room(identity).is_some() {
+                let (slot, id) = (owned.slot.clone(), identity.clone());
+                waits.push(Box::pin(async move {
+                    match slot.mailbox.pop().await {
+                        Some(d) => Wake::Slot(id, SlotEvent::Delivery(d)),
+                        None => smol::future::pending().await,
+                    }
+                }));
+            }
+        }
+        waits
+    }
+
+    /// The inputs link of `identity` if it can take one more delivery now.
+    fn input_room(&self, identity: &Identity) -> Option<(u16, u32)> {
+        let owned = self.owned.get(identity)?;
+        let (channel, handle) = self.find_link(identity, |k| matches!(k, Kind::Inputs(_)))?;
+        let link = self.sessions.get(&channel)?.links.get(&handle)?;
+        (link.credit > 0 && link.backlog.is_empty() && owned.inflight.len() < LINK_CREDIT as usize)
+            .then_some((channel, handle))
+    }
+
+    /// Takes what is ready on the owned slots' lanes, without waiting.
+    fn pump_slots(&mut self) {
+        let identities: Vec<Identity> = self.owned.keys().cloned().collect();
+        for identity in identities {
+            for _ in 0..SLOT_BATCH_MAX {
+                let Some(control) = self.owned.get(&identity).and_then(|o| o.slot.control.try_pop()) else { break };
+                self.send_control(&identity, control);
+            }
+            for _ in 0..SLOT_BATCH_MAX {
+                if self.input_room(&identity).is_none() {
+                    break;
+                }
+                let Some(delivery) = self.owned.get(&identity).and_then(|o| o.slot.mailbox.try_pop()) else { break };
+                self.send_input(&identity, delivery);
+            }
+        }
+    }
+
+    async fn slot_event(&mut self, identity: &Identity, event: SlotEvent) {
+        match event {
+            SlotEvent::Delivery(delivery) => self.send_input(identity, delivery),
+            SlotEvent::Control(control) => self.send_control(identity, control),
+            SlotEvent::Kicked => self.kicked(identity),
+        }
+    }
+
+    /// Another connection took `identity`'s slot: the links the hub sent on are detached
+    /// with `amqp:link:stolen`; telemetry links stay.
+    fn kicked(&mut self, identity: &Identity) {
+        let Some(owned) = self.owned.remove(identity) else { return };
+        log::info!("{}: {identity} taken over by a new connection; its receiving links are closed", self.peer);
+        self.outgoing.retain(|_, (id, _)| id != identity);
+        let mut detach = Vec::new();
+        for (channel, session) in &self.sessions {
+            for (handle, link) in &session.links {
+                if link.kind.takes_slot() && link.kind.identity() == Some(identity) {
+                    detach.push((*channel, *handle));
+                }
+            }
+        }
+        for (channel, handle) in detach {
+            let e = error(ErrorCondition::LinkError(LinkError::Stolen), "taken over by a new connection");
+            self.detach(channel, handle, Some(e));
+        }
+        owned.done.fire();
+    }
+
+    /// The connection ended: the slots it owns are given up.
+    fn release_all(&mut self) {
+        for (identity, owned) in self.owned.drain() {
+            let ours = {
+                let mut state = owned.slot.state();
+                let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == owned.connection_id);
+                if ours {
+                    state.owner = None;
+                    state.inputs = None;
+                    state.subscriptions = Subscriptions::default();
+                }
+                ours
+            };
+            if ours {
+                owned.slot.bump();
+                if let Some(cloud) = self.broker.cloud() {
+                    cloud.disconnected(&identity.client_id());
+                }
+            }
+            owned.done.fire();
+        }
+    }
+
+    /// One module-input delivery from the mailbox onto the inputs link, unsettled: its
+    /// record is committed when the client accepts it. A delivery made for an earlier
+    /// generation is dropped (the pump starts again from the checkpoint).
+    fn send_input(&mut self, identity: &Identity, delivery: Delivery) {
+        let Some(owned) = self.owned.get(identity) else { return };
+        if delivery.origin.is_some_and(|o| o.generation != owned.slot.generation()) {
+            return;
+        }
+        let Some((channel, handle)) = self.find_link(identity, |k| matches!(k, Kind::Inputs(_))) else { return };
+        let metrics = &self.broker.metrics;
+        Metrics::inc(&metrics.deliveries_sent);
+        if !delivery.dup && delivery.enqueued_unix_ms > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            Metrics::inc(&metrics.process_modules_count);
+            Metrics::add(&metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
+        }
+        if let Some(origin) = delivery.origin {
+            owned.slot.note_sent(origin.endpoint, origin.seq);
+        }
+        let mut bag = HubProperties::parse(&delivery.properties).unwrap_or_default();
+        bag.remove_system("$.on");
+        let message = amqp_message::from_hub_properties(&bag, Some(&delivery.input), &delivery.payload);
+        let out = Out { bytes: amqp_message::encode(&message), track: Track::Input(delivery.origin) };
+        if let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) {
+            link.backlog.push_back(out);
+        }
+        self.send_backlog(channel, handle);
+    }
+
+    /// One control-lane item onto the identity's link for it; counted and dropped when the
+    /// client has no such link (as MQTT drops what a client did not subscribe to).
+    fn send_control(&mut self, identity: &Identity, control: Control) {
+        let Some(slot) = self.owned.get(identity).map(|o| o.slot.clone()) else { return };
+        if matches!(control, Control::DesiredChanged) {
+            // Before reading the subscriptions: a subscription made meanwhile queues a new
+            // notice instead of finding this one still pending.
+            slot.desired_taken();
+        }
+        let subscriptions = slot.state().subscriptions;
+        let client_id = identity.client_id();
+        let twin = |k: &Kind| matches!(k, Kind::TwinReplies(_));
+        let sent = match control {
+            Control::TwinResponse { status, rid, version, body, desired_version } => {
+                self.twin_answer(identity, &rid, status, version, &body, desired_version)
+            }
+            Control::DesiredChanged => {
+                if !subscriptions.desired {
+                    return;
+                }
+                let Some((version, body)) = self.broker.twins.pending_desired(&client_id).and_then(|patch| {
+                    let version = patch.get("$version").and_then(serde_json::Value::as_u64)?;
+                    Some((version, serde_json::to_vec(&patch).ok()?))
+                }) else {
+                    return;
+                };
+                let message = amqp_message::twin_message(None, None, Some(version), &body);
+                let sent = self.queue_out(
+                    identity,
+                    twin,
+                    Out { bytes: amqp_message::encode(&message), track: Track::Settled },
+                );
+                if sent {
+                    Metrics::inc(&self.broker.metrics.twin_desired_patches);
+                    self.desired_written.push((client_id, version));
+                }
+                sent
+            }
+            Control::MethodRequest { name, rid, payload } => {
+                let message = amqp_message::method_request(&rid, &name, &payload);
+                let out = Out { bytes: amqp_message::encode(&message), track: Track::Settled };
+                subscriptions.methods && self.queue_out(identity, |k| matches!(k, Kind::MethodCalls(_)), out)
+            }
+            Control::DeviceBound { bag, payload, done } => {
+                let bag = HubProperties::parse(&bag).unwrap_or_default();
+                let message = amqp_message::from_hub_properties(&bag, None, &payload);
+                // Not completed when it is not sent: the cloud delivers it again.
+                let out = Out { bytes: amqp_message::encode(&message), track: Track::Completion(done) };
+                subscriptions.device_bound && self.queue_out(identity, |k| matches!(k, Kind::DeviceBound(_)), out)
+            }
+        };
+        if !sent {
+            Metrics::inc(&self.broker.metrics.control_unsubscribed);
+        }
+    }
+
+    /// A twin answer on the identity's twin receiving link: correlation id = the request's,
+    /// annotations `status` and `version`.
+    fn twin_answer(
+        &mut self,
+        identity: &Identity,
+        rid: &str,
+        status: u16,
+        version: Option<u64>,
+        body: &[u8],
+        desired_version: Option<u64>,
+    ) -> bool {
+        let message = amqp_message::twin_message(Some(rid), Some(status), version, body);
+        let out = Out { bytes: amqp_message::encode(&message), track: Track::Settled };
+        let sent = self.queue_out(identity, |k| matches!(k, Kind::TwinReplies(_)), out);
+        if let (true, Some(desired)) = (sent, desired_version) {
+            self.desired_written.push((identity.client_id(), desired));
+        }
+        sent
+    }
+
+    /// The desired versions just written reached the client: remember them (the twin file is
+    /// written off the executor thread).
+    fn record_desired_delivered(&mut self) {
+        for (id, version) in self.desired_written.drain(..) {
+            let twins = self.broker.twins.clone();
+            smol::spawn(smol::unblock(move || {
+                if let Err(error) = twins.mark_delivered(&id, version) {
+                    log::debug!("twin of {id}: {error}");
+                }
+            }))
+            .detach();
+        }
+    }
+
+    /// The client settled deliveries the hub sent: `accepted` commits a module input (in
+    /// order per endpoint) or completes a C2D message; `rejected` drops a module input (as
+    /// edgeHub does); `released` and `modified` leave it for the next connection.
+    fn disposition(&mut self, channel: u16, disposition: Disposition) {
+        if disposition.role != Role::Receiver {
+            return;
+        }
+        let last = disposition.last.unwrap_or(disposition.first);
+        if last.wrapping_sub(disposition.first) > LINK_CREDIT * u32::from(SESSIONS_MAX) {
+            return;
+        }
+        let accepted = matches!(disposition.state, Some(DeliveryState::Accepted(_)));
+        let rejected = matches!(disposition.state, Some(DeliveryState::Rejected(_)));
+        let commit = self.broker.commit.clone();
+        let mut id = disposition.first;
+        loop {
+            if let Some((identity, iid)) = self.outgoing.remove(&(channel, id)) {
+                if let Some(owned) = self.owned.get_mut(&identity) {
+                    if accepted || rejected {
+                        owned.inflight.acked(iid, &commit);
+                    }
+                }
+            }
+            if id == last {
+                break;
+            }
+            id = id.wrapping_add(1);
+        }
+        if !disposition.settled {
+            // rcv-settle-mode second: the sender settles once the receiver has.
+            let reply = Disposition { role: Role::Sender, settled: true, batchable: false, ..disposition };
+            frame::put_performative(&mut self.out, channel, &Performative::Disposition(reply), &[]);
+        }
+    }
+
+    /// Serves a twin request (annotations `operation` and `resource`): GET and PATCH of the
+    /// reported properties through the hub's request handler, PUT and DELETE of
+    /// `/notifications/twin/properties/desired` (subscribe, unsubscribe) here; answered on
+    /// the twin receiving link, errors included.
+    async fn twin_request(&mut self, identity: &Identity, message: &AmqpMessage) {
+        let operation = amqp_message::annotation_text(message, "operation").unwrap_or_default();
+        let resource = amqp_message::annotation_text(message, "resource").unwrap_or_default();
+        let rid = amqp_message::correlation_text(message).unwrap_or_default();
+        let body = amqp_message::body_bytes(message);
+        const DESIRED: &str = "/notifications/twin/properties/desired";
+        let request = match (operation.as_str(), resource.trim_end_matches('/')) {
+            ("GET", "") => Ok(IotHubRequest::TwinGet { rid: &rid }),
+            ("PATCH", "/properties/reported") => Ok(IotHubRequest::TwinPatchReported { rid: Some(&rid) }),
+            ("PUT" | "DELETE", DESIRED) => {
+                let on = operation == "PUT";
+                if let Some(owned) = self.owned.get(identity) {
+                    let slot = owned.slot.clone();
+                    let subscriptions = {
+                        let mut state = slot.state();
+                        state.subscriptions.desired = on;
+                        state.subscriptions
+                    };
+                    if let Some(cloud) = self.broker.cloud() {
+                        cloud.subscriptions(&identity.client_id(), subscriptions);
+                    }
+                    if on {
+                        slot.desired_changed();
+                    }
+                }
+                self.twin_answer(identity, &rid, 200, None, &[], None);
+                return;
+            }
+            _ => Err(crate::topic::RequestError {
+                rid: Some(&rid),
+                status: 400,
+                reason: format!("twin operation {operation:?} on {resource:?} is not served"),
+            }),
+        };
+        let broker = self.broker.clone();
+        let served = requests::serve(&broker, identity, request, body).await;
+        if let Some(note) = &served.note {
+            log::warn!("{}: twin request of {identity}: {note}", self.peer);
+        }
+        if let Some(Control::TwinResponse { status, rid, version, body, desired_version }) = served.answer {
+            if !self.twin_answer(identity, &rid, status, version, &body, desired_version) {
+                Metrics::inc(&broker.metrics.control_unsubscribed);
+            }
+        }
+    }
+
+    /// A method answer: correlation id = the call's request id, `IoThub-status`, the JSON body.
+    async fn method_answer(&mut self, identity: &Identity, message: &AmqpMessage) {
+        let rid = amqp_message::correlation_text(message).unwrap_or_default();
+        // edgeHub's status for an answer without a valid one.
+        let status = amqp_message::application_int(message, amqp_message::METHOD_STATUS).unwrap_or(400_000);
+        let body = amqp_message::body_bytes(message);
+        let broker = self.broker.clone();
+        let request = Ok(IotHubRequest::MethodResponse { status, rid: &rid });
+        let served = requests::serve(&broker, identity, request, body).await;
+        if let Some(note) = &served.note {
+            log::warn!("{}: method answer of {identity}: {note}", self.peer);
         }
     }
 
@@ -755,8 +1432,11 @@ impl Conn {
                 format!("transfer on handle {handle}, which is not attached"),
             )));
         };
-        if !matches!(link.kind, Kind::CbsRequests | Kind::Telemetry(_)) {
-            return Ok(());
+        if link.kind.hub_sends() {
+            return Err(Ending::Error(error(
+                ErrorCondition::AmqpError(AmqpError::NotAllowed),
+                format!("transfer on handle {handle}, on which the hub is the sender"),
+            )));
         }
         let partial = match link.partial.take() {
             Some(partial) => partial,
@@ -842,7 +1522,20 @@ impl Conn {
                     }
                 }
             }
-            Kind::CbsReplies => {}
+            Kind::TwinRequests(identity) => {
+                if !partial.settled {
+                    self.settle(channel, handle, partial.delivery_id, DeliveryState::Accepted(Accepted {}));
+                }
+                Box::pin(self.twin_request(&identity, &message)).await;
+            }
+            Kind::MethodReplies(identity) => {
+                Box::pin(self.method_answer(&identity, &message)).await;
+                if !partial.settled {
+                    self.settle(channel, handle, partial.delivery_id, DeliveryState::Accepted(Accepted {}));
+                }
+            }
+            Kind::CbsReplies | Kind::Inputs(_) | Kind::DeviceBound(_) | Kind::TwinReplies(_) | Kind::MethodCalls(_) => {
+            }
         }
         Ok(())
     }
@@ -877,7 +1570,7 @@ impl Conn {
             return;
         };
         if link.backlog.len() < CBS_BACKLOG_MAX {
-            link.backlog.push_back(reply);
+            link.backlog.push_back(Out { bytes: reply, track: Track::Settled });
         }
         self.send_backlog(channel, handle);
     }

@@ -16,7 +16,6 @@ use crate::message::Properties as HubProperties;
 /// The application property that names a module's output (`sendOutputEvent`).
 pub const OUTPUT_NAME: &str = "iothub-outputname";
 /// The message annotation that names a module input.
-#[allow(dead_code)] // module inputs (stage 3) use it
 pub const INPUT_NAME: &str = "x-opt-input-name";
 
 /// A message decoded from a transfer's bytes.
@@ -125,7 +124,6 @@ pub fn to_hub_properties(message: &AmqpMessage) -> HubProperties {
 /// The AMQP message for a module input or a C2D message: the inverse of
 /// [`to_hub_properties`], every other system property as an application property under its
 /// wire name (as edgeHub passes `$.cdid`, `$.cmid` on), the input name as `x-opt-input-name`.
-#[allow(dead_code)] // module inputs and C2D (stage 3) use it
 pub fn from_hub_properties(bag: &HubProperties, input: Option<&str>, payload: &[u8]) -> AmqpMessage {
     let mut properties = Properties::default();
     let mut app = ApplicationProperties::default();
@@ -154,10 +152,94 @@ pub fn from_hub_properties(bag: &HubProperties, input: Option<&str>, payload: &[
         message_annotations: annotations,
         properties: Some(properties),
         application_properties: Some(app),
-        body: Body::Data(vec![Data(Binary::from(payload.to_vec()))].into()),
+        body: data_body(payload),
         footer: None,
     }
 }
+
+/// A message annotation as text (`operation`, `resource` of twin requests).
+pub fn annotation_text(message: &AmqpMessage, key: &str) -> Option<String> {
+    let annotations = message.message_annotations.as_ref()?;
+    let value = annotations.0.get(&OwnedKey::Symbol(Symbol::from(key)))?;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// An application property as a number (`IoThub-status` of method answers), read from an
+/// int or from its text.
+pub fn application_int(message: &AmqpMessage, key: &str) -> Option<i32> {
+    let value = message.application_properties.as_ref()?.0.get(key)?;
+    match value {
+        SimpleValue::Int(n) => Some(*n),
+        SimpleValue::Long(n) => i32::try_from(*n).ok(),
+        SimpleValue::Uint(n) => i32::try_from(*n).ok(),
+        SimpleValue::Ulong(n) => i32::try_from(*n).ok(),
+        SimpleValue::Short(n) => Some(i32::from(*n)),
+        SimpleValue::Ushort(n) => Some(i32::from(*n)),
+        other => simple_text(other)?.trim().parse().ok(),
+    }
+}
+
+/// The correlation id as text, if the message has one.
+pub fn correlation_text(message: &AmqpMessage) -> Option<String> {
+    message.properties.as_ref()?.correlation_id.as_ref().map(id_text)
+}
+
+fn data_body(payload: &[u8]) -> Body<Value> {
+    Body::Data(vec![Data(Binary::from(payload.to_vec()))].into())
+}
+
+/// A message on the twin receiving link: an answer (correlation id = the request's,
+/// annotation `status`, and `version` after a PATCH) or, without correlation id, a desired
+/// patch (annotation `version`).
+pub fn twin_message(correlation: Option<&str>, status: Option<u16>, version: Option<u64>, body: &[u8]) -> AmqpMessage {
+    let mut annotations = MessageAnnotations::default();
+    if let Some(status) = status {
+        annotations.0.insert(OwnedKey::Symbol(Symbol::from("status")), Value::Int(i32::from(status)));
+    }
+    if let Some(version) = version {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        annotations.0.insert(OwnedKey::Symbol(Symbol::from("version")), Value::Long(version));
+    }
+    let properties =
+        Properties { correlation_id: correlation.map(|c| MessageId::String(c.to_string())), ..Properties::default() };
+    Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: Some(annotations),
+        properties: Some(properties),
+        application_properties: None,
+        body: data_body(body),
+        footer: None,
+    }
+}
+
+/// A direct-method call: correlation id = the hub's GUID-shaped request id (as edgeHub sends
+/// it, a string), application property `IoThub-methodname`, the JSON payload as data.
+pub fn method_request(rid: &str, name: &str, payload: &[u8]) -> AmqpMessage {
+    let mut app = ApplicationProperties::default();
+    app.0.insert(METHOD_NAME.into(), SimpleValue::String(name.to_string()));
+    Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: None,
+        properties: Some(Properties {
+            correlation_id: Some(MessageId::String(rid.to_string())),
+            ..Properties::default()
+        }),
+        application_properties: Some(app),
+        body: data_body(payload),
+        footer: None,
+    }
+}
+
+/// The application property naming the method of a call.
+pub const METHOD_NAME: &str = "IoThub-methodname";
+/// The application property carrying a method answer's status.
+pub const METHOD_STATUS: &str = "IoThub-status";
 
 /// A CBS put-token request.
 #[derive(Debug, Clone, PartialEq, Eq)]
