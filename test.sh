@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 # themselves, images are built from busybox-static); protobuf-compiler: the containerd gRPC
 # bindings are generated at build time.
 . scripts/packages.sh
-ensure_packages mosquitto mosquitto-clients containerd runc docker-registry apache2-utils busybox-static protobuf-compiler openssl
+ensure_packages mosquitto mosquitto-clients containerd runc docker-registry apache2-utils busybox-static protobuf-compiler openssl python3-qpid-proton
 # Debian's mosquitto package may start a system broker on 1883; the tests use their own
 # ports, but `tinyedge run` on defaults wants 1883, so stop it if it is running here.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then

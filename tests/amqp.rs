@@ -326,3 +326,58 @@ fn a_leaf_device_on_amqp_receives_a_c2d_message_and_completes_it() {
     });
     assert!(completed.is_some(), "not completed in the cloud: {}\n{}", cloud.c2d(LEAF), rt.log());
 }
+
+/// Debian's python3-qpid-proton (installed by ./test.sh), with the system Python.
+const PROTON_PYTHON: &str = "/usr/bin/python3";
+
+#[test]
+fn a_generic_amqp_client_gets_precise_errors_and_nothing_else_is_disturbed() {
+    let ok = std::process::Command::new(PROTON_PYTHON).args(["-c", "import proton"]).status();
+    assert!(
+        ok.is_ok_and(|s| s.success()),
+        "python3-qpid-proton is missing: run ./test.sh (apt-get install python3-qpid-proton)"
+    );
+    let (rt, port) = start_runtime(&[]);
+    // An SDK client beside it, on its own connection, keeps working throughout.
+    let mut bystander = NodeClient::start(&rt, &module_cs("receiver", port));
+    assert_eq!(bystander.next(), "open", "{}", rt.log());
+    let token = |ttl: i64| module_credentials("sender", ttl).2;
+    let out = std::process::Command::new(PROTON_PYTHON)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/amqp_errors.py"))
+        .env("PORT", port.to_string())
+        .env("CA", rt.data_dir().join("certs/edge-ca.pem"))
+        .env("HUB", HUB)
+        .env("TOKEN", token(3600))
+        .env("SHORT_TOKEN", token(3))
+        .env("EXPIRED", token(-60))
+        .output()
+        .expect("run amqp_errors.py");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!("{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), rt.log());
+    let result = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} line\n{context}"))
+    };
+    assert_eq!(result("put-token"), "200", "{context}");
+    assert_eq!(result("unknown-address"), "amqp:not-found", "{context}");
+    assert_eq!(result("unknown-node"), "amqp:not-found", "{context}");
+    assert_eq!(result("other-identity"), "amqp:unauthorized-access", "{context}");
+    assert_eq!(result("other-identity-inputs"), "amqp:unauthorized-access", "{context}");
+    assert_eq!(result("telemetry-after"), "ok", "{context}");
+    assert_eq!(result("expired-put-token"), "401", "{context}");
+    assert_eq!(result("expired-attach"), "amqp:unauthorized-access", "{context}");
+    assert_eq!(result("short-put-token"), "200", "{context}");
+    assert_eq!(result("short-before"), "ok", "{context}");
+    assert_eq!(result("short-after"), "amqp:unauthorized-access", "{context}");
+    assert_eq!(result("framing-error"), "True", "{context}");
+    assert_eq!(result("decode-error"), "True", "{context}");
+    assert_eq!(result("bad-header"), "True", "{context}");
+    assert_eq!(result("new-connection"), "ok", "{context}");
+    assert!(stdout.lines().any(|l| l == "done"), "{context}");
+    // The SDK client's connection was not disturbed.
+    bystander.say("event still-here");
+    assert_eq!(bystander.next(), "sent", "{}", rt.log());
+    assert!(!rt.log().contains("panicked"), "{}", rt.log());
+}

@@ -220,6 +220,8 @@ struct Conn {
     tokens: HashMap<Identity, u64>,
     pending: VecDeque<Pending>,
     authenticated: bool,
+    /// The AMQP header was exchanged (after SASL, if any): frames are AMQP frames now.
+    amqp_started: bool,
     /// Slots taken over for the links the hub sends on.
     owned: HashMap<Identity, Owned>,
     /// Unsettled deliveries the hub sent: (channel, delivery id) → identity and in-flight id.
@@ -245,6 +247,7 @@ where
         tokens: HashMap::new(),
         pending: VecDeque::new(),
         authenticated: false,
+        amqp_started: false,
         owned: HashMap::new(),
         outgoing: HashMap::new(),
         desired_written: Vec::new(),
@@ -263,7 +266,12 @@ where
         Ending::Closed(why) => log::info!("{}: AMQP connection closed: {why}", conn.peer),
         Ending::Error(e) => {
             log::warn!("{}: AMQP connection closed: {}", conn.peer, e);
-            if conn.opened {
+            if !conn.opened && conn.amqp_started {
+                // AMQP 1.0 2.4.1: a close before the peer's open follows an open of ours.
+                let open = conn.open_reply();
+                frame::put_performative(&mut conn.out, 0, &Performative::Open(open), &[]);
+            }
+            if conn.opened || conn.amqp_started {
                 frame::put_performative(&mut conn.out, 0, &Performative::Close(Close { error: Some(e) }), &[]);
             }
         }
@@ -348,7 +356,9 @@ impl Conn {
                 return Err(Ending::Closed("a second SASL header after SASL".into()));
             }
         }
-        stream.write_all(&frame::HEADER_AMQP).await.map_err(|e| Ending::Closed(e.to_string()))
+        stream.write_all(&frame::HEADER_AMQP).await.map_err(|e| Ending::Closed(e.to_string()))?;
+        self.amqp_started = true;
+        Ok(())
     }
 
     async fn read_header<S: AsyncRead + Unpin>(
@@ -737,7 +747,14 @@ impl Conn {
         let peer_max = usize::try_from(open.max_frame_size.0).unwrap_or(usize::MAX);
         self.peer_max_frame = peer_max.clamp(FRAME_BYTES_MIN, FRAME_BYTES_MAX);
         self.peer_idle = open.idle_time_out.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(u64::from(ms)));
-        let reply = Open {
+        let reply = self.open_reply();
+        frame::put_performative(&mut self.out, 0, &Performative::Open(reply), &[]);
+        Ok(())
+    }
+
+    /// The hub's open: its frame size, channels and idle timeout.
+    fn open_reply(&self) -> Open {
+        Open {
             container_id: format!("tinyedge-{}", self.broker.device_id()),
             hostname: None,
             max_frame_size: u32::try_from(FRAME_BYTES_MAX).unwrap_or(u32::MAX).into(),
@@ -748,9 +765,7 @@ impl Conn {
             offered_capabilities: None,
             desired_capabilities: None,
             properties: None,
-        };
-        frame::put_performative(&mut self.out, 0, &Performative::Open(reply), &[]);
-        Ok(())
+        }
     }
 
     fn begin(&mut self, channel: u16, begin: Begin) -> Result<(), Ending> {
