@@ -72,6 +72,104 @@ pub mod limits {
     const _: () = assert!(LINK_CREDIT <= SESSION_WINDOW);
 }
 
+/// The decoders a client's bytes reach, for the `amqp_frames` fuzz target (and a unit test over
+/// random inputs where cargo-fuzz is not installed): any bytes give frames, performatives and
+/// messages or a refusal, never a panic, never a frame over the limit.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::BytesMut;
+    use fe2o3_amqp_types::performatives::Performative;
+
+    use super::{address, frame, limits, message};
+
+    pub fn frames(data: &[u8]) {
+        let _ = frame::header(data);
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = address::parse(text);
+            let _ = address::audience_identity(text);
+        }
+        let _ = message::decode(data);
+        let mut buf = BytesMut::from(data);
+        // Each call consumes a frame or stops: at most one frame per 8 bytes.
+        for _ in 0..=data.len() / frame::FRAME_HEADER_BYTES {
+            match frame::split(&mut buf, limits::FRAME_BYTES_MAX) {
+                Ok(Some(f)) => {
+                    assert!(f.body.len() <= limits::FRAME_BYTES_MAX);
+                    if f.body.is_empty() || f.sasl {
+                        continue;
+                    }
+                    if let Ok((Performative::Transfer(_), payload)) = frame::performative(&f.body) {
+                        if let Ok(m) = message::decode(&payload) {
+                            let _ = message::to_hub_properties(&m);
+                            let _ = message::put_token(&m);
+                            let _ = message::annotation_text(&m, "operation");
+                            let _ = message::application_int(&m, message::METHOD_STATUS);
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use fe2o3_amqp_types::performatives::{Performative, Transfer};
+
+        use super::super::{frame, message};
+
+        /// Random bytes, random frames around real performatives and messages, and every
+        /// truncation of a real transfer: no panic.
+        #[test]
+        fn random_and_truncated_frames_never_panic() {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let mut byte = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            };
+            let bag = crate::message::Properties::parse("%24.mid=m1&k=v").expect("bag");
+            let body = message::encode(&message::from_hub_properties(&bag, Some("in1"), b"{}"));
+            let transfer = Transfer {
+                handle: 0.into(),
+                delivery_id: Some(1),
+                delivery_tag: None,
+                message_format: Some(0),
+                settled: Some(false),
+                more: false,
+                rcv_settle_mode: None,
+                state: None,
+                resume: false,
+                aborted: false,
+                batchable: false,
+            };
+            let mut real = bytes::BytesMut::new();
+            frame::put_performative(&mut real, 0, &Performative::Transfer(transfer), &body);
+            for cut in 0..real.len() {
+                super::frames(&real[..cut]);
+                let mut flipped = real.to_vec();
+                flipped[cut] ^= byte() | 1;
+                super::frames(&flipped);
+            }
+            for len in [0usize, 1, 7, 8, 9, 16, 64, 512, 4096] {
+                for _ in 0..200 {
+                    let mut bytes: Vec<u8> = (0..len).map(|_| byte()).collect();
+                    if len >= 8 {
+                        // A plausible frame header half of the time.
+                        if byte() & 1 == 0 {
+                            bytes[..4].copy_from_slice(&u32::try_from(len).unwrap_or(8).to_be_bytes());
+                            bytes[4] = 2;
+                            bytes[5] = 0;
+                        }
+                    }
+                    super::frames(&bytes);
+                }
+            }
+        }
+    }
+}
+
 /// How long the accept loop waits after a failed accept() (out of descriptors, mostly).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 static REFUSED_AT_LIMIT: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
