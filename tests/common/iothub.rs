@@ -112,7 +112,8 @@ fn manifest_path(relative: &str) -> PathBuf {
 /// Where test.sh installs amqtt (`TINYEDGE_PYCLOUD`, else `target/pycloud`); fails loudly when
 /// it is missing.
 pub fn pycloud_path() -> PathBuf {
-    let path = std::env::var_os("TINYEDGE_PYCLOUD").map(PathBuf::from).unwrap_or_else(|| manifest_path("target/pycloud"));
+    let path =
+        std::env::var_os("TINYEDGE_PYCLOUD").map(PathBuf::from).unwrap_or_else(|| manifest_path("target/pycloud"));
     assert!(
         path.join("amqtt").is_dir(),
         "amqtt is not installed in {}: run ./test.sh (it pip-installs amqtt there), or set TINYEDGE_PYCLOUD",
@@ -122,9 +123,11 @@ pub fn pycloud_path() -> PathBuf {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-        panic!("openssl could not be run ({e}): run ./test.sh (it installs Debian's openssl)")
-    });
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl could not be run ({e}): run ./test.sh (it installs Debian's openssl)"));
     assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -156,8 +159,23 @@ fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days",
-            "3", "-extfile", "server.cnf", "-extensions", "v3_server", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3",
+            "-extfile",
+            "server.cnf",
+            "-extensions",
+            "v3_server",
+            "-out",
+            "server.pem",
         ],
     );
 }
@@ -317,7 +335,11 @@ impl ScriptedHub {
     pub fn send_c2d(&self, device: &str, payload: &str, properties: &[(&str, &str)]) -> String {
         let properties: serde_json::Map<String, Value> =
             properties.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
-        let answer = self.ok("POST", &format!("/c2d/{}", path_id(device)), Some(&json!({"payload": payload, "properties": properties})));
+        let answer = self.ok(
+            "POST",
+            &format!("/c2d/{}", path_id(device)),
+            Some(&json!({"payload": payload, "properties": properties})),
+        );
         answer["message_id"].as_str().expect("message_id").to_string()
     }
 

@@ -161,7 +161,11 @@ impl Cloud {
     /// `outbox` (the store's `$upstream` queue) and opens the links of the identities whose
     /// reported changes wait from an earlier run. Register with [`Broker::set_cloud`] (done
     /// here) before clients connect.
-    pub fn start(broker: Arc<Broker>, config: CloudConfig, outbox: Arc<dyn Outbox>) -> Result<Arc<Cloud>, UpstreamError> {
+    pub fn start(
+        broker: Arc<Broker>,
+        config: CloudConfig,
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<Arc<Cloud>, UpstreamError> {
         let target = config.template.validate()?;
         let tls = if target.tls {
             let bundle = std::path::Path::new(config::SYSTEM_CA_BUNDLE);
@@ -643,7 +647,8 @@ impl Cloud {
             return if inbound.qos1 { Ack::Later } else { Ack::Now };
         }
         let Some(link) = self.link_of(id) else { return Ack::Later };
-        let (weak, link, connection, pkid) = (self.myself.clone(), Arc::downgrade(&link), inbound.connection, inbound.pkid);
+        let (weak, link, connection, pkid) =
+            (self.myself.clone(), Arc::downgrade(&link), inbound.connection, inbound.pkid);
         let done = Completion(Arc::new(move || {
             // The link the message came on: a newer link of the same identity numbers its
             // connections from 1 again and must not get this PUBACK.

@@ -36,7 +36,6 @@ pub async fn on_connect(cloud: &Cloud, id: &str, connection: u64) {
     }
 }
 
-
 /// Sends `id`'s waiting reported changes, unless another twin operation of `id` runs (it
 /// pushes them, or housekeeping does within seconds): one push in flight per identity.
 pub async fn push_reported(cloud: &Cloud, id: &str, link: &Link) {

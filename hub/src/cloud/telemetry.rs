@@ -245,7 +245,10 @@ impl Dispatch {
                             break;
                         }
                         Some(RouteTo::NoKey) => {
-                            log::warn!("upstream: message {seq} on {:?} dropped: its sender has no key any more", message.topic);
+                            log::warn!(
+                                "upstream: message {seq} on {:?} dropped: its sender has no key any more",
+                                message.topic
+                            );
                             break;
                         }
                         Some(RouteTo::Busy) => {

@@ -77,7 +77,14 @@ impl State {
         disk::create_dir(&dir)?;
         let mut report = TwinsReport::default();
         let names = list_names(&dir, &mut report)?;
-        let mut state = State { dir, twins: BTreeMap::new(), lost: BTreeSet::new(), ceiling: 1, generation: 0, track_upstream: false };
+        let mut state = State {
+            dir,
+            twins: BTreeMap::new(),
+            lost: BTreeSet::new(),
+            ceiling: 1,
+            generation: 0,
+            track_upstream: false,
+        };
         state.remove_temp_files(&names, &mut report)?;
         let versions = state.read_versions();
         for name in &names {

@@ -63,8 +63,8 @@ pub use self::listing::check_identity;
 pub use self::load::{DamagedFile, TwinsReport, VersionsLoad};
 pub use self::validate::validate_reported_patch;
 
-use self::state::State;
 pub use self::state::CloudPatch;
+use self::state::State;
 
 /// The twins of every identity the hub serves, and their files. Shared as `Arc<Twins>`.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::json::{diff_members, merge_members, merge_keeping_nulls, with_version, Document};
+use super::json::{diff_members, merge_keeping_nulls, merge_members, with_version, Document};
 use super::limits::VERSION_MAX;
 use super::validate::validate_document_size;
 
@@ -130,7 +130,13 @@ impl Twin {
 
     /// The twin as the cloud holds it: its desired document and version win, and its reported
     /// properties with the changes not yet acknowledged merged on top (they are on their way).
-    pub fn with_cloud(&self, desired: Document, desired_version: u64, reported: Document, reported_version: u64) -> Twin {
+    pub fn with_cloud(
+        &self,
+        desired: Document,
+        desired_version: u64,
+        reported: Document,
+        reported_version: u64,
+    ) -> Twin {
         let mut merged = reported;
         if let Some(pending) = &self.pending_up {
             merge_members(&mut merged, pending);

@@ -12,8 +12,8 @@ use super::file::{encode_twin, encode_versions, file_stem, TWIN_SUFFIX, VERSIONS
 use std::sync::Arc;
 
 use super::json::{document_from, kind, merge_members, parse_patch, Document};
-use super::limits::VERSION_MAX;
 use super::limits::VERSION_LEASE;
+use super::limits::VERSION_MAX;
 use super::model::Twin;
 use super::validate::{validate_desired, validate_reported_patch};
 

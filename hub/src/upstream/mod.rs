@@ -168,11 +168,21 @@ pub type OnConnected = dyn Fn(u64) + Send + Sync;
 /// next write.
 #[derive(Debug)]
 pub enum Outgoing {
-    Publish { topic: String, payload: Bytes },
-    PubAck { connection: u64, pkid: u16 },
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
+    PubAck {
+        connection: u64,
+        pkid: u16,
+    },
     /// Sent at QoS 1 outside the window; `done` gets `()` on its PUBACK, and is dropped (the
     /// caller sees the channel closed) if the connection ends first.
-    Confirmed { topic: String, payload: Bytes, done: smol::channel::Sender<()> },
+    Confirmed {
+        topic: String,
+        payload: Bytes,
+        done: smol::channel::Sender<()>,
+    },
 }
 
 /// Requests waiting for the connection (twin GETs and PATCHes, method answers, PUBACKs): a
@@ -481,12 +491,11 @@ impl Link {
             }
         }
         let _closed = Closed(self.clone());
-        let mut pipeline =
-            Pipeline {
-                window: Window::new(self.config.window),
-                enqueued: std::collections::VecDeque::new(),
-                fetched_through: self.outbox.resume_after(),
-            };
+        let mut pipeline = Pipeline {
+            window: Window::new(self.config.window),
+            enqueued: std::collections::VecDeque::new(),
+            fetched_through: self.outbox.resume_after(),
+        };
         let mut last_reason: Option<String> = None;
         loop {
             match session::run(&self, &mut pipeline).await {

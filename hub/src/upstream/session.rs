@@ -259,8 +259,9 @@ impl Connection {
                 }
                 super::Outgoing::Confirmed { topic, payload, done } => {
                     // A free id of the confirmed range; none free: dropped (the caller retries).
-                    let Some(pkid) =
-                        super::window::CONFIRMED_PKIDS.clone().find(|id| self.confirmed.iter().all(|(used, _)| used != id))
+                    let Some(pkid) = super::window::CONFIRMED_PKIDS
+                        .clone()
+                        .find(|id| self.confirmed.iter().all(|(used, _)| used != id))
                     else {
                         continue;
                     };
