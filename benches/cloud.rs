@@ -54,17 +54,82 @@ fn main() {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
     // The scripted IoT Hub: a CA, a server certificate for localhost, the registry.
-    openssl(&work, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=bench CA", "-days", "2", "-keyout", "ca.key", "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
-    openssl(&work, &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
-    std::fs::write(work.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n").expect("ext");
-    openssl(&work, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem"]);
+    openssl(
+        &work,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=bench CA",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        &work,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        work.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .expect("ext");
+    openssl(
+        &work,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
     let b64 = |key: &[u8]| base64::engine::general_purpose::STANDARD.encode(key);
     let mut identities = vec![
         serde_json::json!({"device": DEVICE, "module": null, "key": DEVICE_KEY_B64, "parent": null, "scope": true}),
     ];
     for module in ["$edgeHub", "$edgeAgent"] {
         let key = tinyedge_platform::identity::derive_module_key(&DEVICE_KEY, module);
-        identities.push(serde_json::json!({"device": DEVICE, "module": module, "key": b64(&key), "parent": null, "scope": true}));
+        identities.push(
+            serde_json::json!({"device": DEVICE, "module": module, "key": b64(&key), "parent": null, "scope": true}),
+        );
     }
     for i in 0..LEAVES {
         identities.push(serde_json::json!({"device": format!("leaf-{i}"), "module": null, "key": DEVICE_KEY_B64, "parent": DEVICE, "scope": true}));
@@ -87,7 +152,11 @@ fn main() {
     let mut ready = String::new();
     BufReader::new(cloud.stdout.take().expect("stdout")).read_line(&mut ready).expect("READY line");
     let port_of = |name: &str| -> u16 {
-        ready.split_whitespace().find_map(|f| f.strip_prefix(&format!("{name}="))).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no {name} port in {ready:?} (is amqtt installed in {}?)", pycloud.display()))
+        ready
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} port in {ready:?} (is amqtt installed in {}?)", pycloud.display()))
     };
     let (mqtt, control_port) = (port_of("mqtt"), port_of("control"));
     let extra = format!(
@@ -106,8 +175,9 @@ fn main() {
     };
     let base_links = wait(2);
     let (base_rss, _) = memory_kib(te.child.id());
-    let mut leaves: Vec<Client> =
-        (0..LEAVES).map(|i| Client::connect(te.port, &format!("leaf-{i}"), tinyedge_leaf_creds(&format!("leaf-{i}")))).collect();
+    let mut leaves: Vec<Client> = (0..LEAVES)
+        .map(|i| Client::connect(te.port, &format!("leaf-{i}"), tinyedge_leaf_creds(&format!("leaf-{i}"))))
+        .collect();
     std::thread::sleep(Duration::from_secs(1));
     let idle_links = connected(control_port);
     let (idle_rss, _) = memory_kib(te.child.id());
@@ -122,7 +192,11 @@ fn main() {
     let (busy_rss, _) = memory_kib(te.child.id());
     let per_local = idle_rss.saturating_sub(base_rss) as f64 / LEAVES as f64;
     let per_link = busy_rss.saturating_sub(idle_rss) as f64 / busy_links.saturating_sub(idle_links).max(1) as f64;
-    let date = Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let report = format!(
         "# Cloud side (`protocol = \"iothub\"`), {date}\n\n{LEAVES} leaf devices, the scripted IoT Hub (tests/cloud/iothub.py) on loopback, TLS; release build.\n\n\
          | step | upstream connections | tinyedge RSS (KiB) |\n|---|---|---|\n\

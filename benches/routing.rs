@@ -79,19 +79,28 @@ impl Scenario {
 /// The deployment: every module of every scenario, and their routes.
 fn deployment() -> String {
     let mut modules = vec!["pub".to_string(), "sub".to_string(), "fan".to_string()];
-    let mut routes = vec![r#""r":"FROM /messages/modules/pub/* INTO BrokeredEndpoint(\"/modules/sub/inputs/in\")""#.to_string()];
+    let mut routes =
+        vec![r#""r":"FROM /messages/modules/pub/* INTO BrokeredEndpoint(\"/modules/sub/inputs/in\")""#.to_string()];
     for i in 0..PAIRS {
         modules.push(format!("p{i}"));
         modules.push(format!("s{i}"));
-        routes.push(format!(r#""p{i}":"FROM /messages/modules/p{i}/* INTO BrokeredEndpoint(\"/modules/s{i}/inputs/in\")""#));
+        routes.push(format!(
+            r#""p{i}":"FROM /messages/modules/p{i}/* INTO BrokeredEndpoint(\"/modules/s{i}/inputs/in\")""#
+        ));
     }
     for i in 0..FAN_OUT {
         modules.push(format!("f{i}"));
-        routes.push(format!(r#""f{i}":"FROM /messages/modules/fan/* INTO BrokeredEndpoint(\"/modules/f{i}/inputs/in\")""#));
+        routes.push(format!(
+            r#""f{i}":"FROM /messages/modules/fan/* INTO BrokeredEndpoint(\"/modules/f{i}/inputs/in\")""#
+        ));
     }
     let modules: Vec<String> = modules
         .iter()
-        .map(|m| format!(r#""{m}":{{"type":"docker","status":"running","restartPolicy":"always","settings":{{"image":"x"}}}}"#))
+        .map(|m| {
+            format!(
+                r#""{m}":{{"type":"docker","status":"running","restartPolicy":"always","settings":{{"image":"x"}}}}"#
+            )
+        })
         .collect();
     format!(
         r#"{{"modulesContent":{{"$edgeAgent":{{"properties.desired":{{"schemaVersion":"1.1","runtime":{{"type":"docker","settings":{{}}}},
@@ -149,7 +158,16 @@ fn receive(mut sub: Client, count: usize, origin: Instant, deadline: Instant) ->
     (latencies, Instant::now())
 }
 
-fn publish(mut publ: Client, topic: String, qos: QoS, size: usize, count: usize, window: usize, origin: Instant, deadline: Instant) {
+fn publish(
+    mut publ: Client,
+    topic: String,
+    qos: QoS,
+    size: usize,
+    count: usize,
+    window: usize,
+    origin: Instant,
+    deadline: Instant,
+) {
     let mut payload = vec![b'x'; size.max(8)];
     let mut unacked = 0usize;
     let mut pkid: u16 = 0;
@@ -208,7 +226,11 @@ fn run(b: &Broker, kind: Kind, scenario: Scenario, qos: QoS, size: usize, tag: &
     for (sender, subs, count) in &flows {
         for receiver in subs {
             let id = format!("{tag}-{receiver}");
-            let mut sub = Client::connect(b.port, &if kind == Kind::Tinyedge { receiver_id(receiver) } else { id }, creds(b, kind, receiver));
+            let mut sub = Client::connect(
+                b.port,
+                &if kind == Kind::Tinyedge { receiver_id(receiver) } else { id },
+                creds(b, kind, receiver),
+            );
             sub.subscribe(&sub_filter(kind, receiver, sender), qos);
             let count = *count;
             expected += count;
@@ -364,17 +386,35 @@ fn main() {
         .ok()
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string)))
         .unwrap_or_else(|| "unknown CPU".into());
-    let date = Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut md = String::new();
-    let _ = writeln!(md, "# Routing benchmark ({date}, {machine}, {} cores, loopback)\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _ = writeln!(
+        md,
+        "# Routing benchmark ({date}, {machine}, {} cores, loopback)\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     let _ = writeln!(md, "`cargo run --release -p tinyedge-benches --bin routing`. Brokers: {}; {}. tinyedge routes module to module through its store (default durability: PUBACK after the write, fsync in the background at most once a second; power-safe: PUBACK after the group fsync); mosquitto {} and rumqttd {RUMQTTD_VERSION} are plain pub/sub with messages in memory only (rumqttd's \"segments\" are an in-memory log, not a durable store). Latency: publish to receipt, measured in every run (a timestamp in each payload). CPU: user+system seconds of the broker process per 100,000 delivered messages. The VM varies by 30 % or more between runs: compare within a run.\n",
         names.join(", "),
         if rumqttd_bin.is_some() { "rumqttd installed with cargo install" } else { "rumqttd could not be installed" },
         mosquitto_version());
-    let _ = writeln!(md, "| scenario | QoS | payload | {} | tinyedge/mosquitto | tinyedge/rumqttd | p50/p99 µs ({}) | CPU s/100k ({}) |", names.iter().map(|n| format!("{n} msg/s")).collect::<Vec<_>>().join(" | "), names.join(", "), names.join(", "));
+    let _ = writeln!(
+        md,
+        "| scenario | QoS | payload | {} | tinyedge/mosquitto | tinyedge/rumqttd | p50/p99 µs ({}) | CPU s/100k ({}) |",
+        names.iter().map(|n| format!("{n} msg/s")).collect::<Vec<_>>().join(" | "),
+        names.join(", "),
+        names.join(", ")
+    );
     let _ = writeln!(md, "|{}", "---|".repeat(names.len() + 7));
     for (scenario, q, size, cells) in &rows {
-        let ratio = |i: usize| cells.get(i).map_or("–".to_string(), |c| format!("{:.2}", cells[0].msgs_per_sec / c.msgs_per_sec.max(1e-9)));
+        let ratio = |i: usize| {
+            cells
+                .get(i)
+                .map_or("–".to_string(), |c| format!("{:.2}", cells[0].msgs_per_sec / c.msgs_per_sec.max(1e-9)))
+        };
         let _ = writeln!(
             md,
             "| {} | {q} | {} | {} | {} | {} | {} | {} |",
@@ -388,12 +428,27 @@ fn main() {
         );
     }
     let short = rows.iter().flat_map(|(_, _, _, c)| c.iter()).filter(|c| c.delivered < c.expected).count();
-    let _ = writeln!(md, "\nRuns that delivered fewer messages than sent (at QoS 0 a broker may drop under load): {short}.\n");
+    let _ = writeln!(
+        md,
+        "\nRuns that delivered fewer messages than sent (at QoS 0 a broker may drop under load): {short}.\n"
+    );
     let _ = writeln!(md, "| memory (fresh process) | {} |", names.join(" | "));
     let _ = writeln!(md, "|{}", "---|".repeat(names.len() + 1));
-    let _ = writeln!(md, "| idle RSS (KiB) | {} |", mem.iter().map(|m| m.idle_rss.to_string()).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(md, "| idle anonymous (KiB) | {} |", mem.iter().map(|m| m.idle_anon.to_string()).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(md, "| per idle MQTT connection ({IDLE_CONNECTIONS} connected, KiB) | {} |", mem.iter().map(|m| format!("{:.2}", m.per_connection_kib)).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| idle RSS (KiB) | {} |",
+        mem.iter().map(|m| m.idle_rss.to_string()).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(
+        md,
+        "| idle anonymous (KiB) | {} |",
+        mem.iter().map(|m| m.idle_anon.to_string()).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(
+        md,
+        "| per idle MQTT connection ({IDLE_CONNECTIONS} connected, KiB) | {} |",
+        mem.iter().map(|m| format!("{:.2}", m.per_connection_kib)).collect::<Vec<_>>().join(" | ")
+    );
     print!("{md}");
     let results = root.join("benches/results");
     std::fs::write(results.join("routing.md"), &md).expect("write routing.md");
@@ -401,7 +456,13 @@ fn main() {
     let labels: Vec<String> = rows
         .iter()
         .filter(|(s, q, _, _)| *q == "1" && matches!(s, Scenario::Window | Scenario::OneAtATime))
-        .map(|(s, _, size, _)| format!("{} {}", if matches!(s, Scenario::Window) { "a" } else { "b" }, if *size >= 1024 { format!("{}K", size / 1024) } else { format!("{size}B") }))
+        .map(|(s, _, size, _)| {
+            format!(
+                "{} {}",
+                if matches!(s, Scenario::Window) { "a" } else { "b" },
+                if *size >= 1024 { format!("{}K", size / 1024) } else { format!("{size}B") }
+            )
+        })
         .collect();
     let colors = ["#1f77b4", "#aec7e8", "#ff7f0e", "#2ca02c"];
     let series: Vec<(&str, &str, Vec<f64>)> = names

@@ -249,9 +249,9 @@ fn version_of(desired: &Value) -> u64 {
 /// A twin section without `$version` and `$metadata`.
 fn without_read_only(section: &Value) -> Value {
     match section {
-        Value::Object(members) => {
-            Value::Object(members.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), v.clone())).collect())
-        }
+        Value::Object(members) => Value::Object(
+            members.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -277,8 +277,14 @@ mod tests {
         let agent = json!({"schemaVersion": "1.1", "modules": {}, "$version": 4, "$metadata": {}});
         let hub = json!({"routes": {"r": "FROM /messages/* INTO $upstream"}, "$version": 2});
         let m: Value = serde_json::from_slice(&manifest(&agent, &hub)).expect("json");
-        assert_eq!(m["modulesContent"]["$edgeAgent"]["properties.desired"], json!({"schemaVersion": "1.1", "modules": {}}));
-        assert_eq!(m["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["r"], "FROM /messages/* INTO $upstream");
+        assert_eq!(
+            m["modulesContent"]["$edgeAgent"]["properties.desired"],
+            json!({"schemaVersion": "1.1", "modules": {}})
+        );
+        assert_eq!(
+            m["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["r"],
+            "FROM /messages/* INTO $upstream"
+        );
         assert_eq!(version_of(&agent), 4);
         assert_eq!(version_of(&json!({})), 0);
     }

@@ -89,7 +89,9 @@ pub fn twin_plan(config: &Config, deployment: Option<&Deployment>) -> (Vec<Strin
     let cloud_twins = config.upstream.as_ref().is_some_and(|u| u.protocol == "iothub");
     let desired = modules
         .iter()
-        .filter(|module| !cloud_twins || deployment.is_some_and(|d| d.module_twins.iter().any(|(n, _)| *n == module.name)))
+        .filter(|module| {
+            !cloud_twins || deployment.is_some_and(|d| d.module_twins.iter().any(|(n, _)| *n == module.name))
+        })
         .map(|module| {
             let twin = deployment
                 .and_then(|d| d.module_twins.iter().find(|(name, _)| *name == module.name))

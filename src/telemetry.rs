@@ -288,7 +288,11 @@ impl Telemetry {
             lines.push('\n');
         }
         let path = self.samples_file();
-        let result = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(lines.as_bytes()));
+        let result = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()));
         if let Err(e) = result {
             log::warn!("runtime-quality telemetry: {}: {e}", path.display());
             return;
@@ -338,7 +342,11 @@ fn trim_oldest(path: &Path, keep_bytes: u64) {
     let skip = text.len().saturating_sub(usize::try_from(keep_bytes).unwrap_or(usize::MAX));
     let start = text[skip..].find('\n').map_or(text.len(), |i| skip + i + 1);
     let dropped = text[..start].lines().count();
-    if let Err(e) = tinyedge_platform::fsutil::write_atomic(path, &text.as_bytes()[start..], tinyedge_platform::fsutil::Access::OwnerOnly) {
+    if let Err(e) = tinyedge_platform::fsutil::write_atomic(
+        path,
+        &text.as_bytes()[start..],
+        tinyedge_platform::fsutil::Access::OwnerOnly,
+    ) {
         log::warn!("runtime-quality telemetry: {}: {e}", path.display());
         return;
     }
@@ -421,9 +429,7 @@ edgeAgent_used_memory_bytes{iothub=\"h.net\",edge_device=\"gw\",instance_number=
 
     #[test]
     fn the_edge_agent_env_switch_is_read_as_iot_edge_writes_it() {
-        let with = |v: Value| {
-            json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"systemModules": {"edgeAgent": {"env": {"SendRuntimeQualityTelemetry": v}}}}}}})
-        };
+        let with = |v: Value| json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"systemModules": {"edgeAgent": {"env": {"SendRuntimeQualityTelemetry": v}}}}}}});
         assert!(opted_out(&with(json!({"value": "false"}))));
         assert!(opted_out(&with(json!({"value": false}))));
         assert!(!opted_out(&with(json!({"value": "true"}))));

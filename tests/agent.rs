@@ -637,7 +637,9 @@ fn a_deployment_set_as_the_edge_agent_desired_twin_runs_and_its_status_is_report
     assert_eq!(reported["schemaVersion"], "1.1", "{reported}");
     assert!(reported["systemModules"]["edgeHub"]["runtimeStatus"] == "running", "{reported}");
     assert!(reported["version"]["version"].is_string(), "{reported}");
-    for key in ["exitCode", "statusDescription", "lastStartTimeUtc", "lastExitTimeUtc", "restartCount", "lastRestartTimeUtc"] {
+    for key in
+        ["exitCode", "statusDescription", "lastStartTimeUtc", "lastExitTimeUtc", "restartCount", "lastRestartTimeUtc"]
+    {
         assert!(reported["modules"]["sensor"].get(key).is_some(), "{key} missing: {reported}");
     }
     let pid = pid_of(&ns, "sensor").expect("sensor runs");
@@ -689,7 +691,8 @@ fn a_module_restart_moves_the_agent_metrics() {
     let (v1, _, _) = images(&ns.services);
     let port = common::free_port();
     let dep = deployment(json!({"probe": module(&v1, Value::Null, "always")}));
-    let rt = Runtime::start_with(&dep, "", &format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", agent_section(&ns, "")));
+    let rt =
+        Runtime::start_with(&dep, "", &format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", agent_section(&ns, "")));
     wait_module(&rt, "probe", Duration::from_secs(60), status_is("running"));
     let label = "module_name=\"probe\"";
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -56,7 +56,12 @@ fn the_azure_iot_python_sdk_works_against_the_scripted_hub() {
         .arg(&hub.ca_path)
         .args(["-i", DEVICE, "-u", &format!("{HUB}/{DEVICE}/?api-version=2021-04-12"), "-P", &token])
         .args(["-t", "$iothub/twin/res/#", "-t", "$iothub/methods/POST/#"])
-        .args(["-t", "$iothub/twin/PATCH/properties/desired/#", "-t", &format!("devices/{LEAF}/messages/devicebound/#")])
+        .args([
+            "-t",
+            "$iothub/twin/PATCH/properties/desired/#",
+            "-t",
+            &format!("devices/{LEAF}/messages/devicebound/#"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -158,8 +163,12 @@ fn the_azure_iot_python_sdk_works_against_the_scripted_hub() {
     assert_eq!(hub.c2d(LEAF)[0]["delivery_count"], 1);
 
     let requests = hub.requests();
-    let statuses: Vec<_> = requests.as_array().expect("list").iter().map(|r| (r["op"].clone(), r["status"].clone())).collect();
-    assert!(statuses.contains(&(json!("GET"), json!(200))) && statuses.contains(&(json!("PATCH reported"), json!(204))), "{requests}");
+    let statuses: Vec<_> =
+        requests.as_array().expect("list").iter().map(|r| (r["op"].clone(), r["status"].clone())).collect();
+    assert!(
+        statuses.contains(&(json!("GET"), json!(200))) && statuses.contains(&(json!("PATCH reported"), json!(204))),
+        "{requests}"
+    );
 
     script.send("quit");
     script.expect("BYE", &hub);

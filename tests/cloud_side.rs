@@ -238,7 +238,14 @@ fn a_cloud_sending_garbage_is_refused_and_nothing_breaks() {
     let synced = eventually(Duration::from_secs(45), || {
         (cloud.twin("gw/twinmod")["reported"]["after"] == "garbage").then_some(())
     });
-    assert!(synced.is_some(), "{}\n{}\nrequests: {}\ncloud log:\n{}", cloud.twin("gw/twinmod"), rt.log(), cloud.requests(), cloud.log());
+    assert!(
+        synced.is_some(),
+        "{}\n{}\nrequests: {}\ncloud log:\n{}",
+        cloud.twin("gw/twinmod"),
+        rt.log(),
+        cloud.requests(),
+        cloud.log()
+    );
     // The desired change of the gap push arrives with the next successful fetch.
     cloud.patch_desired("gw/twinmod", &json!({"interval": 10}));
     let mut last = Value::Null;

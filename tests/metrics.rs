@@ -105,7 +105,7 @@ fn routed_traffic_and_an_outage_move_the_counters_and_the_text_parses() {
     }
     let device_labels = format!("iothub=\"{HUB}\",edge_device=\"{DEVICE}\",instance_number=\"");
     assert!(body.lines().filter(|l| !l.starts_with('#')).all(|l| l.contains(&device_labels)), "{body}");
-    assert!(body.contains("edgehub_messages_dropped_total{") && body.contains("ms_telemetry=\"True\"") , "{body}");
+    assert!(body.contains("edgehub_messages_dropped_total{") && body.contains("ms_telemetry=\"True\""), "{body}");
     assert!(!body.lines().any(|l| l.starts_with("edgehub_connected_clients{") && l.contains("ms_telemetry")));
     assert!(get(metrics_port, "/other").0.starts_with("HTTP/1.1 404"));
 

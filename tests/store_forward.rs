@@ -41,7 +41,15 @@ macro_rules! in_both_upstream_modes {
     };
 }
 
-in_both_upstream_modes!(messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properties, every_acknowledged_message_survives_a_sigkill_and_arrives_upstream, store_stays_within_max_bytes_and_reports_drops, expired_messages_are_not_sent, queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects, corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported, higher_priority_routes_drain_first_without_starving_the_others);
+in_both_upstream_modes!(
+    messages_sent_while_the_cloud_is_down_all_arrive_in_order_with_their_properties,
+    every_acknowledged_message_survives_a_sigkill_and_arrives_upstream,
+    store_stays_within_max_bytes_and_reports_drops,
+    expired_messages_are_not_sent,
+    queued_inputs_survive_a_restart_and_arrive_in_order_when_the_module_connects,
+    corrupted_segment_tail_is_truncated_on_start_and_the_loss_reported,
+    higher_priority_routes_drain_first_without_starving_the_others
+);
 
 fn sender_topic(bag: &str) -> String {
     format!("devices/{DEVICE}/modules/sender/messages/events/{bag}")

@@ -50,7 +50,9 @@ fn the_tagged_metrics_arrive_anonymised_from_the_edge_agent_beside_the_user_rout
     let deadline = Instant::now() + Duration::from_secs(30);
     let message = loop {
         // A message whose samples saw the sensor's traffic (the first may predate it).
-        let found = diagnostics(&cloud).into_iter().find(|m| m["payload"].as_str().is_some_and(|p| p.contains("edgehub_messages_received_total")));
+        let found = diagnostics(&cloud)
+            .into_iter()
+            .find(|m| m["payload"].as_str().is_some_and(|p| p.contains("edgehub_messages_received_total")));
         if let Some(m) = found {
             break m;
         }
@@ -62,14 +64,16 @@ fn the_tagged_metrics_arrive_anonymised_from_the_edge_agent_beside_the_user_rout
     let payload = message["payload"].as_str().expect("utf-8 payload");
     let body: Value = serde_json::from_str(payload).expect("JSON body");
     assert_eq!(body["format"], "tinyedge-runtime-diagnostics", "{body}");
-    let names: Vec<&str> = body["series"].as_array().expect("series").iter().filter_map(|s| s["name"].as_str()).collect();
+    let names: Vec<&str> =
+        body["series"].as_array().expect("series").iter().filter_map(|s| s["name"].as_str()).collect();
     assert!(names.contains(&"edgehub_messages_received_total"), "{names:?}");
     for secret in ["sensor", HUB, "\"gw", "gw/", "ms_telemetry", "edge_device"] {
         assert!(!payload.contains(secret), "{secret:?} in the diagnostics: {payload}");
     }
     assert!(payload.contains("device/"), "the id label is kept in its anonymised form: {payload}");
     // The user's message went its own way, once; the diagnostics were not routed or counted.
-    let users: Vec<Value> = cloud.telemetry().into_iter().filter(|m| m["identity"] == format!("{DEVICE}/sensor")).collect();
+    let users: Vec<Value> =
+        cloud.telemetry().into_iter().filter(|m| m["identity"] == format!("{DEVICE}/sensor")).collect();
     assert_eq!(users.len(), 1, "{users:?}");
     let status = rt.wait_status("hub.messages_received 1", Duration::from_secs(5));
     assert!(status.lines().any(|l| l == "hub.messages_received 1"), "{status}");

@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use crate::cloud::Upstream as Link;
 use tinyedge_hub::broker::Broker;
 use tinyedge_hub::metrics::Metrics;
 use tinyedge_hub::store::Store;
-use crate::cloud::Upstream as Link;
 use tinyedge_platform::http::{self, Limits, Request, Response};
 
 use modules::Modules;
@@ -166,7 +166,11 @@ impl Endpoint {
         for (id, counts) in &clients {
             e.sample(&[("source", "local"), ("id", id.as_str())], counts[1] as f64);
         }
-        e.family(Family::counter("edgehub_reported_properties_total", "Reported-property patches applied, by client.", true));
+        e.family(Family::counter(
+            "edgehub_reported_properties_total",
+            "Reported-property patches applied, by client.",
+            true,
+        ));
         for (id, counts) in &clients {
             e.sample(&[("target", "local"), ("id", id.as_str())], counts[2] as f64);
         }
@@ -265,8 +269,11 @@ impl Endpoint {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let offline_secs =
-            if s.connected || s.since_unix_ms == 0 { 0.0 } else { now_ms.saturating_sub(s.since_unix_ms) as f64 / 1000.0 };
+        let offline_secs = if s.connected || s.since_unix_ms == 0 {
+            0.0
+        } else {
+            now_ms.saturating_sub(s.since_unix_ms) as f64 / 1000.0
+        };
         e.single(
             Family::gauge(
                 "edgehub_offline_duration_seconds",

@@ -140,7 +140,14 @@ mod tests {
         let mut modules = Modules::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let state = |running| Observed { name: "m", last_start: "t", last_exit: NEVER, restart_count: 0, expected: true, running };
+        let state = |running| Observed {
+            name: "m",
+            last_start: "t",
+            last_exit: NEVER,
+            restart_count: 0,
+            expected: true,
+            running,
+        };
         modules.observe(&state(true), at(0));
         modules.observe(&state(false), at(10));
         modules.observe(&state(true), at(14));
@@ -175,7 +182,8 @@ mod tests {
         let mut modules = Modules::default();
         let names: Vec<String> = (0..SERIES_MAX + 3).map(|i| format!("m{i}")).collect();
         for name in &names {
-            let seen = Observed { name, last_start: "t", last_exit: NEVER, restart_count: 0, expected: true, running: true };
+            let seen =
+                Observed { name, last_start: "t", last_exit: NEVER, restart_count: 0, expected: true, running: true };
             modules.observe(&seen, Instant::now());
         }
         assert_eq!((modules.by_name.len(), modules.overflow), (SERIES_MAX, 3));
@@ -198,7 +206,14 @@ mod tests {
         let seen = observed(&doc);
         assert_eq!(
             seen,
-            vec![Observed { name: "a", last_start: "x", last_exit: NEVER, restart_count: 2, expected: false, running: false }]
+            vec![Observed {
+                name: "a",
+                last_start: "x",
+                last_exit: NEVER,
+                restart_count: 2,
+                expected: false,
+                running: false
+            }]
         );
         assert!(observed(&serde_json::json!({})).is_empty());
     }
