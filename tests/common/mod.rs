@@ -606,7 +606,7 @@ pub fn wait_listening(ports: &[u16]) -> bool {
 }
 
 /// Appends the child's stderr, line by line, to `log` (from a thread of its own).
-fn collect_stderr(child: &mut Child, log: &Arc<Mutex<String>>) {
+pub fn collect_stderr(child: &mut Child, log: &Arc<Mutex<String>>) {
     let stderr = child.stderr.take().expect("stderr piped");
     let sink = log.clone();
     std::thread::spawn(move || {
