@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::twin::file::fnv1a64;
+use crate::twin::file::{seal, unseal};
 
 /// The device-scope API version edgeHub's (non-nested) `DeviceScopeApiClient` speaks.
 pub const API_VERSION: &str = "2018-08-30-preview";
@@ -62,7 +62,6 @@ pub const CACHE_BYTES_MAX: usize = 1024 * 1024;
 pub const ON_DEMAND_INTERVAL: Duration = Duration::from_secs(30);
 
 const FORMAT: u64 = 1;
-const CHECKSUM_PREFIX: &str = "fnv1a64:";
 /// Longest generation id kept (IoT Hub's are 18 digits).
 const GENERATION_ID_MAX: usize = 128;
 
@@ -310,9 +309,7 @@ pub fn encode_cache(edge_device: &str, saved_unix: u64, scope: &Scope) -> Vec<u8
         })
         .collect();
     let body = json!({ "format": FORMAT, "edgeDevice": edge_device, "savedUnix": saved_unix, "devices": devices });
-    // Compact JSON escapes newlines inside strings, so the body is one line.
-    let line = body.to_string();
-    format!("{line}\n{CHECKSUM_PREFIX}{:016x}\n", fnv1a64(line.as_bytes())).into_bytes()
+    seal(&body)
 }
 
 /// A cache file read back: the scope and when it was written, or why the file is damaged or
@@ -349,32 +346,6 @@ pub fn decode_cache(bytes: &[u8], edge_device: &str) -> Result<(Scope, u64), Str
         }
     }
     Ok((scope, refreshed))
-}
-
-/// The JSON object of a sealed file, after checking its envelope and format.
-fn unseal(bytes: &[u8]) -> Result<Map<String, Value>, String> {
-    let text = bytes.strip_suffix(b"\n").ok_or("no final newline (a write cut short?)")?;
-    let split = text.iter().rposition(|byte| *byte == b'\n').ok_or("no checksum line")?;
-    let (line, trailer) = (&text[..split], &text[split + 1..]);
-    let expected = trailer
-        .strip_prefix(CHECKSUM_PREFIX.as_bytes())
-        // Lower-case only, so every flipped bit of the line is a mismatch.
-        .filter(|hex| hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)))
-        .and_then(|hex| std::str::from_utf8(hex).ok())
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .ok_or("malformed checksum line")?;
-    if fnv1a64(line) != expected {
-        return Err("checksum mismatch".to_string());
-    }
-    let fields = match serde_json::from_slice(line) {
-        Ok(Value::Object(fields)) => fields,
-        Ok(_) => return Err("not a JSON object".to_string()),
-        Err(error) => return Err(format!("not JSON: {error}")),
-    };
-    match fields.get("format").and_then(Value::as_u64) {
-        Some(FORMAT) => Ok(fields),
-        _ => Err(format!("not format {FORMAT}")),
-    }
 }
 
 /// Fetches for identities the hub does not know: at most one per `interval` (the caller
@@ -573,10 +544,7 @@ mod tests {
 
     #[test]
     fn a_sealed_cache_with_bad_entries_is_refused() {
-        let seal = |body: Value| {
-            let line = body.to_string();
-            format!("{line}\n{CHECKSUM_PREFIX}{:016x}\n", fnv1a64(line.as_bytes())).into_bytes()
-        };
+        let seal = |body: Value| crate::twin::file::seal(&body);
         let good = json!({"id": "a", "generationId": "1", "primaryKey": BASE64.encode(KEY_A), "secondaryKey": ""});
         let ok = seal(json!({"format": 1, "edgeDevice": "gw", "savedUnix": 1, "devices": [good]}));
         assert_eq!(decode_cache(&ok, "gw").expect("valid").0.get("a").expect("a").keys().len(), 1);

@@ -130,7 +130,9 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
 }
 
-fn seal(body: &Value) -> Vec<u8> {
+/// A sealed file: the body as one line of compact JSON, then `fnv1a64:{16 lower-case hex}` of
+/// that line. Shared by the twin files and the device-scope cache (`crate::cloud::scope`).
+pub fn seal(body: &Value) -> Vec<u8> {
     // Compact JSON escapes newlines inside strings, so the body is one line.
     let line = body.to_string();
     let hash = fnv1a64(line.as_bytes());
@@ -138,7 +140,7 @@ fn seal(body: &Value) -> Vec<u8> {
 }
 
 /// The JSON object inside a sealed file, after checking its envelope and format.
-fn unseal(bytes: &[u8]) -> Result<Document, String> {
+pub fn unseal(bytes: &[u8]) -> Result<Document, String> {
     let Some(text) = bytes.strip_suffix(b"\n") else {
         return Err("no final newline (a write cut short?)".to_string());
     };
@@ -148,7 +150,8 @@ fn unseal(bytes: &[u8]) -> Result<Document, String> {
     let (line, trailer) = (&text[..split], &text[split + 1..]);
     let expected = trailer
         .strip_prefix(CHECKSUM_PREFIX.as_bytes())
-        .filter(|hex| hex.len() == 16)
+        // Lower-case only (as `seal` writes it), so every flipped bit of the line is a mismatch.
+        .filter(|hex| hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)))
         .and_then(|hex| std::str::from_utf8(hex).ok())
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .ok_or_else(|| "malformed checksum line".to_string())?;
