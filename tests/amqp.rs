@@ -381,3 +381,38 @@ fn a_generic_amqp_client_gets_precise_errors_and_nothing_else_is_disturbed() {
     assert_eq!(bystander.next(), "sent", "{}", rt.log());
     assert!(!rt.log().contains("panicked"), "{}", rt.log());
 }
+
+/// The Azure IoT SDKs connect to 8883: the one test here that runs the Python SDK takes it.
+static FIXED_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn module_output_over_amqp_reaches_a_python_sdk_module_over_mqtt() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let port = free_port();
+    let route = "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")";
+    let rt = Runtime::start_on_8883(
+        &deployment(&["sender", "receiver"], &[("r1", route)]),
+        &format!("amqps = \"127.0.0.1:{port}\""),
+        "[agent]\nenabled = false\n",
+    );
+    assert!(wait_listening(&[port]), "no AMQP listener\n{}", rt.log());
+    let out = rt.cli(&["identity", "connection-string", "receiver"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut command = Command::new("python3");
+    command
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/cloud_client.py"))
+        .args(["module", String::from_utf8_lossy(&out.stdout).trim()])
+        .arg(rt.data_dir().join("certs/edge-ca.pem"))
+        .env("PYTHONPATH", python_sdk_path());
+    let receiver = Script::spawn(command, STEP);
+    receiver.expect("READY", &rt);
+    let mut sender = NodeClient::start(&rt, &module_cs("sender", port));
+    assert_eq!(sender.next(), "open", "{}", rt.log());
+    sender.say("output out1 {\"t\":1}");
+    assert_eq!(sender.next(), "sent", "{}", rt.log());
+    let input: serde_json::Value = serde_json::from_str(&receiver.expect("INPUT ", &rt)).expect("INPUT json");
+    assert_eq!(input["input"], "in1", "{input}");
+    assert_eq!(input["data"], "{\"t\":1}", "{input}");
+    assert_eq!(input["content_type"], "application/json", "{input}");
+    assert_eq!(input["message_id"], "m-{\"t\":1}", "{input}");
+}

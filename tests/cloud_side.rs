@@ -26,24 +26,7 @@ fn runtime(cloud: &ScriptedHub, deployment_json: &str) -> Runtime {
         cloud.mqtt_port,
         cloud.ca_path.display()
     );
-    let rt = Runtime::start_prepared(
-        deployment_json,
-        "",
-        &upstream,
-        |dir| {
-            let path = dir.join("config.toml");
-            let config = std::fs::read_to_string(&path).expect("config");
-            let config: String = config
-                .lines()
-                .map(|l| if l.starts_with("mqtts = ") { "mqtts = \"127.0.0.1:8883\"" } else { l })
-                .collect::<Vec<_>>()
-                .join("\n");
-            std::fs::write(&path, config).expect("config");
-        },
-        &[],
-    );
-    assert!(wait_listening(&[8883]), "tinyedge did not listen on 8883\n{}", rt.log());
-    rt
+    Runtime::start_on_8883(deployment_json, "", &upstream)
 }
 
 fn identities() -> Vec<CloudIdentity> {

@@ -579,6 +579,31 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// As [`Runtime::start_with`], with MQTTS on 127.0.0.1:8883, where the Azure IoT SDKs
+    /// always connect (callers hold their test binary's fixed-port lock).
+    pub fn start_on_8883(deployment_json: &str, extra_hub_config: &str, sections: &str) -> Runtime {
+        let rt = Runtime::start_prepared(
+            deployment_json,
+            extra_hub_config,
+            sections,
+            |dir| {
+                let path = dir.join("config.toml");
+                let config = std::fs::read_to_string(&path).expect("config");
+                let config: String = config
+                    .lines()
+                    .map(|l| if l.starts_with("mqtts = ") { "mqtts = \"127.0.0.1:8883\"" } else { l })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                std::fs::write(&path, config).expect("config");
+            },
+            &[],
+        );
+        assert!(wait_listening(&[8883]), "tinyedge did not listen on 8883\n{}", rt.log());
+        rt
+    }
+}
+
 /// Where test.sh installs the Azure IoT Python SDK (override with TINYEDGE_PYSDK); fails the
 /// test loudly when it is not there.
 pub fn python_sdk_path() -> PathBuf {

@@ -6,7 +6,9 @@ It connects, sets its handlers and prints "READY". Events, one line each on stdo
   "DESIRED {json}"  a desired-properties patch arrived;
   "METHOD name {json}" a direct method call arrived (answered 200 with the payload, unless the
                      name is "silent", which is never answered);
-  "C2D {json}"      a cloud-to-device message arrived: {"data": text, "properties": {...}}.
+  "C2D {json}"      a cloud-to-device message arrived: {"data": text, "properties": {...}};
+  "INPUT {json}"    a module input message arrived: {"input", "data", "properties",
+                     "message_id", "content_type"}.
 Commands on stdin:
   "get"             print "TWIN {json}";
   "report {json}"   patch the reported properties, print "REPORTED";
@@ -43,13 +45,18 @@ def on_method(request):
 
 def on_message(message):
     data = message.data.decode("utf-8") if isinstance(message.data, bytes) else str(message.data)
-    out("C2D " + json.dumps({"data": data, "properties": message.custom_properties}, sort_keys=True))
+    if kind == "device":
+        out("C2D " + json.dumps({"data": data, "properties": message.custom_properties}, sort_keys=True))
+    else:
+        out("INPUT " + json.dumps({
+            "input": message.input_name, "data": data, "properties": message.custom_properties,
+            "message_id": message.message_id, "content_type": message.content_type,
+        }, sort_keys=True))
 
 
 client.on_twin_desired_properties_patch_received = on_patch
 client.on_method_request_received = on_method
-if kind == "device":
-    client.on_message_received = on_message
+client.on_message_received = on_message
 client.connect()
 out("READY")
 
