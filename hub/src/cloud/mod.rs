@@ -221,6 +221,13 @@ impl Cloud {
     pub fn watch(&self, id: &str, on_desired: Arc<OnDesired>) {
         lock(&self.watched).push((id.to_string(), on_desired));
         self.want(id, Interest { twin: true, pinned: true, ..Interest::default() });
+        // Its link may have synced before the watcher was there (`$edgeHub` is opened at
+        // start): fetch again, so the watcher hears the cloud's document.
+        if let Some(link) = self.link_of(id) {
+            if link.status().connected {
+                self.spawn_sync(id.to_string(), link.connection());
+            }
+        }
     }
 
     /// The lock serialising `id`'s twin operations (bounded by the identities with links).
