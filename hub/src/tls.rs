@@ -36,3 +36,36 @@ pub fn acceptor(cert_chain: &Path, key: &Path) -> Result<Acceptor, TlsError> {
         .map_err(|e| TlsError(format!("{}: {e}", cert_chain.display())))?;
     Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The TLS handshake of an accepted connection, bounded by its connect deadline: the stream,
+/// or `None` once the failure is logged (a timeout is also counted). `what` names the protocol
+/// in the log ("" for MQTT, "AMQP ").
+pub async fn handshake_within(
+    broker: &crate::broker::Broker,
+    acceptor: &Acceptor,
+    stream: smol::Async<std::net::TcpStream>,
+    peer: &str,
+    what: &str,
+    deadline: std::time::Instant,
+) -> Option<futures_rustls::server::TlsStream<smol::Async<std::net::TcpStream>>> {
+    let handshake = async { Some(acceptor.accept(stream).await) };
+    let timeout = async {
+        smol::Timer::at(deadline).await;
+        None
+    };
+    match smol::future::or(handshake, timeout).await {
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(e)) => {
+            log::warn!("{peer}: {what}TLS handshake failed: {e}");
+            None
+        }
+        None => {
+            crate::metrics::Metrics::inc(&broker.metrics.connect_timeouts);
+            log::info!(
+                "{peer}: {what}TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
+                broker.limits.connect_timeout.as_secs()
+            );
+            None
+        }
+    }
+}

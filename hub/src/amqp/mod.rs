@@ -209,17 +209,8 @@ async fn serve_tls(
     permit: Permit,
     deadline: Instant,
 ) {
-    let handshake = async { Some(acceptor.accept(stream).await) };
-    let timeout = async {
-        smol::Timer::at(deadline).await;
-        None
-    };
-    match smol::future::or(handshake, timeout).await {
-        Some(Ok(tls)) => connection::serve(broker, tls, peer.to_string(), permit, deadline).await,
-        Some(Err(e)) => log::warn!("{peer}: AMQP TLS handshake failed: {e}"),
-        None => {
-            Metrics::inc(&broker.metrics.connect_timeouts);
-            log::info!("{peer}: AMQP TLS handshake not done within hub.connect_timeout_secs; closing");
-        }
+    let peer = peer.to_string();
+    if let Some(tls) = crate::tls::handshake_within(&broker, &acceptor, stream, &peer, "AMQP ", deadline).await {
+        connection::serve(broker, tls, peer, permit, deadline).await;
     }
 }

@@ -128,24 +128,10 @@ async fn serve_tls(
     permit: Permit,
     deadline: Instant,
 ) {
-    let handshake = async { Some(acceptor.accept(stream).await) };
-    let timeout = async {
-        smol::Timer::at(deadline).await;
-        None
+    let Some(tls_stream) = crate::tls::handshake_within(&broker, &acceptor, stream, &peer, "", deadline).await else {
+        return;
     };
-    match smol::future::or(handshake, timeout).await {
-        Some(Ok(tls_stream)) => {
-            let (read_half, write_half) = smol::io::split(tls_stream);
-            let accepted = connection::Accepted { peer, permit, deadline };
-            connection::serve(broker, transport::Reader { inner: read_half, probe: None }, write_half, accepted).await;
-        }
-        Some(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
-        None => {
-            Metrics::inc(&broker.metrics.connect_timeouts);
-            log::info!(
-                "{peer}: TLS handshake not done within {} s (hub.connect_timeout_secs); closing",
-                broker.limits.connect_timeout.as_secs()
-            );
-        }
-    }
+    let (read_half, write_half) = smol::io::split(tls_stream);
+    let accepted = connection::Accepted { peer, permit, deadline };
+    connection::serve(broker, transport::Reader { inner: read_half, probe: None }, write_half, accepted).await;
 }

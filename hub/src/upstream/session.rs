@@ -71,16 +71,21 @@ pub(crate) struct Pipeline {
     pub fetched_through: u64,
 }
 
-/// Connects, runs the session until it ends, and reports how.
-pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, Failure> {
-    let credentials = token::credentials(
+/// The link's CONNECT credentials with a token fresh from now.
+fn credentials(link: &Link) -> token::Credentials {
+    token::credentials(
         &link.config.iothub_hostname,
         &link.config.device_id,
         link.config.module_id.as_deref(),
         &link.config.device_key,
         unix_now(),
         link.config.token_ttl_secs,
-    );
+    )
+}
+
+/// Connects, runs the session until it ends, and reports how.
+pub(crate) async fn run(link: &Link, pipeline: &mut Pipeline) -> Result<Ended, Failure> {
+    let credentials = credentials(link);
     let on_message = link.on_message();
     let connecting = async {
         let mut connection = connect(link).await?;
@@ -111,14 +116,7 @@ pub(crate) async fn probe(link: &Link, authenticate: bool, timeout: Duration) ->
     let attempt = async {
         let mut connection = connect(link).await?;
         if authenticate {
-            let credentials = token::credentials(
-                &link.config.iothub_hostname,
-                &link.config.device_id,
-                link.config.module_id.as_deref(),
-                &link.config.device_key,
-                unix_now(),
-                link.config.token_ttl_secs,
-            );
+            let credentials = credentials(link);
             connection.handshake(&credentials, link.config.keep_alive_secs).await?;
             let _ = Disconnect.write(&mut connection.wbuf);
             connection.flush().await?;
