@@ -352,9 +352,15 @@ fn main() {
     if let Some(rumqttd_bin) = &rumqttd_bin {
         brokers.push((start_rumqttd(rumqttd_bin, &dir), Kind::Plain));
     }
+    // `BENCH_SCENARIOS=ab` runs only those scenarios (letters a-d), without the memory figures,
+    // and prints the rows without writing the results: for quick comparisons while working.
+    let only = std::env::var("BENCH_SCENARIOS").ok();
     // Memory first, on fresh processes: after the traffic the allocators keep their high-water marks.
-    let mem: Vec<Memory> = brokers.iter().map(|(b, _)| memory(b)).collect();
-    let scenarios = [Scenario::Window, Scenario::OneAtATime, Scenario::TenToTen, Scenario::FanOut];
+    let mem: Vec<Memory> = if only.is_some() { Vec::new() } else { brokers.iter().map(|(b, _)| memory(b)).collect() };
+    let scenarios: Vec<Scenario> = [Scenario::Window, Scenario::OneAtATime, Scenario::TenToTen, Scenario::FanOut]
+        .into_iter()
+        .filter(|s| only.as_ref().is_none_or(|only| only.contains(&s.label()[1..2])))
+        .collect();
     let mut rows: Vec<(Scenario, &str, usize, Vec<Cell>)> = Vec::new();
     let mut run_no = 0;
     for scenario in scenarios {
@@ -380,6 +386,9 @@ fn main() {
                 rows.push((scenario, qname, size, cells));
             }
         }
+    }
+    if only.is_some() {
+        return;
     }
     let names: Vec<&str> = brokers.iter().map(|(b, _)| b.name).collect();
     let machine = std::fs::read_to_string("/proc/cpuinfo")

@@ -451,7 +451,7 @@ fn publish_all(rt: &Runtime, next: &mut usize, count: usize, pad: usize, acked: 
 
 #[test]
 fn sigkill_loop_loses_nothing_acknowledged_keeps_order_and_resends_at_most_the_inflight_window() {
-    const KILLS: usize = 15;
+    const KILLS: usize = 20;
     const MESSAGES_MAX: usize = 40_000;
     let mut rng = Rng::new("sigkill_loop");
     let mut cloud = Cloud::new();

@@ -30,9 +30,53 @@ pub fn ingest(
     router: &Router,
     metrics: &Metrics,
     identity: &Identity,
-    mut properties: Properties,
+    properties: Properties,
     payload: Bytes,
 ) -> Ingested {
+    let message = prepare(metrics, identity, properties, payload, now_unix_ms());
+    let mut endpoints = Vec::new();
+    match router.route(message, &mut endpoints) {
+        Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
+        Err(failure) => Ingested::Refused(failure.to_string()),
+    }
+}
+
+/// Ingests messages of `identity` that arrived together (the PUBLISHes of one socket read):
+/// one clock read for all of them, and one store write when they fit
+/// ([`Router::route_many`]). Pushes one outcome per message onto `outcomes`, in order.
+pub fn ingest_many(
+    router: &Router,
+    metrics: &Metrics,
+    identity: &Identity,
+    messages: impl Iterator<Item = (Properties, Bytes)>,
+    outcomes: &mut Vec<Ingested>,
+) {
+    let now = now_unix_ms();
+    let messages: Vec<Message> =
+        messages.map(|(properties, payload)| prepare(metrics, identity, properties, payload, now)).collect();
+    let mut routed = Vec::with_capacity(messages.len());
+    router.route_many(&messages, &mut routed);
+    outcomes.extend(routed.into_iter().map(|outcome| match outcome {
+        Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
+        Err(failure) => Ingested::Refused(failure.to_string()),
+    }));
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Stamps the sender's ids and works out the route source; `enqueued_unix_ms` is the one
+/// clock reading, for the route's `$enqueuedTime` and the store's record time.
+fn prepare(
+    metrics: &Metrics,
+    identity: &Identity,
+    mut properties: Properties,
+    payload: Bytes,
+    enqueued_unix_ms: u64,
+) -> Message {
     properties.set_system("$.cdid", &identity.device_id);
     let source = match &identity.module_id {
         Some(module) => {
@@ -48,15 +92,6 @@ pub fn ingest(
         }
     };
     Metrics::inc(&metrics.messages_received);
-    // One clock read per message: the route's `$enqueuedTime` and the store's record time.
-    let enqueued_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let enqueued_time = tinyedge_platform::utc::UtcDateTime::from_unix_millis(enqueued_unix_ms).to_string();
-    let message = Message { source, properties, enqueued_time, enqueued_unix_ms, payload };
-    let mut endpoints = Vec::new();
-    match router.route(message, &mut endpoints) {
-        Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
-        Err(failure) => Ingested::Refused(failure.to_string()),
-    }
+    Message { source, properties, enqueued_time, enqueued_unix_ms, payload }
 }

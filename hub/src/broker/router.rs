@@ -102,11 +102,7 @@ impl Router {
             log::debug!("message from {} matched no route", msg.source);
             return Ok(None);
         }
-        let mut refs = Vec::with_capacity(endpoints.len());
-        for (endpoint, priority, ttl_secs) in endpoints.iter() {
-            let id = self.endpoint_id(endpoint, *priority).map_err(RouteFailure::Store)?;
-            refs.push(EndpointRef { id, priority: *priority, ttl_secs: *ttl_secs });
-        }
+        let refs = self.refs(endpoints).map_err(RouteFailure::Store)?;
         let mut bag = String::new();
         msg.properties.encode_into(&mut bag);
         let record = NewRecord {
@@ -116,18 +112,90 @@ impl Router {
             properties: &bag,
             payload: &msg.payload,
         };
-        let seq = match self.store.append(&record) {
-            Ok(seq) => seq,
+        self.outcome(self.store.append(&record), refs.len()).map(Some)
+    }
+
+    /// [`Router::route`] for messages that arrived together (one socket read): the stored ones
+    /// go to the store as one batch ([`Store::append_many`]: one write when they fit). Pushes
+    /// one outcome per message onto `outcomes`, in order.
+    pub fn route_many(&self, msgs: &[Message], outcomes: &mut Vec<Result<Option<u64>, RouteFailure>>) {
+        let routes = self.routes();
+        let mut endpoints = Vec::new();
+        // Per message: its endpoint refs and bag, or the outcome decided without the store.
+        let mut prepared: Vec<Result<(Vec<EndpointRef>, String), Result<Option<u64>, RouteFailure>>> =
+            Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            endpoints.clear();
+            routes.endpoints_for(msg, &mut endpoints);
+            if endpoints.is_empty() {
+                Metrics::inc(&self.metrics.messages_unrouted);
+                log::debug!("message from {} matched no route", msg.source);
+                prepared.push(Err(Ok(None)));
+                continue;
+            }
+            match self.refs(&endpoints) {
+                Ok(refs) => {
+                    let mut bag = String::new();
+                    msg.properties.encode_into(&mut bag);
+                    prepared.push(Ok((refs, bag)));
+                }
+                Err(e) => prepared.push(Err(Err(RouteFailure::Store(e)))),
+            }
+        }
+        let records: Vec<NewRecord<'_>> = msgs
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(msg, prepared)| {
+                let (refs, bag) = prepared.as_ref().ok()?;
+                Some(NewRecord {
+                    enqueued_unix_ms: msg.enqueued_unix_ms,
+                    endpoints: refs,
+                    source: &msg.source,
+                    properties: bag,
+                    payload: &msg.payload,
+                })
+            })
+            .collect();
+        let mut seqs = Vec::with_capacity(records.len());
+        self.store.append_many(&records, &mut seqs);
+        let mut seqs = seqs.into_iter();
+        for prepared in prepared {
+            outcomes.push(match prepared {
+                Ok((refs, _)) => match seqs.next() {
+                    Some(appended) => self.outcome(appended, refs.len()).map(Some),
+                    None => Err(RouteFailure::Store(StoreError::NotAppended { seq: 0, last: 0 })),
+                },
+                Err(decided) => decided,
+            });
+        }
+    }
+
+    /// The store refs of routed endpoints (registering new queues).
+    fn refs(&self, endpoints: &[(Endpoint, u8, u32)]) -> Result<Vec<EndpointRef>, StoreError> {
+        endpoints
+            .iter()
+            .map(|(endpoint, priority, ttl_secs)| {
+                let id = self.endpoint_id(endpoint, *priority)?;
+                Ok(EndpointRef { id, priority: *priority, ttl_secs: *ttl_secs })
+            })
+            .collect()
+    }
+
+    /// Counts what became of an append to `deliveries` endpoints.
+    fn outcome(&self, appended: Result<u64, StoreError>, deliveries: usize) -> Result<u64, RouteFailure> {
+        match appended {
+            Ok(seq) => {
+                Metrics::add(&self.metrics.deliveries_queued, deliveries as u64);
+                Ok(seq)
+            }
             Err(StoreError::Full { .. }) => {
                 Metrics::inc(&self.metrics.store_rejected);
-                return Err(RouteFailure::StoreFull);
+                Err(RouteFailure::StoreFull)
             }
             Err(e) => {
                 Metrics::inc(&self.metrics.store_errors);
-                return Err(RouteFailure::Store(e));
+                Err(RouteFailure::Store(e))
             }
-        };
-        Metrics::add(&self.metrics.deliveries_queued, refs.len() as u64);
-        Ok(Some(seq))
+        }
     }
 }

@@ -139,6 +139,20 @@ pub fn decode(buf: &mut BytesMut, max_packet_bytes: usize) -> Result<Option<Pack
     }
 }
 
+/// Bytes still missing from the packet begun at the front of `buf`, once its fixed header is
+/// there (0: no packet begun, its length not yet known, or it is whole).
+pub fn shortfall(buf: &[u8]) -> usize {
+    let mut remaining = 0usize;
+    for (index, byte) in buf.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            let total = 1 + (index + 1) + remaining;
+            return total.saturating_sub(buf.len());
+        }
+    }
+    0
+}
+
 /// What the first bytes of a connection show before its CONNECT is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectStart {
@@ -292,6 +306,21 @@ pub fn put_connack(out: &mut BytesMut, session_present: bool, code: u8) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn shortfall_is_what_the_begun_packet_still_needs() {
+        assert_eq!(shortfall(&[]), 0);
+        assert_eq!(shortfall(&[0x30]), 0, "length not there yet");
+        // PUBLISH with remaining length 10: 12 bytes in all.
+        assert_eq!(shortfall(&[0x30, 10, 0, 1]), 8);
+        assert_eq!(shortfall(&[0x30, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), 0, "whole");
+        // A remaining length in three bytes (16 KiB of payload and more).
+        let mut out = BytesMut::new();
+        put_publish(&mut out, "t", QoS::AtLeastOnce, 1, false, &vec![0u8; 16_384]);
+        assert_eq!(out.len(), 1 + 3 + 3 + 2 + 16_384);
+        assert_eq!(shortfall(&out[..100]), out.len() - 100);
+        assert_eq!(shortfall(&[0x30, 0x80, 0x80]), 0, "length bytes still coming");
+    }
 
     #[test]
     fn publish_round_trips_through_mqttbytes() {

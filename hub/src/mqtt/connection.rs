@@ -28,9 +28,12 @@ use super::codec::{self, ConnectStart, DecodeError};
 use super::transport::Reader;
 use super::writer::{Ctrl, Writer};
 
-/// Bytes asked of the socket per read. Small, because the buffer stays allocated while a
-/// connection is idle; a bigger packet grows it only for as long as it takes to read.
+/// Bytes asked of the socket per read at first. Small, because the buffer stays allocated
+/// while a connection is idle; a bigger packet grows it only for as long as it takes to read.
 const READ_CHUNK_BYTES: usize = 2048;
+/// A busy connection's reads grow (doubling each time a read fills its chunk) up to this, so a
+/// stream of messages takes few reads; the buffer is given back when the client goes quiet.
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Acknowledgements the reader may queue ahead of the writer before it waits for it. The
 /// channel preallocates its slots (about 40 bytes each), so this is kept small: the writer
 /// drains it on every wake-up anyway.
@@ -38,6 +41,10 @@ const CTRL_QUEUE_MAX: usize = 16;
 /// How long a client's own twin answer waits for room on its control lane: the writer drains it
 /// continuously, so only a connection whose writer is gone waits this long.
 const OWN_LANE_WAIT: Duration = Duration::from_secs(5);
+/// Telemetry PUBLISHes of one socket read routed together (one store write for the batch).
+/// A read of `READ_CHUNK_BYTES` holds at most about 60 small ones; the client's window bounds
+/// them too.
+const PUBLISH_BATCH_MAX: usize = 64;
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -96,9 +103,10 @@ async fn fill<R: AsyncRead + Unpin>(
     keep_alive: Option<Duration>,
     token_left: Duration,
     kicked: Option<&Signal>,
+    chunk: usize,
 ) -> Wake {
     let start = buf.len();
-    let read = async { Wake::Read(reader.read_into(buf, start, READ_CHUNK_BYTES).await) };
+    let read = async { Wake::Read(reader.read_into(buf, start, chunk).await) };
     // One timer for whichever deadline comes first: a timer per deadline would cost every idle
     // connection another reactor entry.
     let (deadline, expired) = match keep_alive {
@@ -167,7 +175,7 @@ where
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match fill(&mut reader, &mut buf, None, left, None).await {
+        match fill(&mut reader, &mut buf, None, left, None, READ_CHUNK_BYTES).await {
             Wake::Read(Ok(n)) if n > 0 => {}
             Wake::Read(Ok(_)) if buf.is_empty() => {
                 // Port probes and health checks do this; nothing to report.
@@ -453,9 +461,41 @@ impl Session {
         keep_alive: Option<Duration>,
         ctrl: &Queue<Ctrl>,
     ) -> End {
+        // Telemetry PUBLISHes decoded from the buffer and not yet routed: routed together when
+        // the buffer holds no more, when another packet comes, or at the batch bound, so their
+        // order and that of their PUBACKs stays the order they came in.
+        let mut batch: Vec<(QoS, u16, Properties, Bytes)> = Vec::new();
+        let mut read_chunk = READ_CHUNK_BYTES;
         loop {
             loop {
-                match codec::decode(buf, broker.limits.max_packet_bytes) {
+                let decoded = codec::decode(buf, broker.limits.max_packet_bytes);
+                if let Ok(Some(Packet::Publish(p))) = &decoded {
+                    if p.qos != QoS::ExactlyOnce {
+                        if let Some(telemetry) = self.telemetry(broker, p) {
+                            let Ok(Some(Packet::Publish(p))) = decoded else { unreachable!("matched above") };
+                            match telemetry {
+                                Ok(properties) => batch.push((p.qos, p.pkid, properties, p.payload)),
+                                Err(why) => {
+                                    let end = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await;
+                                    return end.unwrap_or(End::Refused(why));
+                                }
+                            }
+                            if batch.len() >= PUBLISH_BATCH_MAX {
+                                if let Some(end) = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await {
+                                    return end;
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    if let Some(end) = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await {
+                        return end;
+                    }
+                    batch = Vec::new();
+                }
+                match decoded {
                     Ok(Some(packet)) => {
                         if let Some(end) = self.handle(broker, packet, ctrl).await {
                             return end;
@@ -466,6 +506,7 @@ impl Session {
                         // (frames still referenced by deliveries keep their own share).
                         if buf.is_empty() && buf.capacity() > 0 {
                             *buf = BytesMut::new();
+                            read_chunk = READ_CHUNK_BYTES;
                         }
                         break;
                     }
@@ -476,12 +517,18 @@ impl Session {
                 }
             }
             let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
-            match fill(reader, buf, keep_alive, token_left, self.kicked.signal()).await {
+            // The rest of a packet begun in the buffer is read at once, however large.
+            let chunk = read_chunk.max(codec::shortfall(buf).min(broker.limits.max_packet_bytes));
+            match fill(reader, buf, keep_alive, token_left, self.kicked.signal(), chunk).await {
                 Wake::Read(_) if self.kicked.taken_over() => {
                     return End::Abnormal("taken over by a new connection".into())
                 }
                 Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
-                Wake::Read(Ok(_)) => {}
+                Wake::Read(Ok(n)) => {
+                    if n == chunk {
+                        read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
+                    }
+                }
                 Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
                 Wake::KeepAliveExpired => return End::Abnormal("keep-alive expired".into()),
                 Wake::TokenExpired => return End::Abnormal("SAS token expired".into()),
@@ -502,39 +549,7 @@ impl Session {
                     Ok(published) => published,
                     Err(why) => return Some(End::Refused(why)),
                 };
-                match published {
-                    // The writer sends the PUBACK once the store has made the record durable.
-                    Published::Accepted(seq) if qos == QoS::AtLeastOnce => {
-                        ctrl.push(Ctrl::PubAckAfter(pkid, seq)).await
-                    }
-                    Published::Accepted(_) => Ok(()),
-                    // Store full (reject_new) or failing. A QoS 1 message without a PUBACK
-                    // would stall a standard MQTT 3.1.1 client's window until it reconnects,
-                    // so the connection is closed now: the client reconnects and sends the
-                    // unacknowledged message again, with DUP. A QoS 0 message is dropped
-                    // (counted by the router as store_rejected or store_errors).
-                    Published::NotStored(why) if qos == QoS::AtLeastOnce => {
-                        Metrics::inc(&broker.metrics.store_refused_disconnects);
-                        log_limited!(
-                            NOT_ACCEPTED,
-                            log::Level::Warn,
-                            "{}: message from {} not accepted: {why}; connection closed so the client sends it again",
-                            self.peer,
-                            self.identity
-                        );
-                        return Some(End::Logged(format!("QoS 1 message not accepted: {why}")));
-                    }
-                    Published::NotStored(why) => {
-                        log_limited!(
-                            NOT_ACCEPTED,
-                            log::Level::Warn,
-                            "{}: message from {} not accepted: {why}; dropped (QoS 0)",
-                            self.peer,
-                            self.identity
-                        );
-                        Ok(())
-                    }
-                }
+                return self.settle(broker, qos, pkid, published, ctrl).await;
             }
             Packet::PubAck(ack) => ctrl.push(Ctrl::Acked(ack.pkid)).await,
             // MQTT-2.3.1-1: SUBSCRIBE and UNSUBSCRIBE carry a non-zero packet identifier.
@@ -557,6 +572,95 @@ impl Session {
         };
         // The writer is gone: the socket failed.
         sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
+    }
+
+    /// Answers a PUBLISH the store took or refused; `Some` ends the connection.
+    async fn settle(
+        &self,
+        broker: &Broker,
+        qos: QoS,
+        pkid: u16,
+        published: Published,
+        ctrl: &Queue<Ctrl>,
+    ) -> Option<End> {
+        let sent = match published {
+            // The writer sends the PUBACK once the store has made the record durable.
+            Published::Accepted(seq) if qos == QoS::AtLeastOnce => ctrl.push(Ctrl::PubAckAfter(pkid, seq)).await,
+            Published::Accepted(_) => Ok(()),
+            // Store full (reject_new) or failing. A QoS 1 message without a PUBACK
+            // would stall a standard MQTT 3.1.1 client's window until it reconnects,
+            // so the connection is closed now: the client reconnects and sends the
+            // unacknowledged message again, with DUP. A QoS 0 message is dropped
+            // (counted by the router as store_rejected or store_errors).
+            Published::NotStored(why) if qos == QoS::AtLeastOnce => {
+                Metrics::inc(&broker.metrics.store_refused_disconnects);
+                log_limited!(
+                    NOT_ACCEPTED,
+                    log::Level::Warn,
+                    "{}: message from {} not accepted: {why}; connection closed so the client sends it again",
+                    self.peer,
+                    self.identity
+                );
+                return Some(End::Logged(format!("QoS 1 message not accepted: {why}")));
+            }
+            Published::NotStored(why) => {
+                log_limited!(
+                    NOT_ACCEPTED,
+                    log::Level::Warn,
+                    "{}: message from {} not accepted: {why}; dropped (QoS 0)",
+                    self.peer,
+                    self.identity
+                );
+                Ok(())
+            }
+        };
+        // The writer is gone: the socket failed.
+        sent.err().map(|_| End::Abnormal("connection lost while writing".into()))
+    }
+
+    /// For a PUBLISH to the identity's telemetry topic: its properties, or why it breaks a rule
+    /// (the connection is closed). `None`: not telemetry (a `$iothub` request).
+    fn telemetry(&self, broker: &Broker, p: &Publish) -> Option<Result<Properties, String>> {
+        match topic::classify_publish(&p.topic, &self.identity) {
+            Ok(Inbound::Telemetry { bag }) => {
+                Some(Properties::parse(bag).map_err(|e| format!("PUBLISH to {:?}: {e}", p.topic)))
+            }
+            Ok(Inbound::IotHub { .. }) => None,
+            Err(e) => {
+                Metrics::inc(&broker.metrics.unauthorized_topics);
+                Some(Err(format!("may not publish to {:?}: {e}", p.topic)))
+            }
+        }
+    }
+
+    /// Routes the telemetry PUBLISHes gathered from one read as one batch, then answers each in
+    /// order (PUBACK after durability, or the connection closed for a QoS 1 message refused).
+    async fn route_batch(
+        &self,
+        broker: &Broker,
+        batch: &mut Vec<(QoS, u16, Properties, Bytes)>,
+        ctrl: &Queue<Ctrl>,
+    ) -> Option<End> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let messages = batch.drain(..).map(|(qos, pkid, properties, payload)| {
+            answers.push((qos, pkid));
+            (properties, payload)
+        });
+        ingest::ingest_many(&broker.router, &broker.metrics, &self.identity, messages, &mut outcomes);
+        for ((qos, pkid), outcome) in answers.into_iter().zip(outcomes) {
+            let published = match outcome {
+                Ingested::Accepted(seq) => {
+                    Metrics::inc(&self.counters.messages_received);
+                    Published::Accepted(seq)
+                }
+                Ingested::Refused(why) => Published::NotStored(why),
+            };
+            if let Some(end) = self.settle(broker, qos, pkid, published, ctrl).await {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// Accepts one PUBLISH: authorization, properties, routing into the store. `Err`: the

@@ -2,7 +2,9 @@
 //! segment, rolling to a new segment, keeping the total under `max_bytes`, and deleting
 //! segments nobody needs. All of it runs under the store's log mutex.
 //!
-//! A write is one `pwrite` at the published end of the active segment. If it fails (disk full,
+//! A write is one `pwrite` at the published end of the active segment: one record, or a batch
+//! of records that arrived together ([`Log::append_batch`]: one `pwrite` for all of them when
+//! they fit the active segment and `max_bytes`, else one at a time). If it fails (disk full,
 //! IO error) the file is cut back to that end before the error is returned, so no partial
 //! record is ever followed by a good one; if even the cut fails, the next append retries it
 //! first. A failed append consumes no seq.
@@ -164,6 +166,48 @@ impl Log {
         self.bytes += len;
         self.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Appends `records` (their encoded sizes in `lens`) with one write, if they all fit the
+    /// active segment and `max_bytes` as they are and the write succeeds; returns the first
+    /// seq. `None`: nothing was appended (nothing consumed, the file as before), so the caller
+    /// appends them one at a time, which rolls, makes room and handles a full disk per record.
+    pub fn append_batch(&mut self, config: &StoreConfig, records: &[NewRecord<'_>], lens: &[usize]) -> Option<u64> {
+        let total: u64 = lens.iter().map(|len| as_u64(*len)).sum();
+        let offset = self.active_len();
+        let fits = !self.needs_truncate
+            && self.bytes + total <= config.max_bytes
+            && (offset + total <= config.segment_bytes || offset == 0 && records.len() == 1);
+        if !fits {
+            return None;
+        }
+        self.encode_buf.clear();
+        for (index, record) in records.iter().enumerate() {
+            record::encode(self.next_seq + as_u64(index), record, &mut self.encode_buf).ok()?;
+        }
+        debug_assert_eq!(as_u64(self.encode_buf.len()), total);
+        if self.write_or_cut(offset).is_err() {
+            // Cut back (or marked for it); the per-record path reports and handles it.
+            return None;
+        }
+        let first = self.next_seq;
+        let active = self.segments.len() - 1;
+        let segment = &mut self.segments[active];
+        segment.shared.publish(offset + total);
+        segment.file_bytes = offset + total;
+        for (index, record) in records.iter().enumerate() {
+            let seq = first + as_u64(index);
+            let endpoints = record.endpoints.iter().map(|endpoint| (endpoint.id, endpoint.ttl_secs));
+            segment.summary.add(seq, record.enqueued_unix_ms, endpoints, config.default_ttl_secs);
+            for endpoint in record.endpoints {
+                if let Some(last) = self.last_routed.get_mut(usize::from(endpoint.id)) {
+                    *last = seq;
+                }
+            }
+        }
+        self.bytes += total;
+        self.next_seq += as_u64(records.len());
+        Some(first)
     }
 
     /// Writes the encoded record at `offset`; on failure cuts the file back to `offset`.

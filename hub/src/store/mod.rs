@@ -258,6 +258,58 @@ impl Store {
             seq
         };
         inner.counters.appended.fetch_add(1, Ordering::Relaxed);
+        self.written(seq);
+        Ok(seq)
+    }
+
+    /// Appends records that arrived together (e.g. the PUBLISHes of one socket read), pushing
+    /// each one's outcome onto `seqs` in order: one write, one head note and one wake-up of
+    /// readers for the batch when it fits the active segment and `max_bytes`; otherwise each
+    /// is appended as by [`Store::append`], with its own outcome.
+    pub fn append_many(&self, records: &[NewRecord<'_>], seqs: &mut Vec<Result<u64, StoreError>>) {
+        if records.len() < 2 {
+            seqs.extend(records.iter().map(|record| self.append(record)));
+            return;
+        }
+        let inner = &*self.inner;
+        let registered = inner.registered.load(Ordering::Acquire);
+        let known =
+            records.iter().all(|record| record.endpoints.iter().all(|endpoint| usize::from(endpoint.id) < registered));
+        let lens: Option<Vec<usize>> = records.iter().map(|record| record::encoded_len(record).ok()).collect();
+        let (Some(lens), true) = (lens, known) else {
+            seqs.extend(records.iter().map(|record| self.append(record)));
+            return;
+        };
+        let first = {
+            let mut log = lock(&inner.log);
+            let first = log.append_batch(&inner.config, records, &lens);
+            if let Some(first) = first {
+                let last = first + (records.len() as u64 - 1);
+                inner.durability.appended(last);
+                if let Err(error) = inner.checkpoints.note_head(last) {
+                    log::debug!("{error} (log head)");
+                }
+                let mut tail = lock(&inner.tail);
+                for (index, record) in records.iter().enumerate() {
+                    tail.push(first + index as u64, record);
+                }
+            }
+            first
+        };
+        let Some(first) = first else {
+            seqs.extend(records.iter().map(|record| self.append(record)));
+            return;
+        };
+        let last = first + (records.len() as u64 - 1);
+        inner.counters.appended.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.written(last);
+        seqs.extend((first..=last).map(Ok));
+    }
+
+    /// Everything up to `seq` is written: per the policy, durable now or after the next fsync;
+    /// readers are woken.
+    fn written(&self, seq: u64) {
+        let inner = &*self.inner;
         match inner.config.fsync {
             FsyncPolicy::Never => inner.durability.advance(seq),
             // Acknowledged once written; the fsync follows in the background.
@@ -268,7 +320,6 @@ impl Store {
             FsyncPolicy::Always => inner.signal.pending(),
         }
         inner.appended.notify(usize::MAX);
-        Ok(seq)
     }
 
     /// Resolves when `seq` is durable per the fsync policy (`Background`, `Never`: written to

@@ -319,3 +319,55 @@ fn contradictory_limits_are_refused() {
     assert_eq!(StoreConfig { max_bytes: 1 << 20, ..defaults.clone() }.effective_segment_bytes(), 128 * 1024);
     assert!(defaults.validate().is_ok());
 }
+
+#[test]
+fn a_batch_is_appended_in_order_and_one_that_does_not_fit_or_fails_goes_record_by_record() {
+    let dir = TempDir::new("batch");
+    let config = small_config(dir.path());
+    let store = store_with_two_endpoints(&config);
+    let payloads: Vec<Vec<u8>> = (0..80u64).map(|index| payload(index, 1000)).collect();
+    let endpoints = [EndpointRef { id: 0, priority: 0, ttl_secs: 0 }, EndpointRef { id: 1, priority: 0, ttl_secs: 0 }];
+    let records: Vec<NewRecord<'_>> = payloads
+        .iter()
+        .map(|payload| NewRecord {
+            enqueued_unix_ms: 1_000,
+            endpoints: &endpoints,
+            source: "/messages/modules/m1/outputs/o1",
+            properties: "%24.mid=1&a=b",
+            payload,
+        })
+        .collect();
+    // 40 KB fit the first 64 KiB segment in one write; the next 40 cross into a new segment,
+    // so they go one at a time (rolling on the way).
+    let mut seqs = Vec::new();
+    store.append_many(&records[..40], &mut seqs);
+    store.append_many(&records[40..], &mut seqs);
+    let seqs: Vec<u64> = seqs.into_iter().map(|seq| seq.expect("appended")).collect();
+    assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
+    assert!(segment_files(dir.path()).len() >= 2, "the second batch rolled");
+    for endpoint in [0u16, 1] {
+        let read: Vec<Vec<u8>> = read_all(&store, endpoint).into_iter().map(|r| r.payload.to_vec()).collect();
+        assert_eq!(read, payloads, "endpoint {endpoint}");
+    }
+    assert_eq!(store.stats().records_appended, 80);
+
+    // A full disk refuses every record of a batch and consumes no seq.
+    store.fail_writes_no_space(true);
+    let mut refused = Vec::new();
+    store.append_many(&records[..3], &mut refused);
+    assert_eq!(refused.len(), 3);
+    assert!(refused.iter().all(|r| matches!(r, Err(StoreError::NoSpace { .. }))), "{refused:?}");
+    store.fail_writes_no_space(false);
+    // A batch write that fails half-way is cut back; its records are then written one by one.
+    store.fail_next_write_after(1500);
+    let mut again = Vec::new();
+    store.append_many(&records[..3], &mut again);
+    let again: Vec<u64> = again.into_iter().map(|seq| seq.expect("appended")).collect();
+    assert_eq!(again, [81, 82, 83], "a refused batch consumed no seq");
+    store.close().expect("close");
+
+    let (store, report) = Store::open(config).expect("reopen");
+    assert!(report.damage.is_empty(), "no torn record left: {report:?}");
+    let read: Vec<u64> = read_all(&store, 0).into_iter().map(|r| r.seq).collect();
+    assert_eq!(read, (1..=83).collect::<Vec<u64>>());
+}
