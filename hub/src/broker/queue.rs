@@ -10,7 +10,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use event_listener::Event;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use event_listener::{Event, EventListener};
 
 /// Capacity kept after a queue drains; above it the storage is given back, so a burst does
 /// not pin its peak allocation to an idle connection.
@@ -152,6 +156,34 @@ impl<T> Queue<T> {
         }
     }
 
+    /// [`Queue::pop`] as a poll, for a task that waits on several queues at once without a
+    /// future per wait: `listener` is the caller's, kept between polls (`None` to start).
+    /// `Ready(None)`: closed and drained.
+    pub fn poll_pop(&self, cx: &mut Context<'_>, listener: &mut Option<EventListener>) -> Poll<Option<T>> {
+        loop {
+            if let Some(item) = self.try_pop() {
+                *listener = None;
+                return Poll::Ready(Some(item));
+            }
+            match listener {
+                None => {
+                    *listener = Some(self.has_items.listen());
+                    let state = self.lock();
+                    if state.items.is_empty() && state.closed {
+                        *listener = None;
+                        return Poll::Ready(None);
+                    }
+                    // Items that came meanwhile are taken on the next turn; else the new
+                    // listener is polled, which registers the waker.
+                }
+                Some(waiting) => match Pin::new(waiting).poll(cx) {
+                    Poll::Ready(()) => *listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    }
+
     /// Refuses further pushes and wakes every waiter.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -175,6 +207,23 @@ impl Signal {
 
     pub fn is_fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
+    }
+
+    /// [`Signal::wait`] as a poll; `listener` is the caller's, kept between polls.
+    pub fn poll_wait(&self, cx: &mut Context<'_>, listener: &mut Option<EventListener>) -> Poll<()> {
+        loop {
+            if self.is_fired() {
+                *listener = None;
+                return Poll::Ready(());
+            }
+            match listener {
+                None => *listener = Some(self.event.listen()),
+                Some(waiting) => match Pin::new(waiting).poll(cx) {
+                    Poll::Ready(()) => *listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
     }
 
     pub async fn wait(&self) {

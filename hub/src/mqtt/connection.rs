@@ -1,7 +1,10 @@
 //! One client connection: CONNECT and authentication, then the reading half (packets in,
 //! routing, acknowledgements out through the writer task).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -74,6 +77,18 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The read loop's next move after decoding (see `Session::step`).
+enum Step {
+    /// Decode on (the packet joined the batch).
+    Next,
+    /// No whole packet in the buffer: read more.
+    Fill,
+    Ctrl(Ctrl),
+    /// Handled on its own, boxed: rare, and its handling is the largest state a connection has.
+    Packet(Box<Packet>),
+    End(End),
+}
+
 /// Why the reading loop ended. Every kind but `Graceful` publishes the will (if any).
 #[derive(Debug)]
 enum End {
@@ -94,51 +109,94 @@ enum Wake {
     Kicked,
 }
 
+/// The deadlines of a connection's reads, with the one timer they share (a timer per deadline
+/// would cost every idle connection another reactor entry). Kept across reads: a read only
+/// notes the time, and the timer is moved when it fires early, so a busy connection does not
+/// register and cancel a timer per read.
+struct Deadlines {
+    timer: smol::Timer,
+    keep_alive: Option<Duration>,
+    /// When the SAS token expires (or, before CONNECT, the connect deadline).
+    token_at: Instant,
+    last_read: Instant,
+}
+
+impl Deadlines {
+    fn new(keep_alive: Option<Duration>, token_at: Instant) -> Deadlines {
+        let now = Instant::now();
+        let mut deadlines = Deadlines { timer: smol::Timer::never(), keep_alive, token_at, last_read: now };
+        deadlines.timer.set_at(deadlines.next());
+        deadlines
+    }
+
+    fn next(&self) -> Instant {
+        match self.keep_alive {
+            Some(k) => (self.last_read + k).min(self.token_at),
+            None => self.token_at,
+        }
+    }
+
+    /// The timer fired: which deadline passed, or `None` after moving it to the next one.
+    fn fired(&mut self) -> Option<Wake> {
+        let now = Instant::now();
+        if self.token_at <= now {
+            return Some(Wake::TokenExpired);
+        }
+        if self.keep_alive.is_some_and(|k| self.last_read + k <= now) {
+            return Some(Wake::KeepAliveExpired);
+        }
+        self.timer.set_at(self.next());
+        None
+    }
+}
+
 /// Reads until `buf` holds at least one more byte, or something else ends the wait. The
 /// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it; an
 /// empty buffer is only allocated once the socket is readable, so an idle connection holds none.
 async fn fill<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     buf: &mut BytesMut,
-    keep_alive: Option<Duration>,
-    token_left: Duration,
+    deadlines: &mut Deadlines,
     kicked: Option<&Signal>,
     chunk: usize,
 ) -> Wake {
     let start = buf.len();
-    let read = async { Wake::Read(reader.read_into(buf, start, chunk).await) };
-    // One timer for whichever deadline comes first: a timer per deadline would cost every idle
-    // connection another reactor entry.
-    let (deadline, expired) = match keep_alive {
-        Some(k) if k < token_left => (k, Wake::KeepAliveExpired),
-        _ => (token_left, Wake::TokenExpired),
-    };
-    let timer = async {
-        smol::Timer::after(deadline).await;
-        expired
-    };
-    let kick = async {
-        match kicked {
-            Some(signal) => {
-                signal.wait().await;
-                Wake::Kicked
+    let mut kick_listener = None;
+    // One poll over the three sources, with no future for each: an idle connection's wait is
+    // its listener, its timer and the socket's registration.
+    let wake = std::future::poll_fn(|cx| {
+        if let Some(signal) = kicked {
+            if signal.poll_wait(cx, &mut kick_listener).is_ready() {
+                return Poll::Ready(Wake::Kicked);
             }
-            None => smol::future::pending().await,
         }
-    };
-    let wake = smol::future::or(read, smol::future::or(kick, timer)).await;
+        if let Poll::Ready(read) = reader.poll_read_into(cx, buf, start, chunk) {
+            return Poll::Ready(Wake::Read(read));
+        }
+        while Pin::new(&mut deadlines.timer).poll(cx).is_ready() {
+            if let Some(expired) = deadlines.fired() {
+                return Poll::Ready(expired);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
     let filled = match &wake {
         Wake::Read(Ok(n)) => *n,
         _ => 0,
     };
     buf.truncate(start + filled);
+    if filled > 0 {
+        deadlines.last_read = Instant::now();
+    }
     wake
 }
 
-/// Serves one client until it disconnects or misbehaves.
+/// Takes one client through CONNECT and authentication, then spawns its session task
+/// ([`Session::run`]), which serves it until it disconnects or misbehaves.
 pub(super) async fn serve<R, W>(broker: Arc<Broker>, mut reader: Reader<R>, mut writer: W, accepted: Accepted)
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted { peer, mut permit, deadline } = accepted;
@@ -146,8 +204,11 @@ where
     let limits = broker.limits.clone();
     // Before authentication a packet is at most a CONNECT's size, not max_packet_bytes.
     let connect_max = limits.max_packet_bytes.min(codec::CONNECT_BYTES_MAX);
+
     // The first packet must be a CONNECT, complete by the deadline; its start is checked on
     // every read, so bytes that cannot be one are refused as they arrive.
+    // Its timer is dropped with the loop: only the reads after CONNECT keep one.
+    let mut connect_deadline = Deadlines::new(None, deadline);
     let connect = loop {
         let refusal = match codec::connect_start(&buf, connect_max) {
             Ok(ConnectStart::Unsupported(version)) => {
@@ -174,8 +235,7 @@ where
             log::warn!("{peer}: {e}; closed before CONNECT");
             return;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match fill(&mut reader, &mut buf, None, left, None, READ_CHUNK_BYTES).await {
+        match fill(&mut reader, &mut buf, &mut connect_deadline, None, READ_CHUNK_BYTES).await {
             Wake::Read(Ok(n)) if n > 0 => {}
             Wake::Read(Ok(_)) if buf.is_empty() => {
                 // Port probes and health checks do this; nothing to report.
@@ -201,6 +261,7 @@ where
             }
         }
     };
+    drop(connect_deadline);
     // Boxed (here and below) so the connection's long-lived task is sized for reading, not for
     // the one-off steps of connecting.
     let Some(auth) = Box::pin(accept(&broker, &connect, &peer, &mut writer)).await else {
@@ -214,9 +275,7 @@ where
         let connect = connect;
         (connect.last_will, connect.keep_alive)
     };
-    session.run(broker, will, keep_alive, reader, writer, buf).await;
-    // The socket is closed by now; its place under max_connections is free again.
-    drop(permit);
+    smol::spawn(session.run(broker, will, keep_alive, reader, writer, buf, permit)).detach();
 }
 
 /// Checks protocol and credentials; answers refusals itself.
@@ -364,7 +423,12 @@ impl Session {
         }
     }
 
-    async fn run<R, W>(
+    /// The connection after CONNECT, as its own task: `serve` spawns it and ends, so what
+    /// connecting needed is freed. A function returning an `async move` block (not an `async
+    /// fn`) so that its arguments are kept once, where they were captured, rather than twice.
+    /// `permit`: the socket's place under `max_connections`, given back at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn run<R, W>(
         self,
         broker: Arc<Broker>,
         will: Option<LastWill>,
@@ -372,8 +436,77 @@ impl Session {
         mut reader: Reader<R>,
         writer: W,
         mut buf: BytesMut,
-    ) where
-        R: AsyncRead + Unpin,
+        permit: Permit,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        async move {
+            let (ctrl, writer_task) = self.start_writer(&broker, writer);
+            // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
+            let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+            let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
+            match &end {
+                End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
+                End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
+                End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
+                End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
+            }
+            if let (false, Some(will)) = (matches!(end, End::Graceful), will) {
+                let publish = Publish {
+                    dup: false,
+                    qos: will.qos,
+                    retain: will.retain,
+                    topic: will.topic,
+                    pkid: 1,
+                    payload: will.message,
+                };
+                match Box::pin(self.publish(&broker, publish)).await {
+                    Ok(Published::Accepted(_)) => {}
+                    Ok(Published::NotStored(why)) => {
+                        log_limited!(
+                            NOT_ACCEPTED,
+                            log::Level::Warn,
+                            "{}: will of {} not accepted: {why}",
+                            self.peer,
+                            self.identity
+                        )
+                    }
+                    Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
+                }
+            }
+            ctrl.close();
+            writer_task.await;
+            let released = {
+                let mut state = self.slot.state();
+                let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
+                if ours {
+                    state.owner = None;
+                    if self.clean {
+                        state.inputs = None;
+                        state.subscriptions = Subscriptions::default();
+                        state.persistent = false;
+                    }
+                }
+                ours
+            };
+            if released {
+                self.slot.bump();
+                if let Some(cloud) = &self.cloud {
+                    cloud.disconnected(&self.identity.client_id());
+                }
+            }
+            self.done.fire();
+            // The socket is closed by now; its place under max_connections is free again.
+            drop(permit);
+        }
+    }
+
+    /// Spawns the connection's writer (CONNACK first); a function of its own so the session
+    /// task keeps only the queue and the handle, not what building the writer took.
+    fn start_writer<W>(&self, broker: &Broker, writer: W) -> (Arc<Queue<Ctrl>>, smol::Task<()>)
+    where
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let ctrl = Arc::new(Queue::new(CTRL_QUEUE_MAX));
@@ -397,60 +530,7 @@ impl Session {
             }
             .run(),
         );
-        // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
-        let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
-        match &end {
-            End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
-            End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
-            End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
-            End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
-        }
-        if let (false, Some(will)) = (matches!(end, End::Graceful), will) {
-            let publish = Publish {
-                dup: false,
-                qos: will.qos,
-                retain: will.retain,
-                topic: will.topic,
-                pkid: 1,
-                payload: will.message,
-            };
-            match Box::pin(self.publish(&broker, publish)).await {
-                Ok(Published::Accepted(_)) => {}
-                Ok(Published::NotStored(why)) => {
-                    log_limited!(
-                        NOT_ACCEPTED,
-                        log::Level::Warn,
-                        "{}: will of {} not accepted: {why}",
-                        self.peer,
-                        self.identity
-                    )
-                }
-                Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
-            }
-        }
-        ctrl.close();
-        writer_task.await;
-        let released = {
-            let mut state = self.slot.state();
-            let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
-            if ours {
-                state.owner = None;
-                if self.clean {
-                    state.inputs = None;
-                    state.subscriptions = Subscriptions::default();
-                    state.persistent = false;
-                }
-            }
-            ours
-        };
-        if released {
-            self.slot.bump();
-            if let Some(cloud) = &self.cloud {
-                cloud.disconnected(&self.identity.client_id());
-            }
-        }
-        self.done.fire();
+        (ctrl, writer_task)
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(
@@ -466,74 +546,87 @@ impl Session {
         // order and that of their PUBACKs stays the order they came in.
         let mut batch: Vec<(QoS, u16, Properties, Bytes)> = Vec::new();
         let mut read_chunk = READ_CHUNK_BYTES;
+        let token_at = Instant::now() + Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
+        let mut deadlines = Deadlines::new(keep_alive, token_at);
         loop {
-            loop {
-                let decoded = codec::decode(buf, broker.limits.max_packet_bytes);
-                if let Ok(Some(Packet::Publish(p))) = &decoded {
-                    if p.qos != QoS::ExactlyOnce {
-                        if let Some(telemetry) = self.telemetry(broker, p) {
-                            let Ok(Some(Packet::Publish(p))) = decoded else { unreachable!("matched above") };
-                            match telemetry {
-                                Ok(properties) => batch.push((p.qos, p.pkid, properties, p.payload)),
-                                Err(why) => {
-                                    let end = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await;
-                                    return end.unwrap_or(End::Refused(why));
-                                }
-                            }
-                            if batch.len() >= PUBLISH_BATCH_MAX {
-                                if let Some(end) = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await {
-                                    return end;
-                                }
-                            }
-                            continue;
-                        }
+            // Decided without waiting, so no packet is held across a wait: only what the step
+            // needs afterwards (a small control item, or a rare packet in a box).
+            let step = match codec::decode(buf, broker.limits.max_packet_bytes) {
+                Ok(Some(packet)) => self.step(broker, packet, &mut batch),
+                Ok(None) => Step::Fill,
+                Err(e) => {
+                    Metrics::inc(&broker.metrics.malformed_packets);
+                    Step::End(End::Refused(e.to_string()))
+                }
+            };
+            let flush = match step {
+                Step::Next => batch.len() >= PUBLISH_BATCH_MAX,
+                _ => !batch.is_empty(),
+            };
+            if flush {
+                if let Some(end) = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await {
+                    return end;
+                }
+                batch = Vec::new();
+            }
+            match step {
+                Step::Next => {}
+                Step::Ctrl(item) => {
+                    if ctrl.push(item).await.is_err() {
+                        return End::Abnormal("connection lost while writing".into());
                     }
                 }
-                if !batch.is_empty() {
-                    if let Some(end) = Box::pin(self.route_batch(broker, &mut batch, ctrl)).await {
+                Step::Packet(packet) => {
+                    if let Some(end) = Box::pin(self.handle(broker, *packet, ctrl)).await {
                         return end;
                     }
-                    batch = Vec::new();
                 }
-                match decoded {
-                    Ok(Some(packet)) => {
-                        if let Some(end) = self.handle(broker, packet, ctrl).await {
-                            return end;
-                        }
+                Step::End(end) => return end,
+                Step::Fill => {
+                    // Nothing partial left: give the buffer back while the client is idle
+                    // (frames still referenced by deliveries keep their own share).
+                    if buf.is_empty() && buf.capacity() > 0 {
+                        *buf = BytesMut::new();
+                        read_chunk = READ_CHUNK_BYTES;
                     }
-                    Ok(None) => {
-                        // Nothing partial left: give the buffer back while the client is idle
-                        // (frames still referenced by deliveries keep their own share).
-                        if buf.is_empty() && buf.capacity() > 0 {
-                            *buf = BytesMut::new();
-                            read_chunk = READ_CHUNK_BYTES;
+                    // The rest of a packet begun in the buffer is read at once, however large.
+                    let chunk = read_chunk.max(codec::shortfall(buf).min(broker.limits.max_packet_bytes));
+                    match fill(reader, buf, &mut deadlines, self.kicked.signal(), chunk).await {
+                        Wake::Read(_) if self.kicked.taken_over() => {
+                            return End::Abnormal("taken over by a new connection".into())
                         }
-                        break;
-                    }
-                    Err(e) => {
-                        Metrics::inc(&broker.metrics.malformed_packets);
-                        return End::Refused(e.to_string());
+                        Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
+                        Wake::Read(Ok(n)) => {
+                            if n == chunk {
+                                read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
+                            }
+                        }
+                        Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
+                        Wake::KeepAliveExpired => return End::Abnormal("keep-alive expired".into()),
+                        Wake::TokenExpired => return End::Abnormal("SAS token expired".into()),
+                        Wake::Kicked => return End::Abnormal("taken over by a new connection".into()),
                     }
                 }
             }
-            let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
-            // The rest of a packet begun in the buffer is read at once, however large.
-            let chunk = read_chunk.max(codec::shortfall(buf).min(broker.limits.max_packet_bytes));
-            match fill(reader, buf, keep_alive, token_left, self.kicked.signal(), chunk).await {
-                Wake::Read(_) if self.kicked.taken_over() => {
-                    return End::Abnormal("taken over by a new connection".into())
+        }
+    }
+
+    /// What to do with a decoded packet: telemetry joins `batch`; acknowledgements and pings
+    /// become an item for the writer; the rest is handled on its own.
+    fn step(&self, broker: &Broker, packet: Packet, batch: &mut Vec<(QoS, u16, Properties, Bytes)>) -> Step {
+        match packet {
+            Packet::Publish(p) if p.qos != QoS::ExactlyOnce => match self.telemetry(broker, &p) {
+                Some(Ok(properties)) => {
+                    batch.push((p.qos, p.pkid, properties, p.payload));
+                    Step::Next
                 }
-                Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
-                Wake::Read(Ok(n)) => {
-                    if n == chunk {
-                        read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
-                    }
-                }
-                Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
-                Wake::KeepAliveExpired => return End::Abnormal("keep-alive expired".into()),
-                Wake::TokenExpired => return End::Abnormal("SAS token expired".into()),
-                Wake::Kicked => return End::Abnormal("taken over by a new connection".into()),
-            }
+                Some(Err(why)) => Step::End(End::Refused(why)),
+                None => Step::Packet(Box::new(Packet::Publish(p))),
+            },
+            Packet::PubAck(ack) => Step::Ctrl(Ctrl::Acked(ack.pkid)),
+            Packet::PingReq => Step::Ctrl(Ctrl::PingResp),
+            Packet::Disconnect => Step::End(End::Graceful),
+            other => Step::Packet(Box::new(other)),
         }
     }
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::io::Read as _;
 
 use bytes::BytesMut;
-use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use smol::io::{AsyncRead, AsyncWrite};
 use smol::Async;
 
 /// One half of a plain TCP connection; both halves share the socket.
@@ -55,25 +55,40 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// once the socket is readable, and is given back when a wake-up finds nothing to read, so
     /// an idle connection holds no read buffer. TLS reads directly (rustls keeps its own
     /// buffers, which dwarf this one).
-    pub async fn read_into(&mut self, buf: &mut BytesMut, start: usize, chunk: usize) -> io::Result<usize> {
+    ///
+    /// A poll, for a connection that waits on its socket, its timer and its kick at once
+    /// without a future for each. On `Pending` the buffer is as it was.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        start: usize,
+        chunk: usize,
+    ) -> Poll<io::Result<usize>> {
         let Some(socket) = &self.probe else {
             buf.resize(start + chunk, 0);
-            return self.inner.read(&mut buf[start..]).await;
+            let read = Pin::new(&mut self.inner).poll_read(cx, &mut buf[start..]);
+            if read.is_pending() {
+                buf.truncate(start);
+            }
+            return read;
         };
         loop {
-            socket.readable().await?;
+            if let Err(e) = std::task::ready!(socket.poll_readable(cx)) {
+                return Poll::Ready(Err(e));
+            }
             buf.resize(start + chunk, 0);
             // The socket is non-blocking (async-io made it so): `read` never waits.
             let mut stream: &TcpStream = socket.get_ref();
             match stream.read(&mut buf[start..]) {
-                Ok(n) => return Ok(n),
+                Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                     buf.truncate(start);
                     if start == 0 {
                         *buf = BytesMut::new();
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }

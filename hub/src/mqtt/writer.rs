@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use mqttbytes::QoS;
@@ -89,118 +90,120 @@ enum Event {
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Runs until the reader closes the control queue or the socket fails. Whatever was not
     /// acknowledged stays in the store and comes again on the next connection.
-    pub async fn run(mut self) {
-        let mut inflight = InFlight::default();
-        let mut pubacks: VecDeque<(u16, u64)> = VecDeque::new();
-        loop {
-            self.release_pubacks(&mut pubacks);
-            if !self.out.is_empty() {
-                if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
-                    break;
-                }
-                inflight.flush_written(&self.commit);
-                self.record_desired_delivered();
-                self.out.clear();
-                if self.out.capacity() > WRITE_BUFFER_BYTES {
-                    self.out = BytesMut::new();
-                }
-            }
-            // Boxed, and only while a PUBACK waits: the store's wait future is large, and an
-            // idle connection's task should not be sized for it.
-            let wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
-                pubacks.front().map(|&(_, seq)| {
-                    let store = &self.store;
-                    Box::pin(async move { store.durable(seq).await.is_ok() })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
-                });
-            let durable = async {
-                match wait {
-                    Some(wait) => Event::Durable(wait.await),
-                    None => smol::future::pending().await,
-                }
-            };
-            let take_ctrl = pubacks.len() < PENDING_PUBACKS_MAX;
-            let lane = self.slot.clone();
-            let control = async move {
-                match lane.control.pop().await {
-                    Some(c) => Event::Control(c),
-                    // Lanes are never closed; park if one ever were.
-                    None => smol::future::pending().await,
-                }
-            };
-            let event = if self.can_take(&inflight) {
-                let ctrl = async {
-                    if take_ctrl {
-                        Event::Ctrl(self.ctrl.pop().await)
-                    } else {
-                        smol::future::pending().await
+    ///
+    /// A function returning an `async move` block rather than an `async fn`, so the writer is
+    /// kept once in the task, where it was captured, not copied into a second place.
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send
+    where
+        W: Send,
+    {
+        async move {
+            let mut inflight = InFlight::default();
+            let mut pubacks: VecDeque<(u16, u64)> = VecDeque::new();
+            // The ctrl queue's, the control lane's and the mailbox's.
+            let mut listeners: [Option<event_listener::EventListener>; 3] = [None, None, None];
+            loop {
+                self.release_pubacks(&mut pubacks);
+                if !self.out.is_empty() {
+                    if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
+                        break;
                     }
-                };
-                let slot = self.slot.clone();
-                let delivery = async move {
-                    match slot.mailbox.pop().await {
-                        Some(d) => Event::Delivery(d),
-                        // Mailboxes are never closed; park if one ever were.
-                        None => smol::future::pending().await,
-                    }
-                };
-                smol::future::or(durable, smol::future::or(ctrl, smol::future::or(control, delivery))).await
-            } else if take_ctrl {
-                smol::future::or(durable, smol::future::or(async { Event::Ctrl(self.ctrl.pop().await) }, control)).await
-            } else {
-                smol::future::or(durable, control).await
-            };
-            if let Event::Durable(ok) = event {
-                if !ok {
-                    // The disk could not make it durable: no PUBACK, the client sends it again.
-                    if let Some((pkid, seq)) = pubacks.pop_front() {
-                        log::warn!(
-                            "message {seq} (packet {pkid}) not acknowledged: the store could not make it durable"
-                        );
-                        Metrics::inc(&self.metrics.store_errors);
+                    inflight.flush_written(&self.commit);
+                    self.record_desired_delivered();
+                    self.out.clear();
+                    if self.out.capacity() > WRITE_BUFFER_BYTES {
+                        self.out = BytesMut::new();
                     }
                 }
-                continue;
-            }
-            if let Event::Ctrl(Some(Ctrl::PubAckAfter(pkid, seq))) = event {
-                pubacks.push_back((pkid, seq));
-                continue;
-            }
-            if !self.handle(event, &mut inflight) {
-                break;
-            }
-            // Batch whatever else is ready, without waiting.
-            for _ in 0..WRITE_BATCH_MAX {
-                if pubacks.len() < PENDING_PUBACKS_MAX {
-                    if let Some(c) = self.ctrl.try_pop() {
-                        if let Ctrl::PubAckAfter(pkid, seq) = c {
-                            pubacks.push_back((pkid, seq));
-                        } else if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
-                            break;
+                // Boxed, and only while a PUBACK waits: the store's wait future is large, and an
+                // idle connection's task should not be sized for it.
+                let mut durable: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
+                    pubacks.front().map(|&(_, seq)| {
+                        let store = &self.store;
+                        Box::pin(async move { store.durable(seq).await.is_ok() })
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
+                    });
+                let take_ctrl = pubacks.len() < PENDING_PUBACKS_MAX;
+                let take_delivery = self.can_take(&inflight);
+                // One poll over every source, in this order, with the listeners kept across waits:
+                // no future per source, so an idle writer holds three listeners and nothing else.
+                let (ctrl, slot) = (&self.ctrl, &self.slot);
+                let event = std::future::poll_fn(|cx| {
+                    if let Some(wait) = durable.as_mut() {
+                        if let Poll::Ready(ok) = wait.as_mut().poll(cx) {
+                            return Poll::Ready(Event::Durable(ok));
                         }
-                        continue;
                     }
-                }
-                if self.out.len() >= WRITE_BUFFER_BYTES {
-                    break;
-                }
-                if let Some(control) = self.slot.control.try_pop() {
-                    self.send_control(control, &mut inflight);
+                    if take_ctrl {
+                        if let Poll::Ready(item) = ctrl.poll_pop(cx, &mut listeners[0]) {
+                            return Poll::Ready(Event::Ctrl(item));
+                        }
+                    }
+                    // Lanes and mailboxes are never closed (`Ready(None)`): such a source is left out.
+                    if let Poll::Ready(Some(control)) = slot.control.poll_pop(cx, &mut listeners[1]) {
+                        return Poll::Ready(Event::Control(control));
+                    }
+                    if take_delivery {
+                        if let Poll::Ready(Some(delivery)) = slot.mailbox.poll_pop(cx, &mut listeners[2]) {
+                            return Poll::Ready(Event::Delivery(delivery));
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                drop(durable);
+                if let Event::Durable(ok) = event {
+                    if !ok {
+                        // The disk could not make it durable: no PUBACK, the client sends it again.
+                        if let Some((pkid, seq)) = pubacks.pop_front() {
+                            log::warn!(
+                                "message {seq} (packet {pkid}) not acknowledged: the store could not make it durable"
+                            );
+                            Metrics::inc(&self.metrics.store_errors);
+                        }
+                    }
                     continue;
                 }
-                if !self.can_take(&inflight) {
+                if let Event::Ctrl(Some(Ctrl::PubAckAfter(pkid, seq))) = event {
+                    pubacks.push_back((pkid, seq));
+                    continue;
+                }
+                if !self.handle(event, &mut inflight) {
                     break;
                 }
-                match self.slot.mailbox.try_pop() {
-                    Some(d) => {
-                        self.handle(Event::Delivery(d), &mut inflight);
+                // Batch whatever else is ready, without waiting.
+                for _ in 0..WRITE_BATCH_MAX {
+                    if pubacks.len() < PENDING_PUBACKS_MAX {
+                        if let Some(c) = self.ctrl.try_pop() {
+                            if let Ctrl::PubAckAfter(pkid, seq) = c {
+                                pubacks.push_back((pkid, seq));
+                            } else if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                    None => break,
+                    if self.out.len() >= WRITE_BUFFER_BYTES {
+                        break;
+                    }
+                    if let Some(control) = self.slot.control.try_pop() {
+                        self.send_control(control, &mut inflight);
+                        continue;
+                    }
+                    if !self.can_take(&inflight) {
+                        break;
+                    }
+                    match self.slot.mailbox.try_pop() {
+                        Some(d) => {
+                            self.handle(Event::Delivery(d), &mut inflight);
+                        }
+                        None => break,
+                    }
                 }
             }
+            // Tell the reader, if it is still reading, that nothing more gets written.
+            self.ctrl.close();
         }
-        // Tell the reader, if it is still reading, that nothing more gets written.
-        self.ctrl.close();
     }
 
     /// Writes every pending PUBACK whose record is already durable, in order.
