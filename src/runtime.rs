@@ -308,6 +308,16 @@ pub fn run(config: Config) -> Result<(), Failure> {
         config.device_id,
         Path::new(&config.data_dir).display()
     );
-    smol::block_on(served);
+    // The main thread only waits. The executor thread drives the reactor while it has nothing
+    // to run, so a socket's readiness wakes its task on the thread that runs it: no hand-over
+    // between threads (a futex wake-up) per message, as a `block_on` here would cause by
+    // competing for the reactor.
+    let (done, finished) = std::sync::mpsc::sync_channel::<()>(1);
+    smol::spawn(async move {
+        served.await;
+        let _ = done.send(());
+    })
+    .detach();
+    let _ = finished.recv();
     Ok(())
 }
