@@ -153,43 +153,47 @@ impl Deadlines {
 /// Reads until `buf` holds at least one more byte, or something else ends the wait. The
 /// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it; an
 /// empty buffer is only allocated once the socket is readable, so an idle connection holds none.
-async fn fill<R: AsyncRead + Unpin>(
-    reader: &mut Reader<R>,
-    buf: &mut BytesMut,
-    deadlines: &mut Deadlines,
-    kicked: Option<&Signal>,
+///
+/// A function returning a `poll_fn` rather than an `async fn`: the wait is part of every idle
+/// connection's task, and this keeps it to the references it needs.
+fn fill<'a, R: AsyncRead + Unpin>(
+    reader: &'a mut Reader<R>,
+    buf: &'a mut BytesMut,
+    deadlines: &'a mut Deadlines,
+    kicked: Option<&'a Signal>,
     chunk: usize,
-) -> Wake {
+) -> impl Future<Output = Wake> + 'a {
     let start = buf.len();
     let mut kick_listener = None;
     // One poll over the three sources, with no future for each: an idle connection's wait is
     // its listener, its timer and the socket's registration.
-    let wake = std::future::poll_fn(|cx| {
-        if let Some(signal) = kicked {
-            if signal.poll_wait(cx, &mut kick_listener).is_ready() {
-                return Poll::Ready(Wake::Kicked);
+    std::future::poll_fn(move |cx| {
+        let wake = 'woke: {
+            if let Some(signal) = kicked {
+                if signal.poll_wait(cx, &mut kick_listener).is_ready() {
+                    break 'woke Wake::Kicked;
+                }
             }
-        }
-        if let Poll::Ready(read) = reader.poll_read_into(cx, buf, start, chunk) {
-            return Poll::Ready(Wake::Read(read));
-        }
-        while Pin::new(&mut deadlines.timer).poll(cx).is_ready() {
-            if let Some(expired) = deadlines.fired() {
-                return Poll::Ready(expired);
+            if let Poll::Ready(read) = reader.poll_read_into(cx, buf, start, chunk) {
+                break 'woke Wake::Read(read);
             }
+            while Pin::new(&mut deadlines.timer).poll(cx).is_ready() {
+                if let Some(expired) = deadlines.fired() {
+                    break 'woke expired;
+                }
+            }
+            return Poll::Pending;
+        };
+        let filled = match &wake {
+            Wake::Read(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + filled);
+        if filled > 0 {
+            deadlines.last_read = Instant::now();
         }
-        Poll::Pending
+        Poll::Ready(wake)
     })
-    .await;
-    let filled = match &wake {
-        Wake::Read(Ok(n)) => *n,
-        _ => 0,
-    };
-    buf.truncate(start + filled);
-    if filled > 0 {
-        deadlines.last_read = Instant::now();
-    }
-    wake
 }
 
 /// Takes one client through CONNECT and authentication, then spawns its session task
@@ -273,7 +277,8 @@ where
     // the connection ends (a partial move would keep the rest alive until then).
     let (will, keep_alive) = {
         let connect = connect;
-        (connect.last_will, connect.keep_alive)
+        // Boxed: most clients have none, and it is kept for the whole connection.
+        (connect.last_will.map(Box::new), connect.keep_alive)
     };
     smol::spawn(session.run(broker, will, keep_alive, reader, writer, buf, permit)).detach();
 }
@@ -431,7 +436,7 @@ impl Session {
     fn run<R, W>(
         self,
         broker: Arc<Broker>,
-        will: Option<LastWill>,
+        will: Option<Box<LastWill>>,
         keep_alive: u16,
         mut reader: Reader<R>,
         writer: W,
@@ -453,7 +458,7 @@ impl Session {
                 End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
                 End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
             }
-            if let (false, Some(will)) = (matches!(end, End::Graceful), will) {
+            if let (false, Some(will)) = (matches!(end, End::Graceful), will.map(|will| *will)) {
                 let publish = Publish {
                     dup: false,
                     qos: will.qos,
