@@ -63,7 +63,8 @@ pub struct Log {
     pub last_routed: Vec<u64>,
     /// A failed write could not be cut back; retried before the next write.
     needs_truncate: bool,
-    /// Reused for encoding: at most one record, so at most RECORD_BYTES_MAX.
+    /// What is being written: one record, or one batch (bounded by the active segment). Handed
+    /// to the tail cache after a write ([`Log::take_written`]), so a new one is made per append.
     encode_buf: Vec<u8>,
     /// Test hook: the next write stops after this many bytes and fails like a full disk.
     #[cfg(test)]
@@ -208,6 +209,12 @@ impl Log {
         self.bytes += total;
         self.next_seq += as_u64(records.len());
         Some(first)
+    }
+
+    /// The bytes of what the last successful append wrote (one record, or a batch in order),
+    /// handed over without a copy: the tail cache keeps slices of them.
+    pub fn take_written(&mut self) -> bytes::Bytes {
+        bytes::Bytes::from(std::mem::take(&mut self.encode_buf))
     }
 
     /// Writes the encoded record at `offset`; on failure cuts the file back to `offset`.

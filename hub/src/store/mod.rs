@@ -253,8 +253,11 @@ impl Store {
             if let Err(error) = inner.checkpoints.note_head(seq) {
                 log::debug!("{error} (log head)");
             }
-            // Under the log lock, so the cache receives seqs in order.
-            lock(&inner.tail).push(seq, record);
+            // Under the log lock, so the cache receives seqs in order. The payload is the end
+            // of the record just written.
+            let written = log.take_written();
+            let payload = written.slice(len - record.payload.len()..len);
+            lock(&inner.tail).push(seq, record, len, payload);
             seq
         };
         inner.counters.appended.fetch_add(1, Ordering::Relaxed);
@@ -289,9 +292,13 @@ impl Store {
                 if let Err(error) = inner.checkpoints.note_head(last) {
                     log::debug!("{error} (log head)");
                 }
+                let written = log.take_written();
                 let mut tail = lock(&inner.tail);
-                for (index, record) in records.iter().enumerate() {
-                    tail.push(first + index as u64, record);
+                let mut end = 0;
+                for (index, (record, len)) in records.iter().zip(&lens).enumerate() {
+                    end += len;
+                    let payload = written.slice(end - record.payload.len()..end);
+                    tail.push(first + index as u64, record, *len, payload);
                 }
             }
             first

@@ -2,6 +2,11 @@
 //! keep up with the log (a connected module, a live cloud link) get them without reading the
 //! file back and decoding it. Readers that fall behind the cache read the disk as before.
 //!
+//! A cached record's payload is a slice of the buffer its record (or its batch) was encoded
+//! and written from, not a copy: one copy of a message less per append. The bytes bound counts
+//! whole encoded records, so what the cache keeps alive stays near it (a batch's buffer lives
+//! until its last record leaves the cache).
+//!
 //! Bounded by records and bytes; the oldest go first. A record is cached when it is appended,
 //! before readers are woken, so a reader that keeps up never misses one.
 
@@ -13,13 +18,15 @@ use super::record::{NewRecord, StoredRecord};
 /// Records kept: a few seconds of a busy gateway, enough for readers woken by the append to
 /// catch up from memory.
 pub const TAIL_RECORDS_MAX: usize = 1024;
-/// Bytes of payload kept (1 MiB): small next to a Pi's RAM, and it bounds a burst of large
+/// Bytes of encoded records kept (1 MiB): small next to a Pi's RAM, and it bounds a burst of large
 /// messages.
 pub const TAIL_BYTES_MAX: usize = 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub struct TailCache {
     records: VecDeque<Arc<StoredRecord>>,
+    /// The encoded length of each, in the same order.
+    lens: VecDeque<usize>,
     bytes: usize,
 }
 
@@ -32,21 +39,25 @@ pub enum Lookup<'a> {
 }
 
 impl TailCache {
-    /// Adds the record just appended as `seq` (seqs arrive in order).
-    pub fn push(&mut self, seq: u64, record: &NewRecord<'_>) {
+    /// Adds the record just appended as `seq` (seqs arrive in order), `encoded_len` bytes long
+    /// in the log; `payload` holds its payload (a slice of the written buffer).
+    pub fn push(&mut self, seq: u64, record: &NewRecord<'_>, encoded_len: usize, payload: bytes::Bytes) {
         let stored = StoredRecord {
             seq,
             enqueued_unix_ms: record.enqueued_unix_ms,
             endpoints: record.endpoints.to_vec(),
             source: record.source.to_string(),
             properties: record.properties.to_string(),
-            payload: bytes::Bytes::copy_from_slice(record.payload),
+            payload,
         };
-        self.bytes += stored.payload.len();
+        debug_assert_eq!(&stored.payload[..], record.payload);
+        self.bytes += encoded_len;
         self.records.push_back(Arc::new(stored));
+        self.lens.push_back(encoded_len);
         while self.records.len() > TAIL_RECORDS_MAX || (self.bytes > TAIL_BYTES_MAX && self.records.len() > 1) {
-            if let Some(old) = self.records.pop_front() {
-                self.bytes -= old.payload.len();
+            self.records.pop_front();
+            if let Some(len) = self.lens.pop_front() {
+                self.bytes -= len;
             }
         }
     }
@@ -74,10 +85,10 @@ mod tests {
 
     fn push(cache: &mut TailCache, seq: u64, payload: &[u8]) {
         let endpoints = [EndpointRef { id: 1, priority: 0, ttl_secs: 0 }];
-        cache.push(
-            seq,
-            &NewRecord { enqueued_unix_ms: 0, endpoints: &endpoints, source: "s", properties: "p", payload },
-        );
+        let record = NewRecord { enqueued_unix_ms: 0, endpoints: &endpoints, source: "s", properties: "p", payload };
+        // Larger than a record may be: the bound is what is tested here.
+        let len = crate::store::record::encoded_len(&record).unwrap_or(payload.len());
+        cache.push(seq, &record, len, bytes::Bytes::copy_from_slice(payload));
     }
 
     #[test]
