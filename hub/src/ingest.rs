@@ -34,8 +34,7 @@ pub fn ingest(
     payload: Bytes,
 ) -> Ingested {
     let message = prepare(metrics, identity, properties, payload, now_unix_ms());
-    let mut endpoints = Vec::new();
-    match router.route(message, &mut endpoints) {
+    match router.route(message) {
         Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
         Err(failure) => Ingested::Refused(failure.to_string()),
     }

@@ -36,9 +36,29 @@ pub fn endpoint_name(endpoint: &Endpoint, priority: u8) -> String {
     }
 }
 
+/// Queue ids kept per route priority (0..=9 and "none given", 10).
+const PRIORITY_SLOTS: usize = crate::route::DEFAULT_PRIORITY as usize + 1;
+/// A queue id not looked up yet.
+const UNKNOWN: u16 = u16::MAX;
+
+/// A route table with the store queue ids of its endpoints, filled in as they are first used:
+/// routing a message looks its queues up by number, without a name compared or cloned.
+struct Compiled {
+    table: Arc<RouteTable>,
+    /// Per route index (of the first route naming an endpoint) and priority.
+    ids: Mutex<Vec<[u16; PRIORITY_SLOTS]>>,
+}
+
+impl Compiled {
+    fn new(table: RouteTable) -> Compiled {
+        let ids = vec![[UNKNOWN; PRIORITY_SLOTS]; table.routes().len()];
+        Compiled { table: Arc::new(table), ids: Mutex::new(ids) }
+    }
+}
+
 /// Routes messages with the current route table into the store.
 pub struct Router {
-    routes: RwLock<Arc<RouteTable>>,
+    routes: RwLock<Arc<Compiled>>,
     store: Arc<Store>,
     /// Store ids of the endpoint queues seen so far: a handful, scanned without a key to build.
     endpoint_ids: Mutex<Vec<(Endpoint, u8, u16)>>,
@@ -53,15 +73,24 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     pub fn new(routes: RouteTable, store: Arc<Store>, metrics: Arc<Metrics>) -> Router {
-        Router { routes: RwLock::new(Arc::new(routes)), store, endpoint_ids: Mutex::new(Vec::new()), metrics }
+        Router {
+            routes: RwLock::new(Arc::new(Compiled::new(routes))),
+            store,
+            endpoint_ids: Mutex::new(Vec::new()),
+            metrics,
+        }
     }
 
     /// Replaces the route table (a new deployment).
     pub fn set_routes(&self, routes: RouteTable) {
-        *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
+        *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Compiled::new(routes));
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {
+        self.compiled().table.clone()
+    }
+
+    fn compiled(&self) -> Arc<Compiled> {
         self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
@@ -94,15 +123,16 @@ impl Router {
     /// (`None`: no route matched). The message is accepted once the store makes that seq
     /// durable (`Store::durable`), the moment a QoS 1 PUBACK may go out; the caller does not
     /// wait for it here, so one connection can have many messages on their way to the disk.
-    pub fn route(&self, msg: Message, endpoints: &mut Vec<(Endpoint, u8, u32)>) -> Result<Option<u64>, RouteFailure> {
-        endpoints.clear();
-        self.routes().endpoints_for(&msg, endpoints);
+    pub fn route(&self, msg: Message) -> Result<Option<u64>, RouteFailure> {
+        let compiled = self.compiled();
+        let mut endpoints = Vec::new();
+        compiled.table.endpoint_indices_for(&msg, &mut endpoints);
         if endpoints.is_empty() {
             Metrics::inc(&self.metrics.messages_unrouted);
             log::debug!("message from {} matched no route", msg.source);
             return Ok(None);
         }
-        let refs = self.refs(endpoints).map_err(RouteFailure::Store)?;
+        let refs = self.refs(&compiled, &endpoints).map_err(RouteFailure::Store)?;
         let mut bag = String::new();
         msg.properties.encode_into(&mut bag);
         let record = NewRecord {
@@ -119,21 +149,20 @@ impl Router {
     /// go to the store as one batch ([`Store::append_many`]: one write when they fit). Pushes
     /// one outcome per message onto `outcomes`, in order.
     pub fn route_many(&self, msgs: &[Message], outcomes: &mut Vec<Result<Option<u64>, RouteFailure>>) {
-        let routes = self.routes();
+        let compiled = self.compiled();
         let mut endpoints = Vec::new();
         // Per message: its endpoint refs and bag, or the outcome decided without the store.
         let mut prepared: Vec<Result<(Vec<EndpointRef>, String), Result<Option<u64>, RouteFailure>>> =
             Vec::with_capacity(msgs.len());
         for msg in msgs {
-            endpoints.clear();
-            routes.endpoints_for(msg, &mut endpoints);
+            compiled.table.endpoint_indices_for(msg, &mut endpoints);
             if endpoints.is_empty() {
                 Metrics::inc(&self.metrics.messages_unrouted);
                 log::debug!("message from {} matched no route", msg.source);
                 prepared.push(Err(Ok(None)));
                 continue;
             }
-            match self.refs(&endpoints) {
+            match self.refs(&compiled, &endpoints) {
                 Ok(refs) => {
                     let mut bag = String::new();
                     msg.properties.encode_into(&mut bag);
@@ -170,13 +199,25 @@ impl Router {
         }
     }
 
-    /// The store refs of routed endpoints (registering new queues).
-    fn refs(&self, endpoints: &[(Endpoint, u8, u32)]) -> Result<Vec<EndpointRef>, StoreError> {
+    /// The store refs of the endpoints a message is routed to (by route index, see
+    /// [`RouteTable::endpoint_indices_for`]), registering new queues on first use.
+    fn refs(&self, compiled: &Compiled, endpoints: &[(usize, u8, u32)]) -> Result<Vec<EndpointRef>, StoreError> {
+        let mut ids = compiled.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         endpoints
             .iter()
-            .map(|(endpoint, priority, ttl_secs)| {
-                let id = self.endpoint_id(endpoint, *priority)?;
-                Ok(EndpointRef { id, priority: *priority, ttl_secs: *ttl_secs })
+            .map(|&(index, priority, ttl_secs)| {
+                let slot = ids.get_mut(index).and_then(|slots| slots.get_mut(usize::from(priority)));
+                let id = match slot {
+                    Some(id) if *id != UNKNOWN => *id,
+                    slot => {
+                        let id = self.endpoint_id(&compiled.table.routes()[index].endpoint, priority)?;
+                        if let Some(known) = slot {
+                            *known = id;
+                        }
+                        id
+                    }
+                };
+                Ok(EndpointRef { id, priority, ttl_secs })
             })
             .collect()
     }

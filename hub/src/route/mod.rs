@@ -221,12 +221,43 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
 pub struct RouteTable {
     routes: Vec<Route>,
     needs_body: bool,
+    /// Per route, the index of the first route naming the same endpoint: endpoints are told
+    /// apart by this number when messages are routed, not by comparing names.
+    endpoint_index: Vec<usize>,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
         let needs_body = routes.iter().any(|r| r.condition.as_ref().is_some_and(Condition::references_body));
-        RouteTable { routes, needs_body }
+        let endpoint_index = routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| routes[..index].iter().position(|r| r.endpoint == route.endpoint).unwrap_or(index))
+            .collect();
+        RouteTable { routes, needs_body, endpoint_index }
+    }
+
+    /// [`RouteTable::endpoints_for`] without naming the endpoints: each as the index of the
+    /// first route that names it (its endpoint is `routes()[index].endpoint`), with the same
+    /// priority, TTL and order. What the router uses: nothing is cloned or compared by name.
+    pub fn endpoint_indices_for(&self, message: &dyn RoutableMessage, out: &mut Vec<(usize, u8, u32)>) {
+        out.clear();
+        let context = EvalContext::new(message);
+        for (route, &endpoint) in self.routes.iter().zip(&self.endpoint_index) {
+            if !route.matches_in(&context) {
+                continue;
+            }
+            match out.iter_mut().find(|(index, _, _)| *index == endpoint) {
+                Some(entry) if route.priority < entry.1 => {
+                    entry.1 = route.priority;
+                    entry.2 = route.time_to_live_secs;
+                }
+                Some(_) => {}
+                None => out.push((endpoint, route.priority, route.time_to_live_secs)),
+            }
+        }
+        // Stable: equal priorities keep the order of their first matching route.
+        out.sort_by_key(|(_, priority, _)| *priority);
     }
 
     /// Endpoints the message goes to, each at most once even when several routes match, with
@@ -240,22 +271,11 @@ impl RouteTable {
     /// once for all routes together.
     pub fn endpoints_for(&self, message: &dyn RoutableMessage, out: &mut Vec<(Endpoint, u8, u32)>) {
         out.clear();
-        let context = EvalContext::new(message);
-        for route in &self.routes {
-            if !route.matches_in(&context) {
-                continue;
-            }
-            match out.iter_mut().find(|(endpoint, _, _)| *endpoint == route.endpoint) {
-                Some(entry) if route.priority < entry.1 => {
-                    entry.1 = route.priority;
-                    entry.2 = route.time_to_live_secs;
-                }
-                Some(_) => {}
-                None => out.push((route.endpoint.clone(), route.priority, route.time_to_live_secs)),
-            }
-        }
-        // Stable: equal priorities keep the order of their first matching route.
-        out.sort_by_key(|(_, priority, _)| *priority);
+        let mut indices = Vec::new();
+        self.endpoint_indices_for(message, &mut indices);
+        out.extend(
+            indices.into_iter().map(|(index, priority, ttl)| (self.routes[index].endpoint.clone(), priority, ttl)),
+        );
     }
 
     pub fn routes(&self) -> &[Route] {

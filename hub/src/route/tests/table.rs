@@ -83,3 +83,16 @@ fn needs_body_is_true_when_any_condition_queries_the_body() {
     assert!(!RouteTable::new(Vec::new()).needs_body());
     assert_eq!(table().routes().len(), 6);
 }
+
+#[test]
+fn endpoints_are_numbered_by_the_first_route_that_names_them() {
+    let table = table();
+    let mut out = vec![(99, 0, 0)];
+    let alert = TestMessage::new("/messages/modules/m1/outputs/o").app("alert", "yes");
+    table.endpoint_indices_for(&alert, &mut out);
+    // $upstream is route 0's endpoint whichever of routes 0-2 matched; the filter input is
+    // route 3's (route 4 names it too); the log input route 5's.
+    assert_eq!(out, vec![(0, 1, 30), (3, 5, 60), (5, DEFAULT_PRIORITY, 0)]);
+    let named: Vec<Endpoint> = out.iter().map(|(index, _, _)| table.routes()[*index].endpoint.clone()).collect();
+    assert_eq!(named, endpoints(&table, &alert).into_iter().map(|(e, _, _)| e).collect::<Vec<_>>());
+}
