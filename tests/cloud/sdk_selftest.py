@@ -16,6 +16,7 @@ method request (answered: "echo" with 200 and the payload, "fail" with 500, othe
 """
 import json
 import sys
+import threading
 
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message, MethodResponse
 
@@ -24,8 +25,15 @@ with open(ca_path) as f:
     ca = f.read()
 
 
+_out_lock = threading.Lock()
+
+
 def out(line):
-    print(line, flush=True)
+    # One write per line under a lock: the SDK calls handlers from several threads, and
+    # print() writes the text and the newline separately, so two lines could interleave.
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 wrong = IoTHubDeviceClient.create_from_connection_string(wrong_cs, server_verification_cert=ca,

@@ -17,6 +17,7 @@ Commands on stdin:
 """
 import json
 import sys
+import threading
 
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
 
@@ -25,8 +26,15 @@ with open(ca_path) as f:
     ca = f.read()
 
 
+_out_lock = threading.Lock()
+
+
 def out(line):
-    print(line, flush=True)
+    # One write per line under a lock: the SDK calls handlers from several threads, and
+    # print() writes the text and the newline separately, so two lines could interleave.
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 factory = IoTHubModuleClient if kind == "module" else IoTHubDeviceClient

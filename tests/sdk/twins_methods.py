@@ -27,8 +27,15 @@ with open(ca_path) as f:
     ca = f.read()
 
 
+_out_lock = threading.Lock()
+
+
 def out(line):
-    print(line, flush=True)
+    # One write per line under a lock: the SDK calls handlers from several threads, and
+    # print() writes the text and the newline separately, so two lines could interleave.
+    with _out_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 module = IoTHubModuleClient.create_from_connection_string(twin_cs, server_verification_cert=ca)
