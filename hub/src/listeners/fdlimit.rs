@@ -62,7 +62,15 @@ pub fn fit_max_connections(max_connections: usize) -> usize {
     let nofile = raise_soft_limit();
     match socket_budget(nofile.soft) {
         Some(budget) if budget < max_connections => {
-            log::warn!(
+            // The default is sized for what the memory of a Pi holds; a system that allows fewer
+            // descriptors is no fault of the configuration, so only a value set by hand warns.
+            let level = if max_connections == tinyedge_platform::config::DEFAULT_MAX_CONNECTIONS {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
                 "hub.max_connections = {max_connections} lowered to {budget}: the file descriptor limit is {} and \
                  {FD_RESERVE} are kept for the store, status and twin files, containerd and logs",
                 nofile.soft.unwrap_or_default()

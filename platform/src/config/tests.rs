@@ -43,7 +43,7 @@ fn empty_config_gives_defaults_with_data_dir_beside_the_file() {
     assert_eq!(config.hub.max_packet_bytes, 262_144);
     assert_eq!(config.hub.subscriber_queue_max, 1000);
     assert_eq!(config.hub.max_inflight, 16);
-    assert_eq!(config.hub.max_connections, 1000);
+    assert_eq!(config.hub.max_connections, 10_000);
     assert_eq!(config.hub.max_unauthenticated, 64);
     assert_eq!(config.hub.connect_timeout_secs, 10);
 }
