@@ -445,7 +445,7 @@ fn main() {
     let _ = writeln!(md, "|{}", "---|".repeat(names.len() + 1));
     let _ = writeln!(
         md,
-        "| idle RSS (KiB) | {} |",
+        "| idle RSS (KiB; tinyedge's config lists the {IDLE_CONNECTIONS} leaf devices) | {} |",
         mem.iter().map(|m| m.idle_rss.to_string()).collect::<Vec<_>>().join(" | ")
     );
     let _ = writeln!(
