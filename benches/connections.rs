@@ -23,22 +23,6 @@ fn connections() -> usize {
     std::env::var("BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(IDLE_CONNECTIONS)
 }
 
-/// (rss, anon) growth per connection in KiB after `n` idle clients connected.
-fn per_connection(b: &Broker, n: usize) -> (f64, f64, u64, u64) {
-    std::thread::sleep(Duration::from_millis(300));
-    let (rss0, anon0) = memory_kib(b.child.id());
-    let mut conns = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("leaf-{i}");
-        conns.push(Client::connect(b.port, &id, (b.leaf_creds)(&id)));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
-    let (rss, anon) = memory_kib(b.child.id());
-    drop(conns);
-    let per = |after: u64, before: u64| after.saturating_sub(before) as f64 / n as f64;
-    (per(rss, rss0), per(anon, anon0), rss0, anon0)
-}
-
 /// RSS in KiB per mapping kind of `pid`: the binary itself, each shared library, heap, stacks,
 /// other anonymous mappings.
 fn rss_by_mapping(pid: u32, binary_name: &str) -> BTreeMap<String, u64> {
@@ -97,12 +81,12 @@ fn main() {
     let te_dir = dir.join("tinyedge");
     std::fs::create_dir_all(&te_dir).expect("dir");
     let te = start_tinyedge_with(&bin, &te_dir, "", |_| {});
-    let te_mem = per_connection(&te, n);
+    let te_mem = memory_with(&te, n);
     drop(te);
     let mo_dir = dir.join("mosquitto");
     std::fs::create_dir_all(&mo_dir).expect("dir");
     let mo = start_mosquitto(&mo_dir);
-    let mo_mem = per_connection(&mo, n);
+    let mo_mem = memory_with(&mo, n);
     drop(mo);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -117,21 +101,21 @@ fn main() {
     println!("|---|---|---|---|---|");
     println!(
         "| RSS growth | {:.2} KiB | {:.2} KiB | {:.2} | ≤ 1.5 KiB: {} |",
-        te_mem.0,
-        mo_mem.0,
-        te_mem.0 / mo_mem.0.max(0.001),
-        if te_mem.0 <= 1.5 { "within" } else { "OVER" }
+        te_mem.per_connection_kib,
+        mo_mem.per_connection_kib,
+        te_mem.per_connection_kib / mo_mem.per_connection_kib.max(0.001),
+        if te_mem.per_connection_kib <= 1.5 { "within" } else { "OVER" }
     );
     println!(
         "| anonymous memory growth (heap) | {:.2} KiB | {:.2} KiB | {:.2} | |",
-        te_mem.1,
-        mo_mem.1,
-        te_mem.1 / mo_mem.1.max(0.001)
+        te_mem.per_connection_anon_kib,
+        mo_mem.per_connection_anon_kib,
+        te_mem.per_connection_anon_kib / mo_mem.per_connection_anon_kib.max(0.001)
     );
     println!(
         "| RSS before the clients (bench config: {n} leaf devices configured) | {:.2} MiB | {:.2} MiB | | |\n",
-        te_mem.2 as f64 / 1024.0,
-        mo_mem.2 as f64 / 1024.0
+        te_mem.idle_rss as f64 / 1024.0,
+        mo_mem.idle_rss as f64 / 1024.0
     );
     println!(
         "Idle RSS of `tinyedge run` on embedded defaults (hub + agent, containerd {}): **{:.2} MiB** (budget 4 MiB: {}), of which anonymous {:.2} MiB.\n",

@@ -278,21 +278,34 @@ pub struct Memory {
     pub idle_rss: u64,
     pub idle_anon: u64,
     pub per_connection_kib: f64,
+    /// Growth of anonymous memory (heap) per connection.
+    pub per_connection_anon_kib: f64,
 }
 
 /// Idle memory, then memory per idle MQTT connection (CONNECT accepted, then silent).
 pub fn memory(b: &Broker) -> Memory {
+    memory_with(b, IDLE_CONNECTIONS)
+}
+
+/// [`memory`] with `n` idle connections (of the `IDLE_CONNECTIONS` leaf devices configured).
+pub fn memory_with(b: &Broker, n: usize) -> Memory {
     std::thread::sleep(Duration::from_millis(300));
     let (idle_rss, idle_anon) = memory_kib(b.child.id());
-    let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
-    for i in 0..IDLE_CONNECTIONS {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
         let id = format!("leaf-{i}");
         conns.push(Client::connect(b.port, &id, (b.leaf_creds)(&id)));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (rss, _) = memory_kib(b.child.id());
+    std::thread::sleep(Duration::from_millis(1000));
+    let (rss, anon) = memory_kib(b.child.id());
     drop(conns);
-    Memory { idle_rss, idle_anon, per_connection_kib: rss.saturating_sub(idle_rss) as f64 / IDLE_CONNECTIONS as f64 }
+    let per = |after: u64, before: u64| after.saturating_sub(before) as f64 / n as f64;
+    Memory {
+        idle_rss,
+        idle_anon,
+        per_connection_kib: per(rss, idle_rss),
+        per_connection_anon_kib: per(anon, idle_anon),
+    }
 }
 
 /// Builds the release `tinyedge` and returns its path; `BENCH_TINYEDGE_BIN` names another
