@@ -176,3 +176,27 @@ fn mqtt5_connect_is_refused_with_unacceptable_protocol() {
     assert!(!out.status.success());
     assert!(rt.wait_log("MQTT 5 is not supported"), "{}", rt.log());
 }
+
+#[test]
+fn a_token_valid_for_centuries_and_a_busy_keep_alive_keep_a_client_connected() {
+    let rt = ab_runtime();
+    // The latest expiry a token can carry (u64::MAX seconds), past what a clock can hold: the
+    // connection's deadline is "never", not an overflow.
+    let key = tinyedge_platform::identity::derive_module_key(&DEVICE_KEY, "a");
+    let token = tinyedge_platform::sas::generate(&format!("{HUB}/devices/{DEVICE}/modules/a"), &key, u64::MAX);
+    let creds = (format!("{DEVICE}/a"), format!("{HUB}/{DEVICE}/a/?api-version=2021-04-12"), token);
+    let mut raw = Raw::connect(rt.mqtt_port, &creds, 1, true, None);
+    // Traffic for longer than the 1.5 s keep-alive allowance, each message within it: the one
+    // timer of the connection is moved on, never fired.
+    for pkid in 1..=12u16 {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut publish = Publish::new(a_events(), QoS::AtLeastOnce, b"beat".to_vec());
+        publish.pkid = pkid;
+        raw.send(|out| publish.write(out).map(|_| ()));
+        assert!(matches!(raw.next(), Some(Packet::PubAck(ack)) if ack.pkid == pkid), "PUBACK {pkid}; {}", rt.log());
+    }
+    // Silence: the same timer fires 1.5 s after the last packet.
+    assert!(raw.next().is_none());
+    assert!(rt.wait_log("keep-alive expired"), "{}", rt.log());
+    assert!(!rt.log().contains("panicked"), "{}", rt.log());
+}

@@ -48,6 +48,8 @@ const OWN_LANE_WAIT: Duration = Duration::from_secs(5);
 /// A read of `READ_CHUNK_BYTES` holds at most about 60 small ones; the client's window bounds
 /// them too.
 const PUBLISH_BATCH_MAX: usize = 64;
+/// Stands for "never" where a deadline cannot be represented (a token valid for centuries).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long a new connection for an identity waits for the old one to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -551,7 +553,11 @@ impl Session {
         // order and that of their PUBACKs stays the order they came in.
         let mut batch: Vec<(QoS, u16, Properties, Bytes)> = Vec::new();
         let mut read_chunk = READ_CHUNK_BYTES;
-        let token_at = Instant::now() + Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
+        // A token may claim an expiry far beyond what an Instant can hold: then a century is as
+        // good as never.
+        let now = Instant::now();
+        let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
+        let token_at = now.checked_add(token_left).unwrap_or_else(|| now + FAR_FUTURE);
         let mut deadlines = Deadlines::new(keep_alive, token_at);
         loop {
             // Decided without waiting, so no packet is held across a wait: only what the step
