@@ -450,41 +450,46 @@ impl Session {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         async move {
-            let (ctrl, writer_task) = self.start_writer(&broker, writer);
-            // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
-            let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-            let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
-            match &end {
-                End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
-                End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
-                End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
-                End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
-            }
-            if let (false, Some(will)) = (matches!(end, End::Graceful), will.map(|will| *will)) {
-                let publish = Publish {
-                    dup: false,
-                    qos: will.qos,
-                    retain: will.retain,
-                    topic: will.topic,
-                    pkid: 1,
-                    payload: will.message,
-                };
-                match Box::pin(self.publish(&broker, publish)).await {
-                    Ok(Published::Accepted(_)) => {}
-                    Ok(Published::NotStored(why)) => {
-                        log_limited!(
-                            NOT_ACCEPTED,
-                            log::Level::Warn,
-                            "{}: will of {} not accepted: {why}",
-                            self.peer,
-                            self.identity
-                        )
-                    }
-                    Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
+            // The writer runs in this task beside the reader (one task per connection): the
+            // reader hands it acknowledgements through `ctrl`, whose listeners wake this task.
+            let ctrl = Queue::new(CTRL_QUEUE_MAX);
+            let writer = self.writer(&broker, writer, &ctrl).run();
+            let reading = async {
+                // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
+                let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+                let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
+                match &end {
+                    End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
+                    End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
+                    End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
+                    End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
                 }
-            }
-            ctrl.close();
-            writer_task.await;
+                if let (false, Some(will)) = (matches!(end, End::Graceful), will.map(|will| *will)) {
+                    let publish = Publish {
+                        dup: false,
+                        qos: will.qos,
+                        retain: will.retain,
+                        topic: will.topic,
+                        pkid: 1,
+                        payload: will.message,
+                    };
+                    match Box::pin(self.publish(&broker, publish)).await {
+                        Ok(Published::Accepted(_)) => {}
+                        Ok(Published::NotStored(why)) => {
+                            log_limited!(
+                                NOT_ACCEPTED,
+                                log::Level::Warn,
+                                "{}: will of {} not accepted: {why}",
+                                self.peer,
+                                self.identity
+                            )
+                        }
+                        Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
+                    }
+                }
+                ctrl.close();
+            };
+            smol::future::zip(reading, writer).await;
             let released = {
                 let mut state = self.slot.state();
                 let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
@@ -510,34 +515,28 @@ impl Session {
         }
     }
 
-    /// Spawns the connection's writer (CONNACK first); a function of its own so the session
-    /// task keeps only the queue and the handle, not what building the writer took.
-    fn start_writer<W>(&self, broker: &Broker, writer: W) -> (Arc<Queue<Ctrl>>, smol::Task<()>)
+    /// The connection's writer (CONNACK first), reading `ctrl`.
+    fn writer<'a, W>(&self, broker: &Broker, writer: W, ctrl: &'a Queue<Ctrl>) -> Writer<'a, W>
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let ctrl = Arc::new(Queue::new(CTRL_QUEUE_MAX));
         let mut out = BytesMut::new();
         codec::put_connack(&mut out, self.session_present, 0);
         let inputs = self.slot.state().inputs;
-        let writer_task = smol::spawn(
-            Writer {
-                sink: writer,
-                ctrl: ctrl.clone(),
-                slot: self.slot.clone(),
-                inputs,
-                max_inflight: broker.limits.max_inflight,
-                metrics: broker.metrics.clone(),
-                commit: broker.commit.clone(),
-                store: broker.router.store().clone(),
-                twins: broker.twins.clone(),
-                client_id: self.identity.client_id(),
-                out,
-                desired_written: None,
-            }
-            .run(),
-        );
-        (ctrl, writer_task)
+        Writer {
+            sink: writer,
+            ctrl,
+            slot: self.slot.clone(),
+            inputs,
+            max_inflight: broker.limits.max_inflight,
+            metrics: broker.metrics.clone(),
+            commit: broker.commit.clone(),
+            store: broker.router.store().clone(),
+            twins: broker.twins.clone(),
+            client_id: self.identity.client_id(),
+            out,
+            desired_written: None,
+        }
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(

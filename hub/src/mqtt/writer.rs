@@ -2,7 +2,8 @@
 //! identity's mailbox (at most `max_inflight` unacknowledged at a time), and the identity's
 //! control lane (twin responses, desired patches, method calls), turned into MQTT here.
 //!
-//! It runs as its own task so that a publisher waiting on the store never stops its own
+//! It runs beside the reading half in the connection's one task (joined, not spawned), each
+//! polled whenever the task wakes, so a publisher waiting on the store never stops its own
 //! connection from receiving. A delivery's topic is built here from what the core hands over
 //! (input name and property bag, [`crate::topic::input_topic_into`]); an acknowledged delivery
 //! advances its endpoint's checkpoint in order through the core's [`InFlight`].
@@ -57,10 +58,10 @@ pub enum Ctrl {
 }
 
 /// Everything the writer needs.
-pub struct Writer<W> {
+pub struct Writer<'a, W> {
     pub sink: W,
     /// Closed by the reader when the connection ends; closed here when the socket fails.
-    pub ctrl: Arc<Queue<Ctrl>>,
+    pub ctrl: &'a Queue<Ctrl>,
     pub slot: Arc<Slot>,
     pub inputs: Option<Settle>,
     pub max_inflight: usize,
@@ -87,13 +88,13 @@ enum Event {
     Durable(bool),
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
+impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
     /// Runs until the reader closes the control queue or the socket fails. Whatever was not
     /// acknowledged stays in the store and comes again on the next connection.
     ///
     /// A function returning an `async move` block rather than an `async fn`, so the writer is
     /// kept once in the task, where it was captured, not copied into a second place.
-    pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'a
     where
         W: Send,
     {
