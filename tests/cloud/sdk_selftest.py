@@ -16,8 +16,10 @@ method request (answered: "echo" with 200 and the payload, "fail" with 500, othe
 """
 import json
 import sys
-import threading
+import os
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
+from lineout import out  # noqa: E402
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message, MethodResponse
 
 device_cs, wrong_cs, module_cs, ca_path = sys.argv[1:5]
@@ -25,15 +27,6 @@ with open(ca_path) as f:
     ca = f.read()
 
 
-_out_lock = threading.Lock()
-
-
-def out(line):
-    # One write per line under a lock: the SDK calls handlers from several threads, and
-    # print() writes the text and the newline separately, so two lines could interleave.
-    with _out_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 wrong = IoTHubDeviceClient.create_from_connection_string(wrong_cs, server_verification_cert=ca,

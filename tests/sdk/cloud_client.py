@@ -17,8 +17,8 @@ Commands on stdin:
 """
 import json
 import sys
-import threading
 
+from lineout import out
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
 
 kind, connection_string, ca_path = sys.argv[1:4]
@@ -26,15 +26,6 @@ with open(ca_path) as f:
     ca = f.read()
 
 
-_out_lock = threading.Lock()
-
-
-def out(line):
-    # One write per line under a lock: the SDK calls handlers from several threads, and
-    # print() writes the text and the newline separately, so two lines could interleave.
-    with _out_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 factory = IoTHubModuleClient if kind == "module" else IoTHubDeviceClient

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 
+from lineout import out
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
 
 twin_cs, caller_module, leaf_cs, ca_path, data_dir, device_id, hub = sys.argv[1:8]
@@ -27,15 +28,6 @@ with open(ca_path) as f:
     ca = f.read()
 
 
-_out_lock = threading.Lock()
-
-
-def out(line):
-    # One write per line under a lock: the SDK calls handlers from several threads, and
-    # print() writes the text and the newline separately, so two lines could interleave.
-    with _out_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 module = IoTHubModuleClient.create_from_connection_string(twin_cs, server_verification_cert=ca)

@@ -56,6 +56,10 @@ impl Compiled {
     }
 }
 
+/// A message of a batch before the store: its endpoint refs and bag, or the outcome decided
+/// without the store (no route matched, or a queue could not be registered).
+type Prepared = Result<(Vec<EndpointRef>, String), Result<Option<u64>, RouteFailure>>;
+
 /// Routes messages with the current route table into the store.
 pub struct Router {
     routes: RwLock<Arc<Compiled>>,
@@ -151,9 +155,7 @@ impl Router {
     pub fn route_many(&self, msgs: &[Message], outcomes: &mut Vec<Result<Option<u64>, RouteFailure>>) {
         let compiled = self.compiled();
         let mut endpoints = Vec::new();
-        // Per message: its endpoint refs and bag, or the outcome decided without the store.
-        let mut prepared: Vec<Result<(Vec<EndpointRef>, String), Result<Option<u64>, RouteFailure>>> =
-            Vec::with_capacity(msgs.len());
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             compiled.table.endpoint_indices_for(msg, &mut endpoints);
             if endpoints.is_empty() {

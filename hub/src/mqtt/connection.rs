@@ -434,7 +434,7 @@ impl Session {
     /// connecting needed is freed. A function returning an `async move` block (not an `async
     /// fn`) so that its arguments are kept once, where they were captured, rather than twice.
     /// `permit`: the socket's place under `max_connections`, given back at the end.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
     fn run<R, W>(
         self,
         broker: Arc<Broker>,

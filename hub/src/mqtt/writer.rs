@@ -94,6 +94,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
     ///
     /// A function returning an `async move` block rather than an `async fn`, so the writer is
     /// kept once in the task, where it was captured, not copied into a second place.
+    #[allow(clippy::manual_async_fn)]
     pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'a
     where
         W: Send,
