@@ -29,7 +29,7 @@ use crate::auth::{AuthError, Identity};
 use crate::broker::inflight::InFlight;
 use crate::broker::queue::Signal;
 use crate::broker::requests;
-use crate::broker::session::{Completion, Control, Delivery, Kick, Origin, Owner, Settle, Slot, Subscriptions};
+use crate::broker::session::{Claim, Completion, Control, Delivery, Kick, Origin, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
 use crate::ingest::{self, Ingested};
 use crate::listeners::permit::Permit;
@@ -305,8 +305,6 @@ const SLOT_BATCH_MAX: usize = 64;
 const CONTROL_BACKLOG_MAX: usize = 16;
 /// Room kept in a transfer frame for its performative.
 const TRANSFER_OVERHEAD_BYTES: usize = 128;
-/// How long a new owner of a slot waits for the previous connection to hand it over.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
     let start = buf.len();
@@ -1016,23 +1014,8 @@ impl Conn {
         if self.owned.contains_key(identity) {
             return;
         }
-        let broker = self.broker.clone();
-        let slot = broker.sessions.slot(&identity.client_id());
-        let kick = Arc::new(Kick::new(None));
-        let done = Arc::new(Signal::default());
-        let connection_id = broker.next_connection_id();
-        let previous = slot.state().owner.replace(Owner { connection_id, kick: kick.clone(), done: done.clone() });
-        if let Some(previous) = previous {
-            log::info!("{}: {identity} connected again; closing its previous connection", self.peer);
-            previous.kick.fire();
-            let handed_over = async {
-                previous.done.wait().await;
-            };
-            let waited = async {
-                smol::Timer::after(TAKEOVER_WAIT).await;
-            };
-            smol::future::or(handed_over, waited).await;
-        }
+        let Claim { slot, connection_id, kick, done } =
+            self.broker.take_slot(identity, Kick::new(None), &self.peer).await;
         {
             let mut state = slot.state();
             state.inputs = None;

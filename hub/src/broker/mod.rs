@@ -300,6 +300,29 @@ impl Broker {
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// A new connection of `identity` takes its slot (MQTT client-id takeover, AMQP link
+    /// attach): it becomes the owner, and an earlier owner is kicked and given
+    /// [`session::TAKEOVER_WAIT`] to hand the session over. The caller resets or keeps the
+    /// slot's state and starts a generation.
+    pub(crate) async fn take_slot(&self, identity: &Identity, kick: session::Kick, peer: &str) -> session::Claim {
+        let slot = self.sessions.slot(&identity.client_id());
+        let kick = Arc::new(kick);
+        let done = Arc::new(queue::Signal::default());
+        let connection_id = self.next_connection_id();
+        let owner = session::Owner { connection_id, kick: kick.clone(), done: done.clone() };
+        let previous = slot.state().owner.replace(owner);
+        if let Some(previous) = previous {
+            log::info!("{peer}: {identity} connected again; closing its previous connection");
+            previous.kick.fire();
+            let handed_over = previous.done.wait();
+            let waited = async {
+                smol::Timer::after(session::TAKEOVER_WAIT).await;
+            };
+            smol::future::or(handed_over, waited).await;
+        }
+        session::Claim { slot, connection_id, kick, done }
+    }
 }
 
 #[cfg(test)]

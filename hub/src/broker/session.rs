@@ -136,6 +136,20 @@ pub struct Subscriptions {
     pub device_bound: bool,
 }
 
+/// How long a new owner of a slot waits for the previous connection to hand it over.
+pub const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A connection's ownership of its identity's slot ([`super::Broker::take_slot`]).
+#[derive(Debug)]
+pub struct Claim {
+    pub slot: Arc<Slot>,
+    pub connection_id: u64,
+    /// Fired when a newer connection takes over.
+    pub kick: Arc<Kick>,
+    /// To fire once this connection has ended.
+    pub done: Arc<Signal>,
+}
+
 /// The connection that currently owns a slot.
 #[derive(Debug)]
 pub struct Owner {

@@ -23,7 +23,7 @@ use crate::topic::{self, Inbound, SubscriptionKind};
 
 use crate::broker::queue::{Queue, Signal};
 use crate::broker::requests;
-use crate::broker::session::{Kick, Owner, Settle, Slot, Subscriptions};
+use crate::broker::session::{Claim, Kick, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
 use crate::listeners::permit::Permit;
 
@@ -50,8 +50,6 @@ const OWN_LANE_WAIT: Duration = Duration::from_secs(5);
 const PUBLISH_BATCH_MAX: usize = 64;
 /// Stands for "never" where a deadline cannot be represented (a token valid for centuries).
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-/// How long a new connection for an identity waits for the old one to hand its session over.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Messages the store did not take: every publisher's retries would repeat the line. (Bad input
 /// is logged once per connection, unlimited: each line names its peer and what it sent, and
@@ -375,26 +373,8 @@ impl Session {
         peer: String,
         socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
     ) -> Session {
-        let slot = broker.sessions.slot(&auth.identity.client_id());
-        let kicked = Arc::new(Kick::new(socket));
-        let done = Arc::new(Signal::default());
-        let connection_id = broker.next_connection_id();
-        let previous = slot.state().owner.replace(Owner { connection_id, kick: kicked.clone(), done: done.clone() });
-        if let Some(previous) = previous {
-            log::info!("{peer}: {} connected again; closing its previous connection", auth.identity);
-            previous.kick.fire();
-            let _ = smol::future::or(
-                async {
-                    previous.done.wait().await;
-                    true
-                },
-                async {
-                    smol::Timer::after(TAKEOVER_WAIT).await;
-                    false
-                },
-            )
-            .await;
-        }
+        let Claim { slot, connection_id, kick: kicked, done } =
+            broker.take_slot(&auth.identity, Kick::new(socket), &peer).await;
         let clean = connect.clean_session;
         let session_present = {
             let mut state = slot.state();
