@@ -27,7 +27,6 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::inflight::InFlight;
-use crate::broker::queue::Signal;
 use crate::broker::requests;
 use crate::broker::session::{Claim, Completion, Control, Delivery, Kick, Origin, Settle, Slot, Subscriptions};
 use crate::broker::Broker;
@@ -163,7 +162,6 @@ struct Owned {
     slot: Arc<Slot>,
     connection_id: u64,
     kick: Arc<Kick>,
-    done: Arc<Signal>,
     /// Unsettled module inputs and C2D messages, by the id [`InFlight`] gave them.
     inflight: InFlight,
 }
@@ -1014,8 +1012,7 @@ impl Conn {
         if self.owned.contains_key(identity) {
             return;
         }
-        let Claim { slot, connection_id, kick, done } =
-            self.broker.take_slot(identity, Kick::new(None), &self.peer).await;
+        let Claim { slot, connection_id, kick } = self.broker.take_slot(identity, Kick::new(None), &self.peer).await;
         {
             let mut state = slot.state();
             state.inputs = None;
@@ -1023,7 +1020,7 @@ impl Conn {
             state.persistent = false;
         }
         slot.bump();
-        self.owned.insert(identity.clone(), Owned { slot, connection_id, kick, done, inflight: InFlight::default() });
+        self.owned.insert(identity.clone(), Owned { slot, connection_id, kick, inflight: InFlight::default() });
     }
 
     /// What a link of `kind` being attached (`on`) or gone means for its identity's slot:
@@ -1073,7 +1070,7 @@ impl Conn {
             slot.desired_changed();
         }
         // Method callers waiting for this client to subscribe look again.
-        slot.changed.notify(usize::MAX);
+        crate::broker::queue::notify_listened(&slot.changed, usize::MAX);
     }
 
     /// A link was detached or its session ended.
@@ -1174,7 +1171,7 @@ impl Conn {
             let e = error(ErrorCondition::LinkError(LinkError::Stolen), "taken over by a new connection");
             self.detach(channel, handle, Some(e));
         }
-        owned.done.fire();
+        owned.kick.done.fire();
     }
 
     /// The connection ended: the slots it owns are given up.
@@ -1196,7 +1193,7 @@ impl Conn {
                     cloud.disconnected(&identity.client_id());
                 }
             }
-            owned.done.fire();
+            owned.kick.done.fire();
         }
     }
 

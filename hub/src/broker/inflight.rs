@@ -48,6 +48,11 @@ impl InFlight {
         self.list.is_empty()
     }
 
+    /// Nothing in flight, held back or waiting to be settled: dropping this loses nothing.
+    pub fn is_settled(&self) -> bool {
+        self.list.is_empty() && self.acked_early.is_empty() && self.written.is_empty() && self.completions.is_empty()
+    }
+
     /// A free identifier for the next delivery: non-zero, not in flight (MQTT packet ids).
     pub fn next_id(&mut self) -> u16 {
         loop {

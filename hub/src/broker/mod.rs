@@ -308,20 +308,19 @@ impl Broker {
     pub(crate) async fn take_slot(&self, identity: &Identity, kick: session::Kick, peer: &str) -> session::Claim {
         let slot = self.sessions.slot(&identity.client_id());
         let kick = Arc::new(kick);
-        let done = Arc::new(queue::Signal::default());
         let connection_id = self.next_connection_id();
-        let owner = session::Owner { connection_id, kick: kick.clone(), done: done.clone() };
+        let owner = session::Owner { connection_id, kick: kick.clone() };
         let previous = slot.state().owner.replace(owner);
         if let Some(previous) = previous {
             log::info!("{peer}: {identity} connected again; closing its previous connection");
             previous.kick.fire();
-            let handed_over = previous.done.wait();
+            let handed_over = previous.kick.done.wait();
             let waited = async {
                 smol::Timer::after(session::TAKEOVER_WAIT).await;
             };
             smol::future::or(handed_over, waited).await;
         }
-        session::Claim { slot, connection_id, kick, done }
+        session::Claim { slot, connection_id, kick }
     }
 }
 

@@ -49,7 +49,7 @@ impl ModulePump {
 
     async fn wait_online(&self) -> u64 {
         loop {
-            let changed = self.slot.changed.listen();
+            let changed = super::queue::listen(&self.slot.changed);
             if let Some(generation) = self.slot.online_generation() {
                 return generation;
             }
@@ -66,7 +66,7 @@ impl ModulePump {
                 Ok(None) => {
                     // Listen first, then look again: an append between the two is not missed.
                     let appended = self.store.appended().listen();
-                    let changed = self.slot.changed.listen();
+                    let changed = super::queue::listen(&self.slot.changed);
                     if self.slot.generation() != generation {
                         return;
                     }
@@ -118,7 +118,7 @@ impl ModulePump {
                 // The module reads slower than messages arrive: wait for room (the store holds
                 // the backlog), unless the connection changes meanwhile.
                 Metrics::inc(&self.metrics.backpressure_waits);
-                let changed = self.slot.changed.listen();
+                let changed = super::queue::listen(&self.slot.changed);
                 if self.slot.generation() != generation {
                     return false;
                 }

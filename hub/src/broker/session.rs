@@ -19,16 +19,21 @@ use super::queue::{Queue, Signal};
 /// by shutting its socket down, which its reader sees as end of stream: no wake-up registration
 /// per idle connection. A TLS connection (whose socket sits inside the TLS stream) is told
 /// through a signal its reader waits on.
+///
+/// It also carries the other direction of a takeover: the connection fires `done` once it
+/// has ended, which the newer one waits for (one allocation per connection for both).
 #[derive(Debug, Default)]
 pub struct Kick {
     taken_over: AtomicBool,
     socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
     signal: Signal,
+    /// Fired by the connection once it has ended.
+    pub done: Signal,
 }
 
 impl Kick {
     pub fn new(socket: Option<Arc<smol::Async<std::net::TcpStream>>>) -> Kick {
-        Kick { taken_over: AtomicBool::new(false), socket, signal: Signal::default() }
+        Kick { taken_over: AtomicBool::new(false), socket, signal: Signal::default(), done: Signal::default() }
     }
 
     /// Ends the connection that owns this kick.
@@ -144,20 +149,18 @@ pub const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 pub struct Claim {
     pub slot: Arc<Slot>,
     pub connection_id: u64,
-    /// Fired when a newer connection takes over.
+    /// Fired when a newer connection takes over; its `done` is to fire once this connection
+    /// has ended.
     pub kick: Arc<Kick>,
-    /// To fire once this connection has ended.
-    pub done: Arc<Signal>,
 }
 
 /// The connection that currently owns a slot.
 #[derive(Debug)]
 pub struct Owner {
     pub connection_id: u64,
-    /// Fired to tell the owner to end (a newer connection took over).
+    /// Fired to tell the owner to end (a newer connection took over); its `done` fires when
+    /// the owner has ended.
     pub kick: Arc<Kick>,
-    /// Fired when the owner has ended.
-    pub done: Arc<Signal>,
 }
 
 /// What a slot remembers between connections.
@@ -214,7 +217,7 @@ impl Slot {
     /// generation and wakes the pumps.
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify(usize::MAX);
+        super::queue::notify_listened(&self.changed, usize::MAX);
     }
 
     /// The current generation while a connected client takes deliveries.

@@ -268,7 +268,7 @@ impl Methods {
 async fn wait_for_subscriber(slot: &Slot, timeout: Duration) -> Result<(), ()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let changed = slot.changed.listen();
+        let changed = crate::broker::queue::listen(&slot.changed);
         if slot.takes_methods() {
             return Ok(());
         }

@@ -1,8 +1,11 @@
-//! One client connection: CONNECT and authentication, then the reading half (packets in,
-//! routing, acknowledgements out through the writer task).
+//! One client connection: CONNECT and authentication, then one task that runs the reading
+//! half (packets in, routing, acknowledgements handed to the writer) and the writing half
+//! together while the connection is busy, and waits with only their kept state while it is
+//! idle (see [`Session::run`]).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +24,7 @@ use crate::message::Properties;
 use crate::metrics::Metrics;
 use crate::topic::{self, Inbound, SubscriptionKind};
 
+use crate::broker::inflight::InFlight;
 use crate::broker::queue::{Queue, Signal};
 use crate::broker::requests;
 use crate::broker::session::{Claim, Kick, Settle, Slot, Subscriptions};
@@ -115,7 +119,8 @@ enum Wake {
 /// register and cancel a timer per read.
 struct Deadlines {
     timer: smol::Timer,
-    keep_alive: Option<Duration>,
+    /// How long the client may stay silent, in ms (0: no keep-alive). At most 1.5 × 65535 s.
+    keep_alive_ms: u32,
     /// When the SAS token expires (or, before CONNECT, the connect deadline).
     token_at: Instant,
     last_read: Instant,
@@ -124,16 +129,21 @@ struct Deadlines {
 impl Deadlines {
     fn new(keep_alive: Option<Duration>, token_at: Instant) -> Deadlines {
         let now = Instant::now();
-        let mut deadlines = Deadlines { timer: smol::Timer::never(), keep_alive, token_at, last_read: now };
+        let keep_alive_ms = keep_alive.map_or(0, |k| u32::try_from(k.as_millis()).unwrap_or(u32::MAX).max(1));
+        let mut deadlines = Deadlines { timer: smol::Timer::never(), keep_alive_ms, token_at, last_read: now };
         deadlines.timer.set_at(deadlines.next());
         deadlines
     }
 
     fn next(&self) -> Instant {
-        match self.keep_alive {
+        match self.keep_alive() {
             Some(k) => (self.last_read + k).min(self.token_at),
             None => self.token_at,
         }
+    }
+
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(u64::from(self.keep_alive_ms)))
     }
 
     /// The timer fired: which deadline passed, or `None` after moving it to the next one.
@@ -142,7 +152,7 @@ impl Deadlines {
         if self.token_at <= now {
             return Some(Wake::TokenExpired);
         }
-        if self.keep_alive.is_some_and(|k| self.last_read + k <= now) {
+        if self.keep_alive().is_some_and(|k| self.last_read + k <= now) {
             return Some(Wake::KeepAliveExpired);
         }
         self.timer.set_at(self.next());
@@ -150,11 +160,52 @@ impl Deadlines {
     }
 }
 
-/// Reads until `buf` holds at least one more byte, or something else ends the wait. The
-/// buffer is grown for the read and shrunk back on every path, so no zeroes leak into it; an
-/// empty buffer is only allocated once the socket is readable, so an idle connection holds none.
+/// Polls the socket, the kick and the deadlines' timer once: `Ready` when `buf` holds at least
+/// one more byte (after its first `start`), or something else ends the wait. The buffer is
+/// grown for the read and shrunk back on every path, so no zeroes leak into it; an empty
+/// buffer is only allocated once the socket is readable, so an idle connection holds none.
+/// `kick_listener` is the caller's, kept between polls.
+#[allow(clippy::too_many_arguments)]
+fn poll_fill<R: AsyncRead + Unpin>(
+    cx: &mut std::task::Context<'_>,
+    reader: &mut Reader<R>,
+    buf: &mut BytesMut,
+    deadlines: &mut Deadlines,
+    kicked: Option<&Signal>,
+    kick_listener: &mut Option<event_listener::EventListener>,
+    start: usize,
+    chunk: usize,
+) -> Poll<Wake> {
+    let wake = 'woke: {
+        if let Some(signal) = kicked {
+            if signal.poll_wait(cx, kick_listener).is_ready() {
+                break 'woke Wake::Kicked;
+            }
+        }
+        if let Poll::Ready(read) = reader.poll_read_into(cx, buf, start, chunk) {
+            break 'woke Wake::Read(read);
+        }
+        while Pin::new(&mut deadlines.timer).poll(cx).is_ready() {
+            if let Some(expired) = deadlines.fired() {
+                break 'woke expired;
+            }
+        }
+        return Poll::Pending;
+    };
+    let filled = match &wake {
+        Wake::Read(Ok(n)) => *n,
+        _ => 0,
+    };
+    buf.truncate(start + filled);
+    if filled > 0 {
+        deadlines.last_read = Instant::now();
+    }
+    Poll::Ready(wake)
+}
+
+/// Waits for [`poll_fill`]. `idle` (the reader's flag, after CONNECT) is set while it waits.
 ///
-/// A function returning a `poll_fn` rather than an `async fn`: the wait is part of every idle
+/// A function returning a `poll_fn` rather than an `async fn`: the wait is part of every
 /// connection's task, and this keeps it to the references it needs.
 fn fill<'a, R: AsyncRead + Unpin>(
     reader: &'a mut Reader<R>,
@@ -162,37 +213,90 @@ fn fill<'a, R: AsyncRead + Unpin>(
     deadlines: &'a mut Deadlines,
     kicked: Option<&'a Signal>,
     chunk: usize,
+    idle: Option<&'a AtomicBool>,
 ) -> impl Future<Output = Wake> + 'a {
     let start = buf.len();
     let mut kick_listener = None;
-    // One poll over the three sources, with no future for each: an idle connection's wait is
-    // its listener, its timer and the socket's registration.
+    // One poll over the three sources, with no future for each: the wait is the socket's
+    // registration, the timer and (TLS only) a listener.
     std::future::poll_fn(move |cx| {
-        let wake = 'woke: {
-            if let Some(signal) = kicked {
-                if signal.poll_wait(cx, &mut kick_listener).is_ready() {
-                    break 'woke Wake::Kicked;
-                }
-            }
-            if let Poll::Ready(read) = reader.poll_read_into(cx, buf, start, chunk) {
-                break 'woke Wake::Read(read);
-            }
-            while Pin::new(&mut deadlines.timer).poll(cx).is_ready() {
-                if let Some(expired) = deadlines.fired() {
-                    break 'woke expired;
-                }
-            }
-            return Poll::Pending;
-        };
-        let filled = match &wake {
-            Wake::Read(Ok(n)) => *n,
-            _ => 0,
-        };
-        buf.truncate(start + filled);
-        if filled > 0 {
-            deadlines.last_read = Instant::now();
+        let polled = poll_fill(cx, reader, buf, deadlines, kicked, &mut kick_listener, start, chunk);
+        if let Some(idle) = idle {
+            idle.store(polled.is_pending(), Ordering::Relaxed);
         }
-        Poll::Ready(wake)
+        polled
+    })
+}
+
+/// What the reading half keeps between wake-ups (see [`Session::run`]).
+struct ReadState<R> {
+    reader: Reader<R>,
+    /// Bytes read and not yet decoded: empty, and unallocated, while the client is quiet.
+    buf: BytesMut,
+    deadlines: Deadlines,
+    /// Bytes asked of the next read (grows while the client is busy).
+    read_chunk: usize,
+    /// What ended an idle wait on the socket, the timer or the kick, for the reader to act on
+    /// (bytes that came are in `buf` already).
+    woke: Option<Wake>,
+}
+
+impl<R> ReadState<R> {
+    /// How much the next read asks for: the rest of a packet begun in the buffer at once,
+    /// however large.
+    fn chunk(&self, max_packet_bytes: usize) -> usize {
+        self.read_chunk.max(codec::shortfall(&self.buf).min(max_packet_bytes))
+    }
+}
+
+/// Whether each half of a busy connection waits with nothing in progress; both at once means
+/// the connection is idle (see [`Session::run`]).
+#[derive(Default)]
+struct Idle {
+    reader: AtomicBool,
+    writer: AtomicBool,
+}
+
+impl Idle {
+    fn reset(&self) {
+        self.reader.store(false, Ordering::Relaxed);
+        self.writer.store(false, Ordering::Relaxed);
+    }
+
+    fn both(&self) -> bool {
+        self.reader.load(Ordering::Relaxed) && self.writer.load(Ordering::Relaxed)
+    }
+}
+
+/// An idle connection's wait: for bytes, the timer or the kick (noted in `rs.woke`), or for
+/// work for the writer (a control-lane item, or a delivery if it may take one). Nothing is taken
+/// from the queues here: the busy connection takes it.
+fn idle_wait<'a, R: AsyncRead + Unpin>(
+    rs: &'a mut ReadState<R>,
+    slot: &'a Slot,
+    take_delivery: bool,
+    kicked: Option<&'a Signal>,
+    max_packet_bytes: usize,
+) -> impl Future<Output = ()> + 'a {
+    let mut kick_listener = None;
+    // Used only while another consumer's waker is the one a queue keeps (a takeover).
+    let mut listeners: [Option<event_listener::EventListener>; 2] = [None, None];
+    std::future::poll_fn(move |cx| {
+        // The buffer is as it was after every `Pending`.
+        let chunk = rs.chunk(max_packet_bytes);
+        let ReadState { reader, buf, deadlines, woke, .. } = &mut *rs;
+        let start = buf.len();
+        if let Poll::Ready(wake) = poll_fill(cx, reader, buf, deadlines, kicked, &mut kick_listener, start, chunk) {
+            *woke = Some(wake);
+            return Poll::Ready(());
+        }
+        if slot.control.poll_ready(cx, &mut listeners[0]).is_ready() {
+            return Poll::Ready(());
+        }
+        if take_delivery && slot.mailbox.poll_ready(cx, &mut listeners[1]).is_ready() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     })
 }
 
@@ -239,7 +343,7 @@ where
             log::warn!("{peer}: {e}; closed before CONNECT");
             return;
         }
-        match fill(&mut reader, &mut buf, &mut connect_deadline, None, READ_CHUNK_BYTES).await {
+        match fill(&mut reader, &mut buf, &mut connect_deadline, None, READ_CHUNK_BYTES, None).await {
             Wake::Read(Ok(n)) if n > 0 => {}
             Wake::Read(Ok(_)) if buf.is_empty() => {
                 // Port probes and health checks do this; nothing to report.
@@ -272,6 +376,7 @@ where
         return;
     };
     permit.authenticated();
+    let token_expiry = auth.token_expiry;
     let session = Box::pin(Session::open(&broker, auth, &connect, peer, reader.probe.clone())).await;
     // Keep only what outlives CONNECT: the block drops credentials and client id now, not when
     // the connection ends (a partial move would keep the rest alive until then).
@@ -280,7 +385,22 @@ where
         // Boxed: most clients have none, and it is kept for the whole connection.
         (connect.last_will.map(Box::new), connect.keep_alive)
     };
-    smol::spawn(session.run(broker, will, keep_alive, reader, writer, buf, permit)).detach();
+    // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    // A token may claim an expiry far beyond what an Instant can hold: then a century is as
+    // good as never.
+    let now = Instant::now();
+    let token_left = Duration::from_secs(token_expiry.saturating_sub(unix_now()));
+    let token_at = now.checked_add(token_left).unwrap_or_else(|| now + FAR_FUTURE);
+    let rs = ReadState {
+        reader,
+        buf,
+        deadlines: Deadlines::new(keep_alive, token_at),
+        read_chunk: READ_CHUNK_BYTES,
+        woke: None,
+    };
+    let ws = session.writer(&broker, writer);
+    smol::spawn(session.run(broker, will, rs, ws, permit)).detach();
 }
 
 /// Checks protocol and credentials; answers refusals itself.
@@ -349,16 +469,12 @@ enum Published {
 /// An accepted connection and the slot it owns.
 struct Session {
     identity: Identity,
-    token_expiry: u64,
     slot: Arc<Slot>,
     connection_id: u64,
     kicked: Arc<Kick>,
-    done: Arc<Signal>,
     session_present: bool,
     clean: bool,
-    peer: String,
-    /// The cloud side, told of subscription changes and the disconnect.
-    cloud: Option<Arc<dyn crate::broker::CloudHooks>>,
+    peer: Box<str>,
     /// This identity's counters (metrics with an `id` label).
     counters: Arc<crate::metrics::ClientCounters>,
 }
@@ -373,7 +489,7 @@ impl Session {
         peer: String,
         socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
     ) -> Session {
-        let Claim { slot, connection_id, kick: kicked, done } =
+        let Claim { slot, connection_id, kick: kicked } =
             broker.take_slot(&auth.identity, Kick::new(socket), &peer).await;
         let clean = connect.clean_session;
         let session_present = {
@@ -397,15 +513,12 @@ impl Session {
         let counters = broker.clients.of(&auth.identity.client_id());
         Session {
             identity: auth.identity,
-            token_expiry: auth.token_expiry,
             slot,
             connection_id,
             kicked,
-            done,
             session_present,
             clean,
-            peer,
-            cloud: broker.cloud(),
+            peer: peer.into_boxed_str(),
             counters,
         }
     }
@@ -414,15 +527,21 @@ impl Session {
     /// connecting needed is freed. A function returning an `async move` block (not an `async
     /// fn`) so that its arguments are kept once, where they were captured, rather than twice.
     /// `permit`: the socket's place under `max_connections`, given back at the end.
-    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    ///
+    /// A busy connection runs its reading and writing halves together ([`Session::busy`], in a
+    /// box). When both wait with nothing in progress, the box is dropped and the task waits
+    /// in [`idle_wait`] with only what outlives a wait (`rs`, `ws`, and `inflight` while a
+    /// delivery waits for its acknowledgement or settlement): an idle
+    /// connection's task is sized for that, not for reading and writing. The next byte, timer,
+    /// kick or item for the writer makes it busy again (one allocation per busy spell, none
+    /// per message while it stays busy).
+    #[allow(clippy::manual_async_fn)]
     fn run<R, W>(
         self,
         broker: Arc<Broker>,
-        will: Option<Box<LastWill>>,
-        keep_alive: u16,
-        mut reader: Reader<R>,
-        writer: W,
-        mut buf: BytesMut,
+        mut will: Option<Box<LastWill>>,
+        mut rs: ReadState<R>,
+        mut ws: Writer<W>,
         permit: Permit,
     ) -> impl Future<Output = ()> + Send + 'static
     where
@@ -430,46 +549,35 @@ impl Session {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         async move {
-            // The writer runs in this task beside the reader (one task per connection): the
-            // reader hands it acknowledgements through `ctrl`, whose listeners wake this task.
-            let ctrl = Queue::new(CTRL_QUEUE_MAX);
-            let writer = self.writer(&broker, writer, &ctrl).run();
-            let reading = async {
-                // MQTT 3.1.1 §3.1.2.10: the server allows one and a half keep-alive periods.
-                let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-                let end = self.read_loop(&broker, &mut reader, &mut buf, keep_alive, &ctrl).await;
-                match &end {
-                    End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
-                    End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
-                    End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
-                    End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
+            // Boxed, and only kept across an idle wait while it holds something.
+            let mut inflight: Option<Box<InFlight>> = None;
+            let idle = Idle::default();
+            loop {
+                idle.reset();
+                let flight = inflight.get_or_insert_with(Box::default);
+                let mut busy = Box::pin(self.busy(&broker, &mut rs, &mut ws, flight, &idle, &mut will));
+                // Both halves waiting with nothing in progress: everything they need later is
+                // in rs, ws and inflight, so the box can go.
+                let idled = std::future::poll_fn(|cx| match busy.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(false),
+                    Poll::Pending if idle.both() => Poll::Ready(true),
+                    Poll::Pending => Poll::Pending,
+                })
+                .await;
+                drop(busy);
+                if !idled {
+                    break;
                 }
-                if let (false, Some(will)) = (matches!(end, End::Graceful), will.map(|will| *will)) {
-                    let publish = Publish {
-                        dup: false,
-                        qos: will.qos,
-                        retain: will.retain,
-                        topic: will.topic,
-                        pkid: 1,
-                        payload: will.message,
-                    };
-                    match Box::pin(self.publish(&broker, publish)).await {
-                        Ok(Published::Accepted(_)) => {}
-                        Ok(Published::NotStored(why)) => {
-                            log_limited!(
-                                NOT_ACCEPTED,
-                                log::Level::Warn,
-                                "{}: will of {} not accepted: {why}",
-                                self.peer,
-                                self.identity
-                            )
-                        }
-                        Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
-                    }
+                // Written and flushed before the writer waited: no buffer is kept while idle.
+                ws.out = BytesMut::new();
+                let take_delivery = ws.can_take(inflight.as_deref().unwrap_or(&InFlight::default()));
+                if inflight.as_ref().is_some_and(|flight| flight.is_settled()) {
+                    // Packet ids are free for reuse once every delivery is settled.
+                    inflight = None;
                 }
-                ctrl.close();
-            };
-            smol::future::zip(reading, writer).await;
+                idle_wait(&mut rs, &self.slot, take_delivery, self.kicked.signal(), broker.limits.max_packet_bytes)
+                    .await;
+            }
             let released = {
                 let mut state = self.slot.state();
                 let ours = state.owner.as_ref().is_some_and(|o| o.connection_id == self.connection_id);
@@ -485,18 +593,77 @@ impl Session {
             };
             if released {
                 self.slot.bump();
-                if let Some(cloud) = &self.cloud {
+                if let Some(cloud) = broker.cloud() {
                     cloud.disconnected(&self.identity.client_id());
                 }
             }
-            self.done.fire();
+            self.kicked.done.fire();
             // The socket is closed by now; its place under max_connections is free again.
             drop(permit);
         }
     }
 
-    /// The connection's writer (CONNACK first), reading `ctrl`.
-    fn writer<'a, W>(&self, broker: &Broker, writer: W, ctrl: &'a Queue<Ctrl>) -> Writer<'a, W>
+    /// The reading and writing halves of a busy connection, joined: the reader hands the
+    /// writer acknowledgements through `ctrl`, whose wake-ups reach this same task. Ends when
+    /// the connection does (the will, if due, published); dropped by [`Session::run`] when
+    /// both halves are idle.
+    #[allow(clippy::manual_async_fn)]
+    fn busy<'a, R, W>(
+        &'a self,
+        broker: &'a Broker,
+        rs: &'a mut ReadState<R>,
+        ws: &'a mut Writer<W>,
+        inflight: &'a mut InFlight,
+        idle: &'a Idle,
+        will: &'a mut Option<Box<LastWill>>,
+    ) -> impl Future<Output = ()> + Send + 'a
+    where
+        R: AsyncRead + Unpin + Send + 'a,
+        W: AsyncWrite + Unpin + Send + 'a,
+    {
+        async move {
+            // Empty whenever both halves are idle: the writer drains it before it waits.
+            let ctrl = Queue::new(CTRL_QUEUE_MAX);
+            let writing = ws.run(&ctrl, inflight, &idle.writer);
+            let reading = async {
+                let end = self.read_loop(broker, rs, &ctrl, &idle.reader).await;
+                match &end {
+                    End::Graceful => log::info!("{}: {} disconnected", self.peer, self.identity),
+                    End::Abnormal(why) => log::info!("{}: {} connection closed: {why}", self.peer, self.identity),
+                    End::Refused(why) => log::warn!("{}: {} connection closed: {why}", self.peer, self.identity),
+                    End::Logged(why) => log::debug!("{}: {} connection closed: {why}", self.peer, self.identity),
+                }
+                if let (false, Some(will)) = (matches!(end, End::Graceful), will.take().map(|will| *will)) {
+                    let publish = Publish {
+                        dup: false,
+                        qos: will.qos,
+                        retain: will.retain,
+                        topic: will.topic,
+                        pkid: 1,
+                        payload: will.message,
+                    };
+                    match Box::pin(self.publish(broker, publish)).await {
+                        Ok(Published::Accepted(_)) => {}
+                        Ok(Published::NotStored(why)) => {
+                            log_limited!(
+                                NOT_ACCEPTED,
+                                log::Level::Warn,
+                                "{}: will of {} not accepted: {why}",
+                                self.peer,
+                                self.identity
+                            )
+                        }
+                        Err(why) => log::warn!("{}: will of {} not published: {why}", self.peer, self.identity),
+                    }
+                }
+                ctrl.close();
+            };
+            smol::future::zip(reading, writing).await;
+        }
+    }
+
+    /// The connection's writer, with the CONNACK to write first.
+    fn writer<W>(&self, broker: &Arc<Broker>, writer: W) -> Writer<W>
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -505,15 +672,10 @@ impl Session {
         let inputs = self.slot.state().inputs;
         Writer {
             sink: writer,
-            ctrl,
+            broker: broker.clone(),
             slot: self.slot.clone(),
             inputs,
-            max_inflight: broker.limits.max_inflight,
-            metrics: broker.metrics.clone(),
-            commit: broker.commit.clone(),
-            store: broker.router.store().clone(),
-            twins: broker.twins.clone(),
-            client_id: self.identity.client_id(),
+            client_id: self.identity.client_id().into_boxed_str(),
             out,
             desired_written: None,
         }
@@ -522,26 +684,18 @@ impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         broker: &Broker,
-        reader: &mut Reader<R>,
-        buf: &mut BytesMut,
-        keep_alive: Option<Duration>,
+        rs: &mut ReadState<R>,
         ctrl: &Queue<Ctrl>,
+        idle: &AtomicBool,
     ) -> End {
         // Telemetry PUBLISHes decoded from the buffer and not yet routed: routed together when
         // the buffer holds no more, when another packet comes, or at the batch bound, so their
         // order and that of their PUBACKs stays the order they came in.
         let mut batch: Vec<(QoS, u16, Properties, Bytes)> = Vec::new();
-        let mut read_chunk = READ_CHUNK_BYTES;
-        // A token may claim an expiry far beyond what an Instant can hold: then a century is as
-        // good as never.
-        let now = Instant::now();
-        let token_left = Duration::from_secs(self.token_expiry.saturating_sub(unix_now()));
-        let token_at = now.checked_add(token_left).unwrap_or_else(|| now + FAR_FUTURE);
-        let mut deadlines = Deadlines::new(keep_alive, token_at);
         loop {
             // Decided without waiting, so no packet is held across a wait: only what the step
             // needs afterwards (a small control item, or a rare packet in a box).
-            let step = match codec::decode(buf, broker.limits.max_packet_bytes) {
+            let step = match codec::decode(&mut rs.buf, broker.limits.max_packet_bytes) {
                 Ok(Some(packet)) => self.step(broker, packet, &mut batch),
                 Ok(None) => Step::Fill,
                 Err(e) => {
@@ -575,20 +729,34 @@ impl Session {
                 Step::Fill => {
                     // Nothing partial left: give the buffer back while the client is idle
                     // (frames still referenced by deliveries keep their own share).
-                    if buf.is_empty() && buf.capacity() > 0 {
-                        *buf = BytesMut::new();
-                        read_chunk = READ_CHUNK_BYTES;
+                    if rs.buf.is_empty() && rs.buf.capacity() > 0 {
+                        rs.buf = BytesMut::new();
+                        rs.read_chunk = READ_CHUNK_BYTES;
                     }
-                    // The rest of a packet begun in the buffer is read at once, however large.
-                    let chunk = read_chunk.max(codec::shortfall(buf).min(broker.limits.max_packet_bytes));
-                    match fill(reader, buf, &mut deadlines, self.kicked.signal(), chunk).await {
+                    let chunk = rs.chunk(broker.limits.max_packet_bytes);
+                    let wake = match rs.woke.take() {
+                        // What ended the idle wait (its bytes, if any, were decoded above).
+                        Some(woke) => woke,
+                        None => {
+                            fill(
+                                &mut rs.reader,
+                                &mut rs.buf,
+                                &mut rs.deadlines,
+                                self.kicked.signal(),
+                                chunk,
+                                Some(idle),
+                            )
+                            .await
+                        }
+                    };
+                    match wake {
                         Wake::Read(_) if self.kicked.taken_over() => {
                             return End::Abnormal("taken over by a new connection".into())
                         }
                         Wake::Read(Ok(0)) => return End::Abnormal("closed by the client".into()),
                         Wake::Read(Ok(n)) => {
                             if n == chunk {
-                                read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
+                                rs.read_chunk = (rs.read_chunk * 2).min(READ_CHUNK_MAX);
                             }
                         }
                         Wake::Read(Err(e)) => return End::Abnormal(format!("read error: {e}")),
@@ -643,7 +811,7 @@ impl Session {
                 return Some(End::Refused("UNSUBSCRIBE with packet id 0 or no filter".into()))
             }
             Packet::Subscribe(s) => Box::pin(self.subscribe(broker, s, ctrl)).await,
-            Packet::Unsubscribe(u) => self.unsubscribe(u, ctrl).await,
+            Packet::Unsubscribe(u) => self.unsubscribe(broker, u, ctrl).await,
             Packet::PingReq => ctrl.push(Ctrl::PingResp).await,
             Packet::Disconnect => return Some(End::Graceful),
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
@@ -798,7 +966,7 @@ impl Session {
         }
         ctrl.push(Ctrl::SubAck(s.pkid, codes)).await?;
         if !iothub.is_empty() {
-            self.set_subscriptions(&iothub, true);
+            self.set_subscriptions(broker, &iothub, true);
         }
         if let Some(qos) = inputs {
             let settle = settle_of(qos);
@@ -817,7 +985,7 @@ impl Session {
     /// Records `$iothub` and C2D subscriptions (no new generation: the store pumps are not
     /// concerned). A new desired-patch subscription gets the one patch that brings the client
     /// up to date, whether or not it ever did a GET (edgeHub needs a GET first, #2757).
-    fn set_subscriptions(&self, kinds: &[SubscriptionKind], on: bool) {
+    fn set_subscriptions(&self, broker: &Broker, kinds: &[SubscriptionKind], on: bool) {
         let subscriptions = {
             let mut state = self.slot.state();
             for kind in kinds {
@@ -833,7 +1001,7 @@ impl Session {
             state.subscriptions
         };
         // Outside the slot's lock: the cloud side takes its own.
-        if let Some(cloud) = &self.cloud {
+        if let Some(cloud) = broker.cloud() {
             let id = self.identity.client_id();
             cloud.subscriptions(&id, subscriptions);
             if on && kinds.contains(&SubscriptionKind::DesiredPatches) {
@@ -844,7 +1012,7 @@ impl Session {
             self.slot.desired_changed();
         }
         // Method callers waiting for this client to subscribe look again.
-        self.slot.changed.notify(usize::MAX);
+        crate::broker::queue::notify_listened(&self.slot.changed, usize::MAX);
     }
 
     /// Serves a `$iothub/…` request (twin GET and reported PATCH, method responses) through
@@ -871,7 +1039,7 @@ impl Session {
         }
     }
 
-    async fn unsubscribe(&self, u: Unsubscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
+    async fn unsubscribe(&self, broker: &Broker, u: Unsubscribe, ctrl: &Queue<Ctrl>) -> Result<(), Ctrl> {
         let iothub: Vec<SubscriptionKind> = u
             .topics
             .iter()
@@ -879,7 +1047,7 @@ impl Session {
             .filter(|kind| *kind != SubscriptionKind::ModuleInputs)
             .collect();
         if !iothub.is_empty() {
-            self.set_subscriptions(&iothub, false);
+            self.set_subscriptions(broker, &iothub, false);
         }
         if u.topics
             .iter()

@@ -9,6 +9,7 @@
 //! advances its endpoint's checkpoint in order through the core's [`InFlight`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -17,13 +18,12 @@ use mqttbytes::QoS;
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
 use crate::topic;
-use crate::twin::Twins;
 
-use crate::broker::inflight::{Commit, InFlight};
+use crate::broker::inflight::InFlight;
 use crate::broker::queue::Queue;
 use crate::broker::session::{Control, Delivery, Settle, Slot};
+use crate::broker::Broker;
 
 use super::codec;
 
@@ -57,22 +57,18 @@ pub enum Ctrl {
     Inputs(Option<Settle>),
 }
 
-/// Everything the writer needs.
-pub struct Writer<'a, W> {
+/// Everything the writer keeps between wake-ups. It lives in the connection's task and is
+/// lent to [`Writer::run`] while the connection is busy (see `mqtt::connection`, where an idle
+/// connection drops the future that reads and writes and keeps only this).
+pub struct Writer<W> {
     pub sink: W,
-    /// Closed by the reader when the connection ends; closed here when the socket fails.
-    pub ctrl: &'a Queue<Ctrl>,
+    /// Limits, metrics, the store (durability of accepted messages, checkpoints of deliveries)
+    /// and the twins (where desired patches come from).
+    pub broker: Arc<Broker>,
     pub slot: Arc<Slot>,
     pub inputs: Option<Settle>,
-    pub max_inflight: usize,
-    pub metrics: Arc<Metrics>,
-    pub commit: Commit,
-    /// Says when an accepted message is durable.
-    pub store: Arc<Store>,
-    /// Where desired patches come from.
-    pub twins: Arc<Twins>,
     /// The identity's client id (`d` or `d/m`): its twin's name.
-    pub client_id: String,
+    pub client_id: Box<str>,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
     /// The newest desired `$version` in `out` (a desired patch or a GET answer): recorded as
@@ -88,19 +84,23 @@ enum Event {
     Durable(bool),
 }
 
-impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
-    /// Runs until the reader closes the control queue or the socket fails. Whatever was not
-    /// acknowledged stays in the store and comes again on the next connection.
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Runs until the reader closes `ctrl` or the socket fails. Whatever was not acknowledged
+    /// stays in the store and comes again on the next connection.
     ///
-    /// A function returning an `async move` block rather than an `async fn`, so the writer is
-    /// kept once in the task, where it was captured, not copied into a second place.
-    #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'a
+    /// `idle` is set while the writer waits with nothing in progress (no PUBACK waiting for
+    /// the disk, nothing unwritten): dropping the future then loses nothing, as everything
+    /// that outlives a wait is in `self` and `inflight`.
+    pub fn run<'a>(
+        &'a mut self,
+        ctrl: &'a Queue<Ctrl>,
+        inflight: &'a mut InFlight,
+        idle: &'a AtomicBool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a
     where
         W: Send,
     {
         async move {
-            let mut inflight = InFlight::default();
             let mut pubacks: VecDeque<(u16, u64)> = VecDeque::new();
             // The ctrl queue's, the control lane's and the mailbox's.
             let mut listeners: [Option<event_listener::EventListener>; 3] = [None, None, None];
@@ -110,7 +110,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                     if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
                         break;
                     }
-                    inflight.flush_written(&self.commit);
+                    inflight.flush_written(&self.broker.commit);
                     self.record_desired_delivered();
                     self.out.clear();
                     if self.out.capacity() > WRITE_BUFFER_BYTES {
@@ -121,36 +121,44 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                 // idle connection's task should not be sized for it.
                 let mut durable: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
                     pubacks.front().map(|&(_, seq)| {
-                        let store = &self.store;
+                        let store = self.broker.router.store();
                         Box::pin(async move { store.durable(seq).await.is_ok() })
                             as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>
                     });
                 let take_ctrl = pubacks.len() < PENDING_PUBACKS_MAX;
-                let take_delivery = self.can_take(&inflight);
-                // One poll over every source, in this order, with the listeners kept across waits:
-                // no future per source, so an idle writer holds three listeners and nothing else.
-                let (ctrl, slot) = (&self.ctrl, &self.slot);
+                let take_delivery = self.can_take(inflight);
+                // One poll over every source, in this order, with nothing kept across waits but
+                // the queues' hold of this task's waker: no future per source.
+                let slot = &self.slot;
+                let waits_for_disk = durable.is_some();
                 let event = std::future::poll_fn(|cx| {
-                    if let Some(wait) = durable.as_mut() {
-                        if let Poll::Ready(ok) = wait.as_mut().poll(cx) {
-                            return Poll::Ready(Event::Durable(ok));
+                    let polled = 'polled: {
+                        if let Some(wait) = durable.as_mut() {
+                            if let Poll::Ready(ok) = wait.as_mut().poll(cx) {
+                                break 'polled Poll::Ready(Event::Durable(ok));
+                            }
                         }
-                    }
-                    if take_ctrl {
-                        if let Poll::Ready(item) = ctrl.poll_pop(cx, &mut listeners[0]) {
-                            return Poll::Ready(Event::Ctrl(item));
+                        if take_ctrl {
+                            if let Poll::Ready(item) = ctrl.poll_pop(cx, &mut listeners[0]) {
+                                break 'polled Poll::Ready(Event::Ctrl(item));
+                            }
                         }
-                    }
-                    // Lanes and mailboxes are never closed (`Ready(None)`): such a source is left out.
-                    if let Poll::Ready(Some(control)) = slot.control.poll_pop(cx, &mut listeners[1]) {
-                        return Poll::Ready(Event::Control(control));
-                    }
-                    if take_delivery {
-                        if let Poll::Ready(Some(delivery)) = slot.mailbox.poll_pop(cx, &mut listeners[2]) {
-                            return Poll::Ready(Event::Delivery(delivery));
+                        // Lanes and mailboxes are never closed (`Ready(None)`): such a source is
+                        // left out.
+                        if let Poll::Ready(Some(control)) = slot.control.poll_pop(cx, &mut listeners[1]) {
+                            break 'polled Poll::Ready(Event::Control(control));
                         }
-                    }
-                    Poll::Pending
+                        if take_delivery {
+                            if let Poll::Ready(Some(delivery)) = slot.mailbox.poll_pop(cx, &mut listeners[2]) {
+                                break 'polled Poll::Ready(Event::Delivery(delivery));
+                            }
+                        }
+                        Poll::Pending
+                    };
+                    // Idle: waiting, and nothing waits for the disk (nothing pending in `ctrl`
+                    // either: it was just polled).
+                    idle.store(polled.is_pending() && !waits_for_disk, Ordering::Relaxed);
+                    polled
                 })
                 .await;
                 drop(durable);
@@ -161,7 +169,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                             log::warn!(
                                 "message {seq} (packet {pkid}) not acknowledged: the store could not make it durable"
                             );
-                            Metrics::inc(&self.metrics.store_errors);
+                            Metrics::inc(&self.broker.metrics.store_errors);
                         }
                     }
                     continue;
@@ -170,16 +178,16 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                     pubacks.push_back((pkid, seq));
                     continue;
                 }
-                if !self.handle(event, &mut inflight) {
+                if !self.handle(event, inflight) {
                     break;
                 }
                 // Batch whatever else is ready, without waiting.
                 for _ in 0..WRITE_BATCH_MAX {
                     if pubacks.len() < PENDING_PUBACKS_MAX {
-                        if let Some(c) = self.ctrl.try_pop() {
+                        if let Some(c) = ctrl.try_pop() {
                             if let Ctrl::PubAckAfter(pkid, seq) = c {
                                 pubacks.push_back((pkid, seq));
-                            } else if !self.handle(Event::Ctrl(Some(c)), &mut inflight) {
+                            } else if !self.handle(Event::Ctrl(Some(c)), inflight) {
                                 break;
                             }
                             continue;
@@ -189,22 +197,23 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                         break;
                     }
                     if let Some(control) = self.slot.control.try_pop() {
-                        self.send_control(control, &mut inflight);
+                        self.send_control(control, inflight);
                         continue;
                     }
-                    if !self.can_take(&inflight) {
+                    if !self.can_take(inflight) {
                         break;
                     }
                     match self.slot.mailbox.try_pop() {
                         Some(d) => {
-                            self.handle(Event::Delivery(d), &mut inflight);
+                            self.handle(Event::Delivery(d), inflight);
                         }
                         None => break,
                     }
                 }
             }
             // Tell the reader, if it is still reading, that nothing more gets written.
-            self.ctrl.close();
+            idle.store(false, Ordering::Relaxed);
+            ctrl.close();
         }
     }
 
@@ -212,20 +221,20 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
     /// A message whose fsync failed gets no PUBACK (the client sends it again).
     fn release_pubacks(&mut self, pubacks: &mut VecDeque<(u16, u64)>) {
         while let Some(&(pkid, seq)) = pubacks.front() {
-            match self.store.durable_outcome(seq) {
+            match self.broker.router.store().durable_outcome(seq) {
                 None => break,
                 Some(Ok(())) => codec::put_puback(&mut self.out, pkid),
                 Some(Err(error)) => {
                     log::warn!("message {seq} (packet {pkid}) not acknowledged: {error}");
-                    Metrics::inc(&self.metrics.store_errors);
+                    Metrics::inc(&self.broker.metrics.store_errors);
                 }
             }
             pubacks.pop_front();
         }
     }
 
-    fn can_take(&self, inflight: &InFlight) -> bool {
-        self.inputs.is_some() && inflight.len() < self.max_inflight
+    pub(super) fn can_take(&self, inflight: &InFlight) -> bool {
+        self.inputs.is_some() && inflight.len() < self.broker.limits.max_inflight
     }
 
     /// Applies one event; false when the writer must stop.
@@ -239,7 +248,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                 Ctrl::SubAck(pkid, codes) => codec::put_suback(&mut self.out, pkid, &codes),
                 Ctrl::UnsubAck(pkid) => codec::put_unsuback(&mut self.out, pkid),
                 Ctrl::PingResp => codec::put_pingresp(&mut self.out),
-                Ctrl::Acked(pkid) => inflight.acked(pkid, &self.commit),
+                Ctrl::Acked(pkid) => inflight.acked(pkid, &self.broker.commit),
                 Ctrl::Inputs(qos) => self.inputs = qos,
             },
             Event::Delivery(d) => self.send(d, inflight),
@@ -253,7 +262,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
     /// already recorded is ignored, so order does not matter).
     fn record_desired_delivered(&mut self) {
         if let Some(version) = self.desired_written.take() {
-            let (twins, id) = (self.twins.clone(), self.client_id.clone());
+            let (twins, id) = (self.broker.twins.clone(), self.client_id.clone());
             smol::spawn(smol::unblock(move || {
                 if let Err(error) = twins.mark_delivered(&id, version) {
                     log::debug!("twin of {id}: {error}");
@@ -289,7 +298,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                 if !subscriptions.desired {
                     return;
                 }
-                let Some((version, body)) = self.twins.pending_desired(&self.client_id).and_then(|patch| {
+                let Some((version, body)) = self.broker.twins.pending_desired(&self.client_id).and_then(|patch| {
                     let version = patch.get("$version").and_then(serde_json::Value::as_u64)?;
                     Some((version, serde_json::to_vec(&patch).ok()?))
                 }) else {
@@ -297,7 +306,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
                 };
                 topic::desired_patch_topic_into(version, &mut topic);
                 self.desired_in_buffer(version);
-                Metrics::inc(&self.metrics.twin_desired_patches);
+                Metrics::inc(&self.broker.metrics.twin_desired_patches);
                 (true, bytes::Bytes::from(body))
             }
             Control::MethodRequest { name, rid, payload } => {
@@ -307,7 +316,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
             Control::DeviceBound { bag, payload, done } => {
                 if !subscriptions.device_bound {
                     // Not completed: the cloud delivers it again once the device subscribes.
-                    Metrics::inc(&self.metrics.control_unsubscribed);
+                    Metrics::inc(&self.broker.metrics.control_unsubscribed);
                     return;
                 }
                 topic::device_bound_topic_into(&self.client_id, &bag, &mut topic);
@@ -318,7 +327,7 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
             }
         };
         if !subscribed {
-            Metrics::inc(&self.metrics.control_unsubscribed);
+            Metrics::inc(&self.broker.metrics.control_unsubscribed);
             return;
         }
         codec::put_publish(&mut self.out, &topic, QoS::AtMostOnce, 0, false, &body);
@@ -331,13 +340,13 @@ impl<'a, W: AsyncWrite + Unpin + 'a> Writer<'a, W> {
             return;
         }
         let settle = self.inputs.unwrap_or(Settle::AtMostOnce);
-        Metrics::inc(&self.metrics.deliveries_sent);
+        Metrics::inc(&self.broker.metrics.deliveries_sent);
         if !delivery.dup && delivery.enqueued_unix_ms > 0 {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            Metrics::inc(&self.metrics.process_modules_count);
-            Metrics::add(&self.metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
+            Metrics::inc(&self.broker.metrics.process_modules_count);
+            Metrics::add(&self.broker.metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
         }
         if let Some(origin) = delivery.origin {
             self.slot.note_sent(origin.endpoint, origin.seq);
