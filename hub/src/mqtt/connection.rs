@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,7 +33,7 @@ use crate::listeners::permit::Permit;
 
 use super::codec::{self, ConnectStart, DecodeError};
 use super::transport::Reader;
-use super::writer::{Ctrl, Writer};
+use super::writer::{Ctrl, HalfIdle, Writer};
 
 /// Bytes asked of the socket per read at first. Small, because the buffer stays allocated
 /// while a connection is idle; a bigger packet grows it only for as long as it takes to read.
@@ -213,7 +213,7 @@ fn fill<'a, R: AsyncRead + Unpin>(
     deadlines: &'a mut Deadlines,
     kicked: Option<&'a Signal>,
     chunk: usize,
-    idle: Option<&'a AtomicBool>,
+    idle: Option<&'a HalfIdle>,
 ) -> impl Future<Output = Wake> + 'a {
     let start = buf.len();
     let mut kick_listener = None;
@@ -222,7 +222,7 @@ fn fill<'a, R: AsyncRead + Unpin>(
     std::future::poll_fn(move |cx| {
         let polled = poll_fill(cx, reader, buf, deadlines, kicked, &mut kick_listener, start, chunk);
         if let Some(idle) = idle {
-            idle.store(polled.is_pending(), Ordering::Relaxed);
+            idle.note(polled.is_pending());
         }
         polled
     })
@@ -249,22 +249,58 @@ impl<R> ReadState<R> {
     }
 }
 
-/// Whether each half of a busy connection waits with nothing in progress; both at once means
-/// the connection is idle (see [`Session::run`]).
+/// How long both halves of a connection must have waited with nothing in progress, without
+/// waking, before the connection drops its busy state (checked every `QUIET_BEFORE_IDLE`, so a
+/// connection goes idle after one to two of these). A client that sends or receives more often
+/// keeps its busy state and pays nothing per message.
+const QUIET_BEFORE_IDLE: Duration = Duration::from_millis(200);
+
+/// Whether each half of a busy connection waits with nothing in progress, and since when; the
+/// connection is idle once both have waited, unwoken, for `QUIET_BEFORE_IDLE` (see
+/// [`Session::run`]).
 #[derive(Default)]
 struct Idle {
-    reader: AtomicBool,
-    writer: AtomicBool,
+    reader: HalfIdle,
+    writer: HalfIdle,
+    /// The halves' stamps when they were last found quiet for `QUIET_BEFORE_IDLE`
+    /// (`u64::MAX`: not yet).
+    quiet_at: AtomicU64,
 }
 
 impl Idle {
     fn reset(&self) {
-        self.reader.store(false, Ordering::Relaxed);
-        self.writer.store(false, Ordering::Relaxed);
+        self.reader.note(false);
+        self.writer.note(false);
+        self.quiet_at.store(u64::MAX, Ordering::Relaxed);
     }
 
     fn both(&self) -> bool {
-        self.reader.load(Ordering::Relaxed) && self.writer.load(Ordering::Relaxed)
+        self.reader.waiting() && self.writer.waiting()
+    }
+
+    fn stamp(&self) -> u64 {
+        (u64::from(self.reader.stamp()) << 32) | u64::from(self.writer.stamp())
+    }
+
+    /// Both halves wait, and neither has woken since they were found quiet.
+    fn quiet(&self) -> bool {
+        self.both() && self.quiet_at.load(Ordering::Relaxed) == self.stamp()
+    }
+
+    /// Wakes every `QUIET_BEFORE_IDLE` while the connection is busy and notes when both halves
+    /// have waited through a whole period unwoken. Never ends.
+    async fn watch(&self) {
+        let mut timer = smol::Timer::after(QUIET_BEFORE_IDLE);
+        let mut last = u64::MAX;
+        loop {
+            (&mut timer).await;
+            let stamp = self.stamp();
+            if self.both() && stamp == last {
+                self.quiet_at.store(stamp, Ordering::Relaxed);
+            }
+            last = stamp;
+            timer.set_after(QUIET_BEFORE_IDLE);
+        }
     }
 }
 
@@ -529,7 +565,8 @@ impl Session {
     /// `permit`: the socket's place under `max_connections`, given back at the end.
     ///
     /// A busy connection runs its reading and writing halves together ([`Session::busy`], in a
-    /// box). When both wait with nothing in progress, the box is dropped and the task waits
+    /// box). When both have waited with nothing in progress for `QUIET_BEFORE_IDLE` (or, right
+    /// after CONNECT, as soon as both wait), the box is dropped and the task waits
     /// in [`idle_wait`] with only what outlives a wait (`rs`, `ws`, and `inflight` while a
     /// delivery waits for its acknowledgement or settlement): an idle
     /// connection's task is sized for that, not for reading and writing. The next byte, timer,
@@ -552,6 +589,10 @@ impl Session {
             // Boxed, and only kept across an idle wait while it holds something.
             let mut inflight: Option<Box<InFlight>> = None;
             let idle = Idle::default();
+            // The first spell (CONNACK written, nothing asked yet) ends as soon as both halves
+            // wait: a crowd of clients connecting at once does not hold a busy state each for
+            // the quiet period (the heap would keep the high-water mark).
+            let mut first = true;
             loop {
                 idle.reset();
                 let flight = inflight.get_or_insert_with(Box::default);
@@ -560,11 +601,12 @@ impl Session {
                 // in rs, ws and inflight, so the box can go.
                 let idled = std::future::poll_fn(|cx| match busy.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(false),
-                    Poll::Pending if idle.both() => Poll::Ready(true),
+                    Poll::Pending if idle.quiet() || (first && idle.both()) => Poll::Ready(true),
                     Poll::Pending => Poll::Pending,
                 })
                 .await;
                 drop(busy);
+                first = false;
                 if !idled {
                     break;
                 }
@@ -658,7 +700,12 @@ impl Session {
                 }
                 ctrl.close();
             };
-            smol::future::zip(reading, writing).await;
+            // The watch never ends: `or` ends with the connection.
+            smol::future::or(smol::future::zip(reading, writing), async {
+                idle.watch().await;
+                ((), ())
+            })
+            .await;
         }
     }
 
@@ -686,7 +733,7 @@ impl Session {
         broker: &Broker,
         rs: &mut ReadState<R>,
         ctrl: &Queue<Ctrl>,
-        idle: &AtomicBool,
+        idle: &HalfIdle,
     ) -> End {
         // Telemetry PUBLISHes decoded from the buffer and not yet routed: routed together when
         // the buffer holds no more, when another packet comes, or at the batch bound, so their

@@ -9,7 +9,7 @@
 //! advances its endpoint's checkpoint in order through the core's [`InFlight`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -41,6 +41,34 @@ const PENDING_PUBACKS_MAX: usize = 64;
 
 /// The bytes of `devices/` `/modules/` `/inputs/` `/` around the ids of an input topic.
 const INPUT_TOPIC_FIXED_BYTES: usize = 26;
+
+/// One half of a connection (reader or writer) as the connection's task sees it: whether it
+/// waits with nothing in progress, and how many times it stopped waiting. Both halves run in
+/// one task; the atomics only make the state shareable within it.
+#[derive(Debug, Default)]
+pub struct HalfIdle(AtomicU32);
+
+impl HalfIdle {
+    /// Notes the outcome of a poll of the half's wait: `waiting` (pending) or woken.
+    pub fn note(&self, waiting: bool) {
+        let value = self.0.load(Ordering::Relaxed);
+        let was_waiting = value & 1 == 1;
+        if waiting && !was_waiting {
+            self.0.store(value | 1, Ordering::Relaxed);
+        } else if !waiting && was_waiting {
+            self.0.store((value & !1).wrapping_add(2), Ordering::Relaxed);
+        }
+    }
+
+    pub fn waiting(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & 1 == 1
+    }
+
+    /// Changes whenever the half stops or starts waiting.
+    pub fn stamp(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// What the reader asks the writer to do.
 #[derive(Debug)]
@@ -95,7 +123,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         &'a mut self,
         ctrl: &'a Queue<Ctrl>,
         inflight: &'a mut InFlight,
-        idle: &'a AtomicBool,
+        idle: &'a HalfIdle,
     ) -> impl std::future::Future<Output = ()> + Send + 'a
     where
         W: Send,
@@ -157,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     };
                     // Idle: waiting, and nothing waits for the disk (nothing pending in `ctrl`
                     // either: it was just polled).
-                    idle.store(polled.is_pending() && !waits_for_disk, Ordering::Relaxed);
+                    idle.note(polled.is_pending() && !waits_for_disk);
                     polled
                 })
                 .await;
@@ -212,7 +240,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             }
             // Tell the reader, if it is still reading, that nothing more gets written.
-            idle.store(false, Ordering::Relaxed);
+            idle.note(false);
             ctrl.close();
         }
     }
