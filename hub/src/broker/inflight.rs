@@ -12,6 +12,9 @@ use super::session::{Completion, Origin};
 /// Advances an endpoint's checkpoint: `(endpoint, seq)` and everything before it is done.
 pub type Commit = Arc<dyn Fn(u16, u64) + Send + Sync>;
 
+/// Endpoints whose acknowledgements one call commits without allocating.
+const READY_INLINE: usize = 4;
+
 /// Deliveries written and not yet acknowledged, and acknowledgements waiting for an earlier
 /// delivery of the same endpoint before they may advance its checkpoint.
 #[derive(Debug)]
@@ -119,20 +122,28 @@ impl InFlight {
     pub fn acknowledge(&mut self, done: Origin, commit: &Commit) {
         self.acked_early.push(done);
         let list = &self.list;
-        let mut ready: Vec<(u16, u64)> = Vec::new();
+        // The highest ready seq per endpoint: a connection's deliveries come from few endpoints,
+        // so the first few fit here without an allocation per acknowledgement.
+        let mut ready = [(0u16, 0u64); READY_INLINE];
+        let mut ready_len = 0;
+        let mut more: Vec<(u16, u64)> = Vec::new();
         self.acked_early.retain(|origin| {
             let held_back =
                 list.iter().any(|(_, o)| o.is_some_and(|o| o.endpoint == origin.endpoint && o.seq < origin.seq));
             if held_back {
                 return true;
             }
-            match ready.iter_mut().find(|(e, _)| *e == origin.endpoint) {
+            match ready[..ready_len].iter_mut().chain(more.iter_mut()).find(|(e, _)| *e == origin.endpoint) {
                 Some(entry) => entry.1 = entry.1.max(origin.seq),
-                None => ready.push((origin.endpoint, origin.seq)),
+                None if ready_len < READY_INLINE => {
+                    ready[ready_len] = (origin.endpoint, origin.seq);
+                    ready_len += 1;
+                }
+                None => more.push((origin.endpoint, origin.seq)),
             }
             false
         });
-        for (endpoint, seq) in ready {
+        for &(endpoint, seq) in ready[..ready_len].iter().chain(more.iter()) {
             commit(endpoint, seq);
         }
     }
@@ -184,5 +195,39 @@ mod tests {
         ack(&mut inflight, 4);
         assert_eq!(commits.lock().expect("lock").last(), Some(&(7, 13)));
         assert!(inflight.acked_early.is_empty());
+    }
+
+    #[test]
+    fn acknowledgements_held_back_on_more_endpoints_than_fit_inline_are_all_committed() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let sink = commits.clone();
+        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let mut inflight = InFlight::default();
+        // Each endpoint has an early delivery and a later one; the later ones are acknowledged
+        // first and wait (more endpoints waiting than fit inline), then each early one frees
+        // its endpoint.
+        let endpoints: Vec<u16> = (1..=READY_INLINE as u16 + 2).collect();
+        let mut pkid = 0;
+        for &e in &endpoints {
+            for seq in [1, 2] {
+                pkid += 1;
+                inflight.sent(pkid, origin(e, u64::from(e) * 10 + seq));
+            }
+        }
+        // Every later delivery first: all held back.
+        for i in 0..endpoints.len() as u16 {
+            inflight.acked(i * 2 + 2, &commit);
+        }
+        assert!(commits.lock().expect("lock").is_empty());
+        assert_eq!(inflight.acked_early.len(), endpoints.len());
+        // The early ones: each frees its endpoint up to the later seq.
+        for i in 0..endpoints.len() as u16 {
+            inflight.acked(i * 2 + 1, &commit);
+        }
+        let mut got = commits.lock().expect("lock").clone();
+        got.sort();
+        let want: Vec<(u16, u64)> = endpoints.iter().map(|&e| (e, u64::from(e) * 10 + 2)).collect();
+        assert_eq!(got, want);
+        assert!(inflight.is_settled());
     }
 }
