@@ -154,15 +154,21 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// A commit function and the (endpoint, seq) pairs it was called with.
+    fn recorder() -> (Arc<Mutex<Vec<(u16, u64)>>>, Commit) {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let sink = commits.clone();
+        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        (commits, commit)
+    }
+
     fn origin(endpoint: u16, seq: u64) -> Option<Origin> {
         Some(Origin { endpoint, seq, generation: 0 })
     }
 
     #[test]
     fn at_most_once_deliveries_are_settled_once_per_endpoint_when_the_buffer_is_written() {
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let sink = commits.clone();
-        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let (commits, commit) = recorder();
         let mut inflight = InFlight::default();
         for (endpoint, seq) in [(7, 1), (7, 2), (8, 3), (7, 4)] {
             inflight.written(origin(endpoint, seq).expect("origin"));
@@ -176,9 +182,7 @@ mod tests {
 
     #[test]
     fn checkpoint_waits_for_earlier_deliveries_of_the_same_endpoint() {
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let sink = commits.clone();
-        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let (commits, commit) = recorder();
         let mut inflight = InFlight::default();
         for (pkid, (e, s)) in [(1, (7, 10)), (2, (7, 11)), (3, (8, 12)), (4, (7, 13))] {
             inflight.sent(pkid, origin(e, s));
@@ -199,9 +203,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_held_back_on_more_endpoints_than_fit_inline_are_all_committed() {
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let sink = commits.clone();
-        let commit: Commit = Arc::new(move |e, s| sink.lock().expect("lock").push((e, s)));
+        let (commits, commit) = recorder();
         let mut inflight = InFlight::default();
         // Each endpoint has an early delivery and a later one; the later ones are acknowledged
         // first and wait (more endpoints waiting than fit inline), then each early one frees
