@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{free_port, TempDir};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -70,10 +70,6 @@ fn tool(name: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not on PATH: install Debian's mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
 }
 
 fn unix_now() -> u64 {

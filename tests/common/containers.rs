@@ -37,8 +37,38 @@ impl Drop for TempDir {
     }
 }
 
+/// Ports handed out per test process, from below the kernel's ephemeral range.
+const PORT_SPAN: usize = 10_000;
+
+/// A port for a listener a test is about to start (tinyedge's, a broker's, a registry's).
+/// Taken below the kernel's ephemeral range, so no outgoing connection (the tests open
+/// thousands, and each takes an ephemeral source port) can occupy it between this choice and
+/// the listener's bind; handed out once per test process, so tests running in parallel never
+/// get the same one; and checked free now, for what other processes listen on. A port from
+/// `bind(0)` had neither property: once, a parallel test's client took tinyedge's MQTTS port
+/// as its source port, and tinyedge stopped on "address in use" right after its MQTT port
+/// opened.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|l| l.parse::<usize>().ok()))
+        .unwrap_or(32_768);
+    if low < PORT_SPAN + 1_024 {
+        return TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port();
+    }
+    let base = low - PORT_SPAN;
+    // Test binaries run one after another: each starts elsewhere in the span, away from the
+    // ports (and TIME_WAIT entries) its predecessor used.
+    let start = (std::process::id() as usize).wrapping_mul(7_919) % PORT_SPAN;
+    for _ in 0..PORT_SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + (start + n) % PORT_SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{base}..{low}");
 }
 
 /// Where Debian's busybox-static puts its binary.

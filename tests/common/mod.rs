@@ -19,6 +19,8 @@ use mqttbytes::QoS;
 use tinyedge_platform::{identity, sas};
 
 pub const DEVICE: &str = "gw";
+/// What tinyedge logs once it has started (after every listener is bound).
+const STARTED: &str = " running as device ";
 pub const HUB: &str = "testhub.azure-devices.net";
 /// base64 of 32 bytes: the edge device key used by every test config.
 pub const DEVICE_KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -140,8 +142,8 @@ key = "{LEAF_KEY_B64}"
     fn spawn(dir: TempDir, mqtt_port: u16, mqtts_port: u16, https_port: u16) -> Runtime {
         let log = Arc::new(Mutex::new(String::new()));
         let child = Runtime::spawn_child(&dir, &log);
-        let rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
-        rt.wait_for_port(mqtt_port);
+        let mut rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
+        rt.wait_for_port(mqtt_port, 0);
         rt
     }
 
@@ -154,8 +156,9 @@ key = "{LEAF_KEY_B64}"
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_str("--- killed with SIGKILL, restarting ---\n");
+        let started = self.log().matches(STARTED).count();
         self.child = Runtime::spawn_child(&self.dir, &self.log);
-        self.wait_for_port(self.mqtt_port);
+        self.wait_for_port(self.mqtt_port, started);
     }
 
     /// Kills the runtime with SIGKILL and leaves it down.
@@ -166,8 +169,9 @@ key = "{LEAF_KEY_B64}"
 
     /// Starts the runtime again after [`Runtime::kill9`].
     pub fn start_again(&mut self) {
+        let started = self.log().matches(STARTED).count();
         self.child = Runtime::spawn_child(&self.dir, &self.log);
-        self.wait_for_port(self.mqtt_port);
+        self.wait_for_port(self.mqtt_port, started);
     }
 
     fn spawn_child(dir: &TempDir, log: &Arc<Mutex<String>>) -> Child {
@@ -183,15 +187,26 @@ key = "{LEAF_KEY_B64}"
         child
     }
 
-    fn wait_for_port(&self, port: u16) {
+    /// Waits until tinyedge has started: `port` accepts connections and the log says it is
+    /// running (every listener is bound by then: the MQTT port opens first, and a later
+    /// listener that cannot bind stops the process). Fails with the log when the process
+    /// exits first or is not up within 20 s.
+    fn wait_for_port(&mut self, port: u16, started_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut listening = false;
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The stderr thread may still be appending the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("tinyedge exited ({status}) while starting; log:\n{}", self.log());
+            }
+            listening = listening || TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if listening && self.log().matches(STARTED).count() > started_before {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tinyedge did not listen on {port} within 20 s; log:\n{}", self.log());
+        panic!("tinyedge was not up within 20 s (listening on {port}: {listening}); log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
@@ -573,8 +588,8 @@ impl Runtime {
             .expect("start tinyedge");
         let log = Arc::new(Mutex::new(String::new()));
         collect_stderr(&mut child, &log);
-        let rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
-        rt.wait_for_port(mqtt_port);
+        let mut rt = Runtime { child, dir, mqtt_port, mqtts_port, https_port, log };
+        rt.wait_for_port(mqtt_port, 0);
         rt
     }
 }
