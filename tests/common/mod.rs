@@ -156,9 +156,7 @@ key = "{LEAF_KEY_B64}"
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_str("--- killed with SIGKILL, restarting ---\n");
-        let started = self.log().matches(STARTED).count();
-        self.child = Runtime::spawn_child(&self.dir, &self.log);
-        self.wait_for_port(self.mqtt_port, started);
+        self.start_again();
     }
 
     /// Kills the runtime with SIGKILL and leaves it down.
