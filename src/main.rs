@@ -11,6 +11,7 @@ mod deploy;
 mod failure;
 mod metrics;
 mod mgmt;
+mod pages;
 mod plan;
 mod runtime;
 mod scope;

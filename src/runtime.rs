@@ -308,6 +308,7 @@ pub fn run(config: Config) -> Result<(), Failure> {
         config.device_id,
         Path::new(&config.data_dir).display()
     );
+    crate::pages::release_after_start();
     // The main thread only waits. The executor thread drives the reactor while it has nothing
     // to run, so a socket's readiness wakes its task on the thread that runs it: no hand-over
     // between threads (a futex wake-up) per message, as a `block_on` here would cause by
