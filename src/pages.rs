@@ -86,33 +86,40 @@ pub fn release_after_start() {
 fn release() -> usize {
     use rustix::mm::{madvise, Advice};
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    let mappings = releasable(&smaps);
+    let exe = std::fs::File::open("/proc/self/exe").ok();
+    // The binary's cached pages that are not mapped here: evicted first, so that the faults of
+    // the threads still running while the mappings are released map no cached neighbours; and
+    // once more at the end. Only clean pages nobody maps are evicted (a binary written moments
+    // ago, still dirty, stays cached), and only the binary's: a shared library's cache serves
+    // every other process.
+    let evict_binary_cache = || {
+        if let Some(exe) = &exe {
+            let _ = rustix::fs::fadvise(exe, 0, None, rustix::fs::Advice::DontNeed);
+        }
+    };
     let mut advised = 0;
-    for mapping in releasable(&smaps) {
-        let (start, len) = (mapping.start as *mut std::ffi::c_void, mapping.end - mapping.start);
-        // SAFETY: the range is one whole mapping of this process, read from smaps a moment ago:
-        // private, not writable, backed by a file, and without anonymous pages, so every page of
-        // it is a clean copy of the file. None of these advices changes what the memory reads:
-        // RANDOM only turns readahead off, PAGEOUT reclaims like memory pressure would, and
-        // DONTNEED on such a mapping drops copies that the next access reads from the file
-        // again. Nothing here unmaps or remaps the range, so no reference into it (text and
-        // read-only data) is invalidated.
-        #[allow(unsafe_code)]
-        let done = unsafe {
-            let _ = madvise(start, len, Advice::Random);
-            let _ = madvise(start, len, Advice::LinuxPageOut);
-            madvise(start, len, Advice::LinuxDontNeed)
-        };
-        if done.is_ok() {
-            advised += len;
+    for pass in [Advice::Random, Advice::LinuxPageOut, Advice::LinuxDontNeed] {
+        if pass == Advice::LinuxPageOut {
+            evict_binary_cache();
+        }
+        for mapping in &mappings {
+            let (start, len) = (mapping.start as *mut std::ffi::c_void, mapping.end - mapping.start);
+            // SAFETY: the range is one whole mapping of this process, read from smaps a moment
+            // ago: private, not writable, backed by a file, and without anonymous pages, so
+            // every page of it is a clean copy of the file. None of these advices changes what
+            // the memory reads: RANDOM only turns readahead off, PAGEOUT reclaims like memory
+            // pressure would, and DONTNEED on such a mapping drops copies that the next access
+            // reads from the file again. Nothing here unmaps or remaps the range, so no
+            // reference into it (text and read-only data) is invalidated.
+            #[allow(unsafe_code)]
+            let done = unsafe { madvise(start, len, pass) };
+            if pass == Advice::LinuxDontNeed && done.is_ok() {
+                advised += len;
+            }
         }
     }
-    // The binary's pages that are cached but were not mapped here would come back with the
-    // next fault around them: evict them too. Only clean pages nobody maps are evicted (a binary
-    // written moments ago, still dirty, stays cached), and only the binary's (a shared
-    // library's cache serves every other process).
-    if let Ok(exe) = std::fs::File::open("/proc/self/exe") {
-        let _ = rustix::fs::fadvise(&exe, 0, None, rustix::fs::Advice::DontNeed);
-    }
+    evict_binary_cache();
     advised
 }
 
