@@ -222,15 +222,10 @@ pub fn method_request_topic_into(name: &str, rid: &str, out: &mut String) {
     out.push_str(rid);
 }
 
-/// Builds `devices/{d}/modules/{m}/inputs/{input}/` into `out`; the caller appends the bag.
-pub fn input_topic_into(device_id: &str, module_id: &str, input: &str, out: &mut String) {
-    out.push_str("devices/");
-    out.push_str(device_id);
-    out.push_str("/modules/");
-    out.push_str(module_id);
-    out.push_str("/inputs/");
-    out.push_str(input);
-    out.push('/');
+/// The pieces of `devices/{d}/modules/{m}/inputs/{input}/{bag}`, in order, for a writer that
+/// puts them into its buffer one after the other.
+pub fn input_topic_parts<'a>(device_id: &'a str, module_id: &'a str, input: &'a str, bag: &'a str) -> [&'a str; 8] {
+    ["devices/", device_id, "/modules/", module_id, "/inputs/", input, "/", bag]
 }
 
 // ---- The cloud's side of the same topics: what the hub sends and receives as a client of
@@ -410,9 +405,14 @@ mod tests {
 
     #[test]
     fn input_topic_is_built_without_encoding_ids() {
-        let mut out = String::new();
-        input_topic_into("gw", "filter", "input1", &mut out);
-        assert_eq!(out, "devices/gw/modules/filter/inputs/input1/");
+        assert_eq!(
+            input_topic_parts("gw", "filter", "input1", "a=b").concat(),
+            "devices/gw/modules/filter/inputs/input1/a=b"
+        );
+        assert_eq!(
+            input_topic_parts("gw", "filter", "input1", "").concat(),
+            "devices/gw/modules/filter/inputs/input1/"
+        );
     }
 
     #[test]

@@ -1218,9 +1218,9 @@ impl Conn {
         if let Some(origin) = delivery.origin {
             owned.slot.note_sent(origin.endpoint, origin.seq);
         }
-        let mut bag = HubProperties::parse(&delivery.properties).unwrap_or_default();
+        let mut bag = HubProperties::parse(delivery.properties()).unwrap_or_default();
         bag.remove_system("$.on");
-        let message = amqp_message::from_hub_properties(&bag, Some(&delivery.input), &delivery.payload);
+        let message = amqp_message::from_hub_properties(&bag, Some(&delivery.input), delivery.payload());
         let out = Out { bytes: amqp_message::encode(&message), track: Track::Input(delivery.origin) };
         if let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) {
             link.backlog.push_back(out);

@@ -80,7 +80,7 @@ impl Outbox for StoreOutbox {
                         batch.push(OutMessage {
                             seq: link_seq,
                             topic,
-                            payload: record.payload,
+                            payload: record.payload.clone(),
                             maybe_sent,
                             enqueued_unix_ms: record.enqueued_unix_ms,
                         });

@@ -99,7 +99,7 @@ struct PriorityQueue {
     priority: u8,
     id: u16,
     reader: crate::store::EndpointReader,
-    head: Option<crate::store::StoredRecord>,
+    head: Option<std::sync::Arc<crate::store::StoredRecord>>,
 }
 
 impl MergedReader {
@@ -131,7 +131,7 @@ impl MergedReader {
     pub fn next(
         &mut self,
         now_unix_ms: u64,
-    ) -> Result<Option<(u16, crate::store::StoredRecord)>, crate::store::StoreError> {
+    ) -> Result<Option<(u16, std::sync::Arc<crate::store::StoredRecord>)>, crate::store::StoreError> {
         self.fill(now_unix_ms)?;
         let waiting: Vec<usize> = (0..self.queues.len()).filter(|&i| self.queues[i].head.is_some()).collect();
         let heads: Vec<(u8, u64)> = waiting

@@ -99,17 +99,16 @@ impl ModulePump {
     }
 
     /// Queues one record for the connection; false when the generation changed meanwhile.
-    async fn hand_over(&self, endpoint: u16, record: StoredRecord, generation: u64) -> bool {
+    async fn hand_over(&self, endpoint: u16, record: Arc<StoredRecord>, generation: u64) -> bool {
         // Lease first, so a crash after the send still flags the resend as a duplicate.
         self.store.note_sent(endpoint, record.seq);
         let dup = self.slot.last_sent(endpoint) >= record.seq || self.store.maybe_sent_before(endpoint, record.seq);
         let delivery = Delivery {
             input: self.input.clone(),
-            properties: record.properties,
-            payload: record.payload,
             origin: Some(Origin { endpoint, seq: record.seq, generation }),
             dup,
             enqueued_unix_ms: record.enqueued_unix_ms,
+            record,
         };
         match self.slot.mailbox.try_push(delivery) {
             Ok(()) => true,

@@ -74,16 +74,27 @@ pub struct Origin {
 pub struct Delivery {
     /// The module input the route names (shared by every delivery of its pump).
     pub input: Arc<str>,
-    /// The message's properties as an IoT Hub property bag (URL-encoded, system properties
-    /// included), as stored.
-    pub properties: String,
-    pub payload: Bytes,
+    /// The record as the store holds it (shared with its tail cache and every other reader):
+    /// its properties as an IoT Hub property bag (URL-encoded, system properties included) and
+    /// its payload, see [`Delivery::properties`] and [`Delivery::payload`].
+    pub record: Arc<crate::store::StoredRecord>,
     pub origin: Option<Origin>,
     /// Sent before (to an earlier connection) and not acknowledged (MQTT's DUP flag).
     pub dup: bool,
     /// When the hub took the message in (unix ms): its processing time ends when it is
     /// written to the module.
     pub enqueued_unix_ms: u64,
+}
+
+impl Delivery {
+    /// The message's properties as an IoT Hub property bag, as stored.
+    pub fn properties(&self) -> &str {
+        &self.record.properties
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.record.payload
+    }
 }
 
 /// How a client settles its module-input deliveries: the protocol adapter maps its own terms

@@ -257,14 +257,23 @@ fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
 
 /// Appends a whole PUBLISH: header, topic, packet id (QoS 1), then the payload.
 pub fn put_publish(out: &mut BytesMut, topic: &str, qos: QoS, pkid: u16, dup: bool, payload: &[u8]) {
+    put_publish_parts(out, &[topic], qos, pkid, dup, payload);
+}
+
+/// As [`put_publish`], with the topic given as pieces written one after the other: a delivery's
+/// topic goes straight into the buffer, without a string built for it per message.
+pub fn put_publish_parts(out: &mut BytesMut, topic: &[&str], qos: QoS, pkid: u16, dup: bool, payload: &[u8]) {
     let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let remaining = 2 + topic.len() + id_len + payload.len();
+    let topic_len: usize = topic.iter().map(|part| part.len()).sum();
+    let remaining = 2 + topic_len + id_len + payload.len();
     out.reserve(5 + remaining);
     out.put_u8(0b0011_0000 | ((qos as u8) << 1) | (u8::from(dup) << 3));
     put_remaining_length(out, remaining);
     // Topics are bounded by the packet size limit, far below u16::MAX (checked by the caller).
-    out.put_u16(topic.len() as u16);
-    out.put_slice(topic.as_bytes());
+    out.put_u16(topic_len as u16);
+    for part in topic {
+        out.put_slice(part.as_bytes());
+    }
     if id_len > 0 {
         out.put_u16(pkid);
     }
@@ -306,6 +315,34 @@ pub fn put_connack(out: &mut BytesMut, session_present: bool, code: u8) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_publish_from_topic_pieces_is_the_publish_of_the_whole_topic() {
+        for (qos, pkid) in [(QoS::AtMostOnce, 0), (QoS::AtLeastOnce, 7)] {
+            let payload = vec![0xA5; 200];
+            let (mut whole, mut pieces) = (BytesMut::new(), BytesMut::new());
+            put_publish(&mut whole, "devices/gw/modules/m/inputs/in/a=b", qos, pkid, true, &payload);
+            put_publish_parts(
+                &mut pieces,
+                &["devices/gw", "/modules/m", "", "/inputs/in/", "a=b"],
+                qos,
+                pkid,
+                true,
+                &payload,
+            );
+            assert_eq!(whole, pieces);
+            // A third-party decoder reads it back.
+            let mut bytes = pieces.clone();
+            match mqttbytes::v4::read(&mut bytes, 1 << 20).expect("decodes") {
+                mqttbytes::v4::Packet::Publish(publish) => {
+                    assert_eq!(publish.topic, "devices/gw/modules/m/inputs/in/a=b");
+                    assert_eq!(publish.payload.len(), 200);
+                    assert_eq!(publish.pkid, pkid);
+                }
+                other => panic!("not a PUBLISH: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn shortfall_is_what_the_begun_packet_still_needs() {

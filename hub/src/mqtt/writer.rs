@@ -5,7 +5,7 @@
 //! It runs beside the reading half in the connection's one task (joined, not spawned), each
 //! polled whenever the task wakes, so a publisher waiting on the store never stops its own
 //! connection from receiving. A delivery's topic is built here from what the core hands over
-//! (input name and property bag, [`crate::topic::input_topic_into`]); an acknowledged delivery
+//! (input name and property bag, [`crate::topic::input_topic_parts`]); an acknowledged delivery
 //! advances its endpoint's checkpoint in order through the core's [`InFlight`].
 
 use std::collections::VecDeque;
@@ -38,9 +38,6 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// window keeps this small; at the bound the writer stops taking requests from the reader, which
 /// then stops reading the client (back-pressure) until the disk catches up.
 const PENDING_PUBACKS_MAX: usize = 64;
-
-/// The bytes of `devices/` `/modules/` `/inputs/` `/` around the ids of an input topic.
-const INPUT_TOPIC_FIXED_BYTES: usize = 26;
 
 /// One half of a connection (reader or writer) as the connection's task sees it: whether it
 /// waits with nothing in progress, and how many times it stopped waiting. Both halves run in
@@ -379,16 +376,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         if let Some(origin) = delivery.origin {
             self.slot.note_sent(origin.endpoint, origin.seq);
         }
-        // Deliveries go to modules: the client id is `d/m`.
+        // Deliveries go to modules: the client id is `d/m`. The topic is written into the
+        // buffer piece by piece (`devices/{d}/modules/{m}/inputs/{input}/{bag}`).
         let (device, module) = self.client_id.split_once('/').unwrap_or((&self.client_id, ""));
-        let mut topic = String::with_capacity(
-            device.len() + module.len() + delivery.input.len() + delivery.properties.len() + INPUT_TOPIC_FIXED_BYTES,
-        );
-        topic::input_topic_into(device, module, &delivery.input, &mut topic);
-        topic.push_str(&delivery.properties);
+        let topic = topic::input_topic_parts(device, module, &delivery.input, delivery.properties());
         match settle {
             Settle::AtMostOnce => {
-                codec::put_publish(&mut self.out, &topic, QoS::AtMostOnce, 0, false, &delivery.payload);
+                codec::put_publish_parts(&mut self.out, &topic, QoS::AtMostOnce, 0, false, delivery.payload());
                 // At most once: done once the buffer holding it is on the socket.
                 if let Some(origin) = delivery.origin {
                     inflight.written(origin);
@@ -396,7 +390,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             Settle::AtLeastOnce => {
                 let pkid = inflight.next_id();
-                codec::put_publish(&mut self.out, &topic, QoS::AtLeastOnce, pkid, delivery.dup, &delivery.payload);
+                codec::put_publish_parts(
+                    &mut self.out,
+                    &topic,
+                    QoS::AtLeastOnce,
+                    pkid,
+                    delivery.dup,
+                    delivery.payload(),
+                );
                 inflight.sent(pkid, delivery.origin);
             }
         }

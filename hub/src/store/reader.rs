@@ -84,7 +84,7 @@ impl EndpointReader {
     /// `now_unix_ms`; `None` at the end of the log (wait on [`Store::appended`] for more).
     ///
     /// [`Store::appended`]: super::Store::appended
-    pub fn next(&mut self, now_unix_ms: u64) -> Result<Option<StoredRecord>, StoreError> {
+    pub fn next(&mut self, now_unix_ms: u64) -> Result<Option<Arc<StoredRecord>>, StoreError> {
         if let Some(answer) = self.from_tail(now_unix_ms) {
             return Ok(answer);
         }
@@ -120,7 +120,7 @@ impl EndpointReader {
                         expired += 1;
                         return None;
                     }
-                    Some(view.to_stored())
+                    Some(Arc::new(view.to_stored()))
                 })
                 .map_err(|error| StoreError::io("read", &open.shared.path, error))?;
             self.stats.expired_skipped += expired;
@@ -152,7 +152,7 @@ impl EndpointReader {
 
     /// The answer from the tail cache when it reaches back to this reader (`None`: read the
     /// disk). Records passed over here are skipped on disk too, by their seq.
-    fn from_tail(&mut self, now_unix_ms: u64) -> Option<Option<StoredRecord>> {
+    fn from_tail(&mut self, now_unix_ms: u64) -> Option<Option<Arc<StoredRecord>>> {
         let last_appended = self.inner.durability.appended_seq();
         let tail = lock(&self.inner.tail);
         let records = match tail.after(self.scanned, last_appended) {
@@ -176,7 +176,8 @@ impl EndpointReader {
                 continue;
             }
             self.position = record.seq;
-            found = Some(StoredRecord::clone(record));
+            // Shared with the cache and every other reader: no copy of the record per delivery.
+            found = Some(Arc::clone(record));
             break;
         }
         drop(tail);

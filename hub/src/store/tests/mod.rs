@@ -108,7 +108,7 @@ pub fn read_all(store: &Store, endpoint: u16) -> Vec<super::StoredRecord> {
     let mut reader = store.reader(endpoint);
     let mut records = Vec::new();
     while let Some(record) = reader.next(2_000).expect("read") {
-        records.push(record);
+        records.push(super::StoredRecord::clone(&record));
     }
     records
 }
