@@ -42,6 +42,7 @@ mod value;
 mod tests;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 pub use eval::Condition;
@@ -224,7 +225,19 @@ pub struct RouteTable {
     /// Per route, the index of the first route naming the same endpoint: endpoints are told
     /// apart by this number when messages are routed, not by comparing names.
     endpoint_index: Vec<usize>,
+    /// With more than [`LINEAR_ROUTES_MAX`] routes: route indices (ascending) by their source's
+    /// folded prefix, so a message's source is looked up at each of its `/` boundaries (a
+    /// handful of lookups) instead of being compared with every route.
+    by_prefix: Option<HashMap<Box<[u8]>, Vec<usize>>>,
 }
+
+/// Up to this many routes a message's source is compared with each route's in turn.
+const LINEAR_ROUTES_MAX: usize = 8;
+/// A message source longer than this (bytes) is compared with every route, not looked up.
+const INDEXED_SOURCE_BYTES_MAX: usize = 256;
+/// Routes one lookup may find (their sources all prefixes of the message's); more, and the
+/// message is compared with every route.
+const INDEXED_CANDIDATES_MAX: usize = 64;
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
@@ -234,7 +247,43 @@ impl RouteTable {
             .enumerate()
             .map(|(index, route)| routes[..index].iter().position(|r| r.endpoint == route.endpoint).unwrap_or(index))
             .collect();
-        RouteTable { routes, needs_body, endpoint_index }
+        let by_prefix = (routes.len() > LINEAR_ROUTES_MAX).then(|| {
+            let mut by_prefix: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+            for (index, route) in routes.iter().enumerate() {
+                by_prefix.entry(route.source.folded_prefix()).or_default().push(index);
+            }
+            by_prefix
+        });
+        RouteTable { routes, needs_body, endpoint_index, by_prefix }
+    }
+
+    /// Writes into `out` the indices (ascending) of the routes whose source matches `source`,
+    /// found through [`RouteTable::by_prefix`]; false when there is no index or the message
+    /// does not fit its bounds (the caller then compares every route).
+    fn source_candidates(&self, source: &str, out: &mut [usize; INDEXED_CANDIDATES_MAX], count: &mut usize) -> bool {
+        let Some(by_prefix) = &self.by_prefix else { return false };
+        // As `Source::matches` sees it.
+        let source = source.trim().trim_end_matches('/').as_bytes();
+        if source.len() > INDEXED_SOURCE_BYTES_MAX {
+            return false;
+        }
+        let mut folded = [0u8; INDEXED_SOURCE_BYTES_MAX];
+        let folded = &mut folded[..source.len()];
+        folded.copy_from_slice(source);
+        folded.make_ascii_lowercase();
+        *count = 0;
+        // A route matches when its prefix is the source up to a `/` or the whole source.
+        for end in (0..=folded.len()).filter(|&end| end == folded.len() || folded[end] == b'/') {
+            for &index in by_prefix.get(&folded[..end]).map_or(&[][..], Vec::as_slice) {
+                if *count == INDEXED_CANDIDATES_MAX {
+                    return false;
+                }
+                out[*count] = index;
+                *count += 1;
+            }
+        }
+        out[..*count].sort_unstable();
+        true
     }
 
     /// [`RouteTable::endpoints_for`] without naming the endpoints: each as the index of the
@@ -243,17 +292,28 @@ impl RouteTable {
     pub fn endpoint_indices_for(&self, message: &dyn RoutableMessage, out: &mut Vec<(usize, u8, u32)>) {
         out.clear();
         let context = EvalContext::new(message);
-        for (route, &endpoint) in self.routes.iter().zip(&self.endpoint_index) {
-            if !route.matches_in(&context) {
-                continue;
+        let mut add = |route: &Route, endpoint: usize| match out.iter_mut().find(|(index, _, _)| *index == endpoint) {
+            Some(entry) if route.priority < entry.1 => {
+                entry.1 = route.priority;
+                entry.2 = route.time_to_live_secs;
             }
-            match out.iter_mut().find(|(index, _, _)| *index == endpoint) {
-                Some(entry) if route.priority < entry.1 => {
-                    entry.1 = route.priority;
-                    entry.2 = route.time_to_live_secs;
+            Some(_) => {}
+            None => out.push((endpoint, route.priority, route.time_to_live_secs)),
+        };
+        let (mut candidates, mut count) = ([0usize; INDEXED_CANDIDATES_MAX], 0);
+        if self.source_candidates(message.source(), &mut candidates, &mut count) {
+            // In table order, as below: only the conditions are left to test.
+            for &index in &candidates[..count] {
+                let route = &self.routes[index];
+                if route.condition.as_ref().map_or(true, |condition| condition.is_true(&context)) {
+                    add(route, self.endpoint_index[index]);
                 }
-                Some(_) => {}
-                None => out.push((endpoint, route.priority, route.time_to_live_secs)),
+            }
+        } else {
+            for (route, &endpoint) in self.routes.iter().zip(&self.endpoint_index) {
+                if route.matches_in(&context) {
+                    add(route, endpoint);
+                }
             }
         }
         // Stable: equal priorities keep the order of their first matching route.

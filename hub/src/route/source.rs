@@ -21,6 +21,12 @@ impl Source {
         Source { text: text.into(), prefix: prefix.into() }
     }
 
+    /// The prefix messages must start with (see [`Source::matches`]), ASCII letters folded to
+    /// lower case: the key under which a route table indexes this source.
+    pub(crate) fn folded_prefix(&self) -> Box<[u8]> {
+        self.prefix.as_bytes().to_ascii_lowercase().into_boxed_slice()
+    }
+
     /// The path as written in the route.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -96,3 +96,75 @@ fn endpoints_are_numbered_by_the_first_route_that_names_them() {
     let named: Vec<Endpoint> = out.iter().map(|(index, _, _)| table.routes()[*index].endpoint.clone()).collect();
     assert_eq!(named, endpoints(&table, &alert).into_iter().map(|(e, _, _)| e).collect::<Vec<_>>());
 }
+
+/// With more than eight routes the table finds the routes of a message's source through an
+/// index of source prefixes; this compares it, source by source, with each route's own match.
+#[test]
+fn the_source_index_finds_exactly_the_routes_that_match_one_by_one() {
+    let sources = [
+        "/*",
+        "/messages/*",
+        "/messages/modules/*",
+        "/messages/modules/m1/*",
+        "/messages/modules/M1/outputs/*",
+        "/messages/modules/m1/outputs/o1",
+        "/messages/modules/m10/*",
+        "/messages/modules/m1/outputs/o1/deeper",
+        "/twinChangeNotifications",
+        "/messages/modules/ünï/*",
+        "/messages/modules/m2/outputs/*",
+        "/messages/events",
+    ];
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let text = format!("FROM {source} INTO BrokeredEndpoint(\"/modules/e{}/inputs/in\")", i % 5);
+        routes.push(route(&format!("r{i}"), &text, Some((i % 3) as u8), i as u32));
+        let conditional = format!("FROM {source} WHERE alert = 'yes' INTO $upstream");
+        routes.push(route(&format!("c{i}"), &conditional, Some(1), 7));
+    }
+    assert!(routes.len() > 8, "enough routes for the index");
+    let table = RouteTable::new(routes.clone());
+    let messages = [
+        "/messages/modules/m1/outputs/o1",
+        "/MESSAGES/Modules/M1/Outputs/O1",
+        "/messages/modules/m1",
+        "/messages/modules/m1/",
+        "  /messages/modules/m10/outputs/x  ",
+        "/messages/modules/m100/outputs/x",
+        "/messages/modules/m1/outputs/o1/deeper/still",
+        "/messages/modules/ünï/outputs/x",
+        "/messages/modules/ÜNÏ/outputs/x",
+        "/twinChangeNotifications",
+        "/messages/events",
+        "/messages",
+        "/",
+        "",
+        "messages/modules/m1",
+        "//messages",
+    ];
+    for source in messages {
+        for alert in ["yes", "no"] {
+            let message = TestMessage::new(source).app("alert", alert);
+            let mut indexed = Vec::new();
+            table.endpoint_indices_for(&message, &mut indexed);
+            // What comparing with every route in table order gives (the same folding rule).
+            let mut expected: Vec<(usize, u8, u32)> = Vec::new();
+            for (index, route) in routes.iter().enumerate() {
+                if !route.matches(&message) {
+                    continue;
+                }
+                let endpoint = routes.iter().position(|r| r.endpoint == route.endpoint).unwrap_or(index);
+                match expected.iter_mut().find(|(e, _, _)| *e == endpoint) {
+                    Some(entry) if route.priority < entry.1 => {
+                        entry.1 = route.priority;
+                        entry.2 = route.time_to_live_secs;
+                    }
+                    Some(_) => {}
+                    None => expected.push((endpoint, route.priority, route.time_to_live_secs)),
+                }
+            }
+            expected.sort_by_key(|(_, priority, _)| *priority);
+            assert_eq!(indexed, expected, "source {source:?}, alert {alert}");
+        }
+    }
+}
