@@ -223,9 +223,23 @@ pub fn method_request_topic_into(name: &str, rid: &str, out: &mut String) {
 }
 
 /// The pieces of `devices/{d}/modules/{m}/inputs/{input}/{bag}`, in order, for a writer that
-/// puts them into its buffer one after the other.
-pub fn input_topic_parts<'a>(device_id: &'a str, module_id: &'a str, input: &'a str, bag: &'a str) -> [&'a str; 8] {
-    ["devices/", device_id, "/modules/", module_id, "/inputs/", input, "/", bag]
+/// puts them into its buffer one after the other, and whether the bag had to be left out: an
+/// MQTT topic is at most `topic_bytes_max` (65,535) bytes, and a bag that fits the publisher's
+/// topic may not fit beside a longer module and input name. The message is then delivered
+/// without its properties rather than as a PUBLISH whose length prefix is wrong.
+pub fn input_topic_parts<'a>(
+    device_id: &'a str,
+    module_id: &'a str,
+    input: &'a str,
+    bag: &'a str,
+    topic_bytes_max: usize,
+) -> ([&'a str; 8], bool) {
+    let mut parts = ["devices/", device_id, "/modules/", module_id, "/inputs/", input, "/", bag];
+    let too_long = parts.iter().map(|part| part.len()).sum::<usize>() > topic_bytes_max;
+    if too_long {
+        parts[7] = "";
+    }
+    (parts, too_long)
 }
 
 // ---- The cloud's side of the same topics: what the hub sends and receives as a client of
@@ -405,14 +419,20 @@ mod tests {
 
     #[test]
     fn input_topic_is_built_without_encoding_ids() {
-        assert_eq!(
-            input_topic_parts("gw", "filter", "input1", "a=b").concat(),
-            "devices/gw/modules/filter/inputs/input1/a=b"
-        );
-        assert_eq!(
-            input_topic_parts("gw", "filter", "input1", "").concat(),
-            "devices/gw/modules/filter/inputs/input1/"
-        );
+        let (parts, cut) = input_topic_parts("gw", "filter", "input1", "a=b", 65_535);
+        assert_eq!((parts.concat().as_str(), cut), ("devices/gw/modules/filter/inputs/input1/a=b", false));
+        let (parts, cut) = input_topic_parts("gw", "filter", "input1", "", 65_535);
+        assert_eq!((parts.concat().as_str(), cut), ("devices/gw/modules/filter/inputs/input1/", false));
+    }
+
+    #[test]
+    fn a_bag_that_would_make_the_topic_too_long_is_left_out() {
+        let fixed = "devices/gw/modules/filter/inputs/input1/".len();
+        let bag = "a=".to_string() + &"x".repeat(100);
+        let (parts, cut) = input_topic_parts("gw", "filter", "input1", &bag, fixed + bag.len());
+        assert_eq!((parts.concat().len(), cut), (fixed + bag.len(), false), "exactly at the limit: kept");
+        let (parts, cut) = input_topic_parts("gw", "filter", "input1", &bag, fixed + bag.len() - 1);
+        assert_eq!((parts.concat().as_str(), cut), ("devices/gw/modules/filter/inputs/input1/", true));
     }
 
     #[test]

@@ -34,6 +34,10 @@ const WRITE_BATCH_MAX: usize = 64;
 /// a burst, so an idle connection does not keep a burst-sized allocation.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
+/// One "delivered without its properties" line per interval.
+static TOPIC_TOO_LONG: tinyedge_platform::logger::RateLimit =
+    tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
+
 /// PUBACKs waiting for the store to make their message durable. The client's own in-flight
 /// window keeps this small; at the bound the writer stops taking requests from the reader, which
 /// then stops reading the client (back-pressure) until the disk catches up.
@@ -379,7 +383,19 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         // Deliveries go to modules: the client id is `d/m`. The topic is written into the
         // buffer piece by piece (`devices/{d}/modules/{m}/inputs/{input}/{bag}`).
         let (device, module) = self.client_id.split_once('/').unwrap_or((&self.client_id, ""));
-        let topic = topic::input_topic_parts(device, module, &delivery.input, delivery.properties());
+        let (topic, bag_left_out) =
+            topic::input_topic_parts(device, module, &delivery.input, delivery.properties(), codec::TOPIC_BYTES_MAX);
+        if bag_left_out {
+            if let Some(held_back) = TOPIC_TOO_LONG.check() {
+                log::warn!(
+                    "message {} to {}/{}: its properties ({} bytes) do not fit an MQTT topic beside the input's name; delivered without them ({held_back} more since the last such line)",
+                    delivery.record.seq,
+                    self.client_id,
+                    delivery.input,
+                    delivery.properties().len()
+                );
+            }
+        }
         match settle {
             Settle::AtMostOnce => {
                 codec::put_publish_parts(&mut self.out, &topic, QoS::AtMostOnce, 0, false, delivery.payload());
