@@ -356,8 +356,9 @@ impl DeviceScope {
     /// meanwhile, read it), then the hub. Called with `fetching` held.
     async fn replace(&self, new: Scope) {
         let diff = self.state().scope.diff(&new);
+        // Logged once the hub applies it (below): a device the line says removed is refused.
+        let summary = (!diff.is_empty()).then(|| format!("device scope: {} device(s): {diff}", new.len()));
         if !diff.is_empty() {
-            log::info!("device scope: {} device(s): {diff}", new.len());
             let bytes = scope::encode_cache(&self.edge, unix_now(), &new);
             let path = self.cache_file.clone();
             let written = smol::unblock(move || fsutil::write_atomic(&path, &bytes, Access::OwnerOnly)).await;
@@ -374,6 +375,9 @@ impl DeviceScope {
         let (applied, for_apply) = (new.clone(), diff);
         smol::unblock(move || apply(&applied, &for_apply)).await;
         self.state().scope = new;
+        if let Some(summary) = summary {
+            log::info!("{summary}");
+        }
     }
 
     /// Refreshes now and every `refresh_every`; after a failure within a minute.
