@@ -27,7 +27,7 @@ use mqttbytes::QoS;
 const RUMQTTD_VERSION: &str = "0.20.0";
 /// Messages per publisher per run (scenario b: one at a time, fewer).
 const WINDOW_MESSAGES: usize = 20_000;
-const ONE_AT_A_TIME_MESSAGES: usize = 2_000;
+const ONE_AT_A_TIME_MESSAGES: usize = 10_000;
 const PAIRS: usize = 10;
 const PAIR_MESSAGES: usize = 2_000;
 const FAN_OUT: usize = 5;

@@ -43,7 +43,7 @@ pub fn start(config: &Config, deployment: Option<Deployment>, hub: &Arc<HubTarge
     let hook_hub = hub.clone();
     let hook = Box::new(move |d: &Deployment| deploy::apply_to_hub(&hook_hub, d));
     let (agent, handle) = Agent::new(settings, deployment, hook);
-    smol::spawn(agent.run()).detach();
+    tinyedge_platform::rt::spawn(agent.run()).detach();
     log::info!("agent: containerd {} namespace {:?}", a.containerd.display(), a.namespace);
     let deploy_handle = handle.clone();
     Ok(AgentApi {

@@ -132,7 +132,7 @@ pub fn start_upstream(config: &Config, device_key: &[u8], broker: &Arc<Broker>) 
     upstream.backoff_min = upstream.backoff_min.min(upstream.backoff_max);
     if settings.protocol == "mqtt" {
         let link = Link::new(upstream, outbox).map_err(|e| Failure::Config(format!("upstream: {e}")))?;
-        smol::spawn(link.clone().run()).detach();
+        tinyedge_platform::rt::spawn(link.clone().run()).detach();
         log::info!("upstream link to {} started (one connection as {})", link.target(), config.device_id);
         return Ok(Some(Upstream::Single(link)));
     }

@@ -121,7 +121,7 @@ impl CloudDeploy {
                 }),
             );
         }
-        smol::spawn(CloudDeploy::report_loop(Arc::downgrade(&me))).detach();
+        tinyedge_platform::rt::spawn(CloudDeploy::report_loop(Arc::downgrade(&me))).detach();
         me
     }
 
@@ -149,7 +149,7 @@ impl CloudDeploy {
             (versions, body)
         };
         let me = self.clone();
-        smol::spawn(async move {
+        tinyedge_platform::rt::spawn(async move {
             let (versions, body) = manifest;
             let _one_at_a_time = me.deploying.lock().await;
             if lock(&me.state).applied != Some(versions) {

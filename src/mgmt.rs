@@ -88,7 +88,7 @@ pub fn start(management: Management) -> Result<PathBuf, Failure> {
     let listener = http::bind_unix(&socket, 0o600)
         .map_err(|e| Failure::Runtime(format!("management socket {}: {e}", socket.display())))?;
     let management = Arc::new(management);
-    smol::spawn(http::serve_unix(listener, "management", LIMITS, move |request| {
+    tinyedge_platform::rt::spawn(http::serve_unix(listener, "management", LIMITS, move |request| {
         let management = management.clone();
         async move { answer(&management, request).await }
     }))

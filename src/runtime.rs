@@ -161,10 +161,10 @@ fn amqps_listener(
 /// The method API's listener (`hub.https`). The default address is a privileged port that
 /// `tinyedge run` as a user, or a host with a web server, cannot bind: then the API is off with
 /// a warning rather than the runtime refusing to start. A configured address must bind.
-fn bind_method_api(addr: std::net::SocketAddr) -> Result<Option<smol::Async<std::net::TcpListener>>, Failure> {
-    match smol::Async::<std::net::TcpListener>::bind(addr) {
+fn bind_method_api(addr: std::net::SocketAddr) -> Result<Option<tinyedge_platform::rt::TcpListener>, Failure> {
+    match tinyedge_platform::rt::TcpListener::bind(addr) {
         Ok(listener) => {
-            log::info!("method API (https) listening on {}", listener.get_ref().local_addr().map_or(addr, |a| a));
+            log::info!("method API (https) listening on {}", listener.local_addr().map_or(addr, |a| a));
             Ok(Some(listener))
         }
         Err(e) if addr == tinyedge_platform::config::DEFAULT_HTTPS_ADDR => {
@@ -224,7 +224,7 @@ fn stop_on_signal(deployments: Arc<crate::cloud_deploy::CloudDeploy>) {
             return;
         }
     };
-    smol::spawn(async move {
+    tinyedge_platform::rt::spawn(async move {
         if let Some(Ok(signal)) = signals.next().await {
             log::info!("{signal:?}: reporting the shutdown to the cloud, then exiting");
             smol::unblock(move || deployments.shutdown()).await;
@@ -257,9 +257,13 @@ pub fn run(config: Config) -> Result<(), Failure> {
     let (identities, desired) = twin_plan(&config, deployment.as_ref());
     broker.apply_twins(&identities, &desired);
     let link = crate::cloud::start_upstream(&config, &key, &broker)?;
-    let served = smol::spawn(listeners::serve(broker.clone(), hub_listeners(&config)?, smol::future::pending()));
+    let served = tinyedge_platform::rt::spawn(listeners::serve(
+        broker.clone(),
+        hub_listeners(&config)?,
+        smol::future::pending(),
+    ));
     let link_for_metrics = link.clone();
-    smol::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
+    tinyedge_platform::rt::spawn(status_loop(config.data_dir.clone(), broker.clone(), store, link)).detach();
     let hub = Arc::new(crate::deploy::HubTargets::new(config.clone(), key.clone(), broker.clone()));
     let agent = if config.agent.enabled {
         #[cfg(feature = "agent")]
@@ -309,12 +313,11 @@ pub fn run(config: Config) -> Result<(), Failure> {
         Path::new(&config.data_dir).display()
     );
     crate::pages::release_after_start();
-    // The main thread only waits. The executor thread drives the reactor while it has nothing
-    // to run, so a socket's readiness wakes its task on the thread that runs it: no hand-over
-    // between threads (a futex wake-up) per message, as a `block_on` here would cause by
-    // competing for the reactor.
+    // The main thread only waits. Every task runs on the executor thread
+    // (`tinyedge_platform::rt`), which waits on its own epoll for the hub's sockets, so a
+    // socket's readiness wakes its task on the thread that runs it.
     let (done, finished) = std::sync::mpsc::sync_channel::<()>(1);
-    smol::spawn(async move {
+    tinyedge_platform::rt::spawn(async move {
         served.await;
         let _ = done.send(());
     })

@@ -496,7 +496,7 @@ pub fn start(config: &Config, device_key: &[u8], broker: &Arc<Broker>) -> Result
         apply,
     ));
     broker.set_scope(Arc::new(Lookup(scope.clone())));
-    smol::spawn(scope.clone().run()).detach();
+    tinyedge_platform::rt::spawn(scope.clone().run()).detach();
     log::info!(
         "device scope: read from {} every {} s (and on demand for unknown devices)",
         upstream.api_url,

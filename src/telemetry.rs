@@ -236,7 +236,7 @@ impl Telemetry {
             }
         };
         let telemetry = Telemetry { config: config.clone(), dir, key, metrics, cloud };
-        smol::spawn(telemetry.run()).detach();
+        tinyedge_platform::rt::spawn(telemetry.run()).detach();
     }
 
     fn samples_file(&self) -> PathBuf {

@@ -40,14 +40,14 @@ pub fn acceptor(cert_chain: &Path, key: &Path) -> Result<Acceptor, TlsError> {
 /// The TLS handshake of an accepted connection, bounded by its connect deadline: the stream,
 /// or `None` once the failure is logged (a timeout is also counted). `what` names the protocol
 /// in the log ("" for MQTT, "AMQP ").
-pub async fn handshake_within(
+pub async fn handshake_within<S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin>(
     broker: &crate::broker::Broker,
     acceptor: &Acceptor,
-    stream: smol::Async<std::net::TcpStream>,
+    stream: S,
     peer: &str,
     what: &str,
     deadline: std::time::Instant,
-) -> Option<futures_rustls::server::TlsStream<smol::Async<std::net::TcpStream>>> {
+) -> Option<futures_rustls::server::TlsStream<S>> {
     let handshake = async { Some(acceptor.accept(stream).await) };
     let timeout = async {
         smol::Timer::at(deadline).await;

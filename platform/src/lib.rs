@@ -14,6 +14,7 @@
 //! - [`http`]: HTTP/1.1 for the local APIs and the method API: the request head parser, one
 //!   bounded request loop over any byte stream, the CLI's Unix socket client.
 //! - [`logger`]: a minimal `log::Log` to stderr with UTC timestamps.
+//! - [`rt`]: the executor every task runs on, with its own epoll for the hub's TCP sockets.
 //! - [`utc`]: civil (calendar) UTC time from the system clock, without a date library.
 //! - [`fsutil`]: atomic file writes (keys, certificates, the device-scope cache) and bounded reads.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod fsutil;
 pub mod http;
 pub mod identity;
 pub mod logger;
+pub mod rt;
 pub mod sas;
 pub mod urlenc;
 pub mod utc;

@@ -391,14 +391,14 @@ fn hub_counters(e: &mut Exposition<'_>, metrics: &Metrics) {
 /// until the tasks are dropped.
 pub fn spawn(endpoint: Arc<Endpoint>, listener: smol::Async<std::net::TcpListener>) {
     let sampler = endpoint.clone();
-    smol::spawn(async move {
+    tinyedge_platform::rt::spawn(async move {
         loop {
             sampler.sample();
             smol::Timer::after(modules::SAMPLE_INTERVAL).await;
         }
     })
     .detach();
-    smol::spawn(http::serve_tcp(listener, "metrics", LIMITS, move |request| {
+    tinyedge_platform::rt::spawn(http::serve_tcp(listener, "metrics", LIMITS, move |request| {
         let endpoint = endpoint.clone();
         async move { endpoint.respond(&request) }
     }))

@@ -111,7 +111,7 @@ pub fn start_pump(fifo_dir: &Path, logs_dir: &Path, module: &str, max_bytes: u64
         let fifo = smol::Async::new(open_fifo(&path)?)?;
         let log = log.clone();
         let module = module.to_owned();
-        tasks.push(smol::spawn(async move {
+        tasks.push(tinyedge_platform::rt::spawn(async move {
             let mut fifo = fifo;
             let mut buffer = vec![0u8; READ_CHUNK];
             loop {

@@ -102,7 +102,7 @@ impl Agent {
         let Some((check, process)) = m.health.clone() else { return };
         let Some(started_ms) = m.state.last_start_unix_ms else { return };
         let module = name.to_owned();
-        m.health_task = Some(smol::spawn(async move {
+        m.health_task = Some(tinyedge_platform::rt::spawn(async move {
             static EXECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             loop {
                 smol::Timer::after(check.interval.max(Duration::from_millis(100))).await;

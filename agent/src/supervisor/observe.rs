@@ -14,7 +14,7 @@ impl Agent {
     pub(super) async fn connected(&mut self, ctr: Containerd) {
         let tx = self.tx.clone();
         let watcher_ctr = ctr.clone();
-        self.watcher = Some(smol::spawn(async move {
+        self.watcher = Some(tinyedge_platform::rt::spawn(async move {
             let tx_exit = tx.clone();
             let e = watcher_ctr
                 .watch_exits(move |exit| {

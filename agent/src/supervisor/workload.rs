@@ -68,7 +68,7 @@ pub fn start(dir: &Path, socket_name: &str, workload: ModuleWorkload) -> std::io
     // The module's processes may run as any user: the socket is the module's own anyway.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     let workload = Arc::new(workload);
-    Ok(smol::spawn(http::serve_unix(listener, "workload API", LIMITS, move |request| {
+    Ok(tinyedge_platform::rt::spawn(http::serve_unix(listener, "workload API", LIMITS, move |request| {
         let workload = workload.clone();
         async move { answer(&request.head, &request.body, &workload) }
     })))

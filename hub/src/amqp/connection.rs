@@ -1309,7 +1309,7 @@ impl Conn {
     fn record_desired_delivered(&mut self) {
         for (id, version) in self.desired_written.drain(..) {
             let twins = self.broker.twins.clone();
-            smol::spawn(smol::unblock(move || {
+            tinyedge_platform::rt::spawn(smol::unblock(move || {
                 if let Err(error) = twins.mark_delivered(&id, version) {
                     log::debug!("twin of {id}: {error}");
                 }

@@ -20,7 +20,7 @@ mod connection;
 pub mod frame;
 mod message;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,7 @@ static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 
 /// Accepts AMQP-over-TLS connections on `listener` for as long as the future runs. Sockets
 /// count toward the hub's connection limits from accept, as MQTT's do.
-pub async fn serve(broker: Arc<Broker>, listener: Async<TcpListener>, tls: Acceptor) {
+pub async fn serve(broker: Arc<Broker>, listener: tinyedge_platform::rt::TcpListener, tls: Acceptor) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -195,9 +195,20 @@ pub async fn serve(broker: Arc<Broker>, listener: Async<TcpListener>, tls: Accep
             log_limited!(REFUSED_AT_LIMIT, log::Level::Warn, "{peer}: AMQP socket closed at accept: connection limit");
             continue;
         };
-        let _ = stream.get_ref().set_nodelay(true);
+        let _ = stream.set_nodelay(true);
+        let stream = match Async::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                Metrics::inc(&broker.metrics.accept_errors);
+                log_limited!(ACCEPT_FAILED, log::Level::Warn, "{peer}: AMQP socket not watched ({e}); closed");
+                continue;
+            }
+        };
         let (broker, tls) = (broker.clone(), tls.clone());
-        smol::spawn(async move { Box::pin(serve_tls(broker, stream, peer, tls, permit, deadline)).await }).detach();
+        tinyedge_platform::rt::spawn(
+            async move { Box::pin(serve_tls(broker, stream, peer, tls, permit, deadline)).await },
+        )
+        .detach();
     }
 }
 

@@ -250,7 +250,7 @@ impl Broker {
                 input: Arc::from(input.as_str()),
                 label: format!("{}/{module}/inputs/{input}", self.device_id),
             };
-            pumps.push((endpoint.clone(), queues, smol::spawn(pump.run())));
+            pumps.push((endpoint.clone(), queues, tinyedge_platform::rt::spawn(pump.run())));
         }
     }
 

@@ -25,14 +25,14 @@ use super::queue::{Queue, Signal};
 #[derive(Debug, Default)]
 pub struct Kick {
     taken_over: AtomicBool,
-    socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
+    socket: Option<Arc<tinyedge_platform::rt::TcpSocket>>,
     signal: Signal,
     /// Fired by the connection once it has ended.
     pub done: Signal,
 }
 
 impl Kick {
-    pub fn new(socket: Option<Arc<smol::Async<std::net::TcpStream>>>) -> Kick {
+    pub fn new(socket: Option<Arc<tinyedge_platform::rt::TcpSocket>>) -> Kick {
         Kick { taken_over: AtomicBool::new(false), socket, signal: Signal::default(), done: Signal::default() }
     }
 

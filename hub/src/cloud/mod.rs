@@ -207,11 +207,11 @@ impl Cloud {
                 None => RouteTo::Busy,
             })
         });
-        smol::spawn(dispatch.run(route, cloud.gate.clone())).detach();
+        tinyedge_platform::rt::spawn(dispatch.run(route, cloud.gate.clone())).detach();
         for id in broker.twins.ids_with_pending_up() {
             cloud.want(&id, Interest { twin: true, ..Interest::default() });
         }
-        smol::spawn(Cloud::housekeeping(Arc::downgrade(&cloud))).detach();
+        tinyedge_platform::rt::spawn(Cloud::housekeeping(Arc::downgrade(&cloud))).detach();
         log::info!("cloud side started: one IoT Hub connection per identity to {}", cloud.target);
         Ok(cloud)
     }
@@ -373,7 +373,7 @@ impl Cloud {
             }
         }));
         subscribe(&link, id, more);
-        let task = smol::spawn(link.clone().run());
+        let task = tinyedge_platform::rt::spawn(link.clone().run());
         links.insert(
             id.to_string(),
             Entry {
@@ -513,12 +513,12 @@ impl Cloud {
 
     fn spawn_sync(&self, id: String, connection: u64) {
         let Some(cloud) = self.myself.upgrade() else { return };
-        smol::spawn(async move { sync::on_connect(&cloud, &id, connection).await }).detach();
+        tinyedge_platform::rt::spawn(async move { sync::on_connect(&cloud, &id, connection).await }).detach();
     }
 
     fn spawn_push_reported(&self, id: String, link: Arc<Link>) {
         let Some(cloud) = self.myself.upgrade() else { return };
-        smol::spawn(async move { sync::push_reported(&cloud, &id, &link).await }).detach();
+        tinyedge_platform::rt::spawn(async move { sync::push_reported(&cloud, &id, &link).await }).detach();
     }
 
     /// The link of `id`, if open.
@@ -581,7 +581,10 @@ impl Cloud {
                 self.count(|s| s.desired_from_cloud += 1);
                 if let Some(cloud) = self.myself.upgrade() {
                     let (id, payload) = (id.to_string(), inbound.payload);
-                    smol::spawn(async move { sync::desired_patch(&cloud, &id, version, &payload).await }).detach();
+                    tinyedge_platform::rt::spawn(
+                        async move { sync::desired_patch(&cloud, &id, version, &payload).await },
+                    )
+                    .detach();
                 }
                 Ack::Now
             }
@@ -616,7 +619,7 @@ impl Cloud {
             response_timeout: METHOD_RESPONSE_TIMEOUT,
         };
         let (broker, rid, connection) = (self.broker.clone(), rid.to_string(), link.connection());
-        smol::spawn(async move {
+        tinyedge_platform::rt::spawn(async move {
             let (status, body) = match broker.invoke_method(call).await {
                 Ok(response) => (response.status, response.payload),
                 Err(error) => {

@@ -11,10 +11,10 @@ pub mod fdlimit;
 pub mod permit;
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smol::Async;
+use tinyedge_platform::rt::{self, TcpListener};
 
 use crate::broker::Broker;
 use crate::methods::listener::MethodApi;
@@ -50,18 +50,19 @@ impl std::fmt::Debug for Kind {
 #[derive(Debug)]
 pub struct Listener {
     pub kind: Kind,
-    pub listener: Async<TcpListener>,
+    /// On the executor thread's own reactor ([`tinyedge_platform::rt`]).
+    pub listener: TcpListener,
 }
 
 impl Listener {
     /// Binds `addr` (port 0: any free port) for `kind`.
     pub fn bind(kind: Kind, addr: SocketAddr) -> std::io::Result<Listener> {
-        Ok(Listener { kind, listener: Async::<TcpListener>::bind(addr)? })
+        Ok(Listener { kind, listener: TcpListener::bind(addr)? })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.get_ref().local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -69,17 +70,17 @@ impl Listener {
 /// Connections already accepted go on until they end; nothing new is accepted after the
 /// return (the sockets are closed, so a connect is refused).
 pub async fn serve(broker: Arc<Broker>, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
-    let tasks: Vec<smol::Task<()>> = listeners
+    let tasks: Vec<rt::Task<()>> = listeners
         .into_iter()
         .map(|Listener { kind, listener }| match kind {
-            Kind::Mqtt => smol::spawn(crate::mqtt::serve(broker.clone(), listener, None)),
-            Kind::Mqtts(acceptor) => smol::spawn(crate::mqtt::serve(broker.clone(), listener, Some(acceptor))),
+            Kind::Mqtt => rt::spawn(crate::mqtt::serve(broker.clone(), listener, None)),
+            Kind::Mqtts(acceptor) => rt::spawn(crate::mqtt::serve(broker.clone(), listener, Some(acceptor))),
             Kind::MethodsHttps(acceptor) => {
                 let api = MethodApi::new(&broker, broker.device_id());
-                smol::spawn(crate::methods::listener::serve(listener, acceptor, api))
+                rt::spawn(crate::methods::listener::serve(listener, acceptor, api))
             }
             #[cfg(feature = "amqp")]
-            Kind::Amqps(acceptor) => smol::spawn(crate::amqp::serve(broker.clone(), listener, acceptor)),
+            Kind::Amqps(acceptor) => rt::spawn(crate::amqp::serve(broker.clone(), listener, acceptor)),
         })
         .collect();
     shutdown.await;

@@ -5,7 +5,6 @@
 //! Log lines name the caller, the target, the method and the status; never the `Authorization`
 //! header or any part of a token.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +87,7 @@ impl MethodApi {
 }
 
 /// Serves the method API on `listener` with TLS from `acceptor` until the task is dropped.
-pub async fn serve(listener: Async<TcpListener>, acceptor: Acceptor, api: MethodApi) {
+pub async fn serve(listener: tinyedge_platform::rt::TcpListener, acceptor: Acceptor, api: MethodApi) {
     let api = Arc::new(api);
     let gate = Gate::new(LIMITS.connections_max);
     loop {
@@ -110,8 +109,15 @@ pub async fn serve(listener: Async<TcpListener>, acceptor: Acceptor, api: Method
             );
             continue;
         };
+        let stream = match Async::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                log_limited!(ACCEPT_FAILED, log::Level::Warn, "method API: {peer}: socket not watched ({e})");
+                continue;
+            }
+        };
         let (api, acceptor) = (api.clone(), acceptor.clone());
-        smol::spawn(async move {
+        tinyedge_platform::rt::spawn(async move {
             match platform_http::within(LIMITS.request_timeout, acceptor.accept(stream)).await {
                 Some(Ok(tls)) => {
                     platform_http::serve_connection(tls, &LIMITS, &|request| api.respond(request)).await;

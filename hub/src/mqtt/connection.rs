@@ -436,7 +436,7 @@ where
         woke: None,
     };
     let ws = session.writer(&broker, writer);
-    smol::spawn(session.run(broker, will, rs, ws, permit)).detach();
+    tinyedge_platform::rt::spawn(session.run(broker, will, rs, ws, permit)).detach();
 }
 
 /// Checks protocol and credentials; answers refusals itself.
@@ -523,7 +523,7 @@ impl Session {
         auth: Authenticated,
         connect: &Connect,
         peer: String,
-        socket: Option<Arc<smol::Async<std::net::TcpStream>>>,
+        socket: Option<Arc<tinyedge_platform::rt::TcpSocket>>,
     ) -> Session {
         let Claim { slot, connection_id, kick: kicked } =
             broker.take_slot(&auth.identity, Kick::new(socket), &peer).await;

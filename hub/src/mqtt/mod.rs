@@ -24,14 +24,14 @@ mod connection;
 mod transport;
 mod writer;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smol::Async;
 use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
+use tinyedge_platform::rt::{self, TcpListener, TcpSocket};
 
 use crate::broker::Broker;
 use crate::listeners::permit::{AtLimit, Permit};
@@ -50,8 +50,8 @@ static ACCEPT_FAILED: RateLimit = RateLimit::new(RATE_LIMIT_INTERVAL);
 
 /// Accepts MQTT connections on `listener` for as long as the future runs (dropping it closes
 /// the listener; connections already accepted go on); TLS when `tls` is given.
-pub async fn serve(broker: Arc<Broker>, listener: Async<TcpListener>, tls: Option<Acceptor>) {
-    let local = listener.get_ref().local_addr().map(|a| a.to_string()).unwrap_or_default();
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, tls: Option<Acceptor>) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -91,16 +91,24 @@ pub async fn serve(broker: Arc<Broker>, listener: Async<TcpListener>, tls: Optio
                 continue;
             }
         };
-        let _ = stream.get_ref().set_nodelay(true);
+        let _ = stream.set_nodelay(true);
+        let stream = match TcpSocket::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                Metrics::inc(&broker.metrics.accept_errors);
+                log_limited!(ACCEPT_FAILED, log::Level::Warn, "{peer}: cannot watch the socket ({e}); closed");
+                continue;
+            }
+        };
         let broker = broker.clone();
         let tls = tls.clone();
-        smol::spawn(async move { serve_stream(broker, stream, peer, tls, permit, deadline).await }).detach();
+        rt::spawn(async move { serve_stream(broker, stream, peer, tls, permit, deadline).await }).detach();
     }
 }
 
 async fn serve_stream(
     broker: Arc<Broker>,
-    stream: Async<TcpStream>,
+    stream: TcpSocket,
     peer: SocketAddr,
     tls: Option<Acceptor>,
     permit: Permit,
@@ -122,7 +130,7 @@ async fn serve_stream(
 
 async fn serve_tls(
     broker: Arc<Broker>,
-    stream: Async<TcpStream>,
+    stream: TcpSocket,
     peer: String,
     acceptor: Acceptor,
     permit: Permit,

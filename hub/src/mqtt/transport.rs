@@ -3,41 +3,38 @@
 //! readiness probe so an idle plain connection holds no read buffer.
 
 use std::io;
-use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use std::io::Read as _;
-
 use bytes::BytesMut;
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::Async;
+use tinyedge_platform::rt::TcpSocket;
 
 /// One half of a plain TCP connection; both halves share the socket.
 #[derive(Debug, Clone)]
-pub struct TcpHalf(pub Arc<Async<TcpStream>>);
+pub struct TcpHalf(pub Arc<TcpSocket>);
 
 impl AsyncRead for TcpHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut socket: &Async<TcpStream> = &self.0;
+        let mut socket: &TcpSocket = &self.0;
         Pin::new(&mut socket).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TcpHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut socket: &Async<TcpStream> = &self.0;
+        let mut socket: &TcpSocket = &self.0;
         Pin::new(&mut socket).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut socket: &Async<TcpStream> = &self.0;
+        let mut socket: &TcpSocket = &self.0;
         Pin::new(&mut socket).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut socket: &Async<TcpStream> = &self.0;
+        let mut socket: &TcpSocket = &self.0;
         Pin::new(&mut socket).poll_close(cx)
     }
 }
@@ -46,7 +43,7 @@ impl AsyncWrite for TcpHalf {
 /// before a read buffer is allocated.
 pub struct Reader<R> {
     pub inner: R,
-    pub probe: Option<Arc<Async<TcpStream>>>,
+    pub probe: Option<Arc<TcpSocket>>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -74,13 +71,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return read;
         };
         loop {
-            if let Err(e) = std::task::ready!(socket.poll_readable(cx)) {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(socket.poll_readable(cx));
             buf.resize(start + chunk, 0);
-            // The socket is non-blocking (async-io made it so): `read` never waits.
-            let mut stream: &TcpStream = socket.get_ref();
-            match stream.read(&mut buf[start..]) {
+            match socket.try_read(&mut buf[start..]) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
                     buf.truncate(start);

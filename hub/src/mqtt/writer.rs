@@ -292,7 +292,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     fn record_desired_delivered(&mut self) {
         if let Some(version) = self.desired_written.take() {
             let (twins, id) = (self.broker.twins.clone(), self.client_id.clone());
-            smol::spawn(smol::unblock(move || {
+            tinyedge_platform::rt::spawn(smol::unblock(move || {
                 if let Err(error) = twins.mark_delivered(&id, version) {
                     log::debug!("twin of {id}: {error}");
                 }

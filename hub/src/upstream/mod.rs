@@ -19,7 +19,7 @@
 //! let outbox = Arc::new(StoreOutbox::new(store, &[(10, queue)]));
 //! let config = UpstreamConfig::new("mqtts://myhub.azure-devices.net", "myhub.azure-devices.net", "gw-1", vec![7; 32]);
 //! let link = Link::new(config, outbox).expect("valid upstream config");
-//! smol::spawn(link.clone().run()).detach();
+//! tinyedge_platform::rt::spawn(link.clone().run()).detach();
 //! // later: link.status().connected, .acked, .last_error ...
 //! ```
 //!
@@ -479,7 +479,7 @@ impl Link {
         lock(&self.status).status.clone()
     }
 
-    /// Connects, publishes and reconnects forever; spawn it (`smol::spawn(link.clone().run())`).
+    /// Connects, publishes and reconnects forever; spawn it (`tinyedge_platform::rt::spawn(link.clone().run())`).
     /// Dropping the future closes the connection without a DISCONNECT.
     pub async fn run(self: Arc<Self>) {
         /// A link whose task is dropped while connected (closed by the cloud side) leaves the

@@ -232,7 +232,7 @@ where
             continue;
         };
         let (respond, limits) = (respond.clone(), limits.clone());
-        smol::spawn(async move {
+        crate::rt::spawn(async move {
             serve_connection(stream, &limits, &*respond).await;
             drop(permit);
         })

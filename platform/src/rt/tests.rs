@@ -1,0 +1,109 @@
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+
+#[test]
+fn a_spawned_task_runs_and_gives_its_output() {
+    let task = spawn(async { 6 * 7 });
+    assert_eq!(smol::block_on(task), 42);
+}
+
+#[test]
+fn a_task_woken_from_another_thread_runs_while_the_executor_sleeps() {
+    // The executor has nothing to do and waits on epoll; the wake-up comes from a plain thread.
+    let (sender, receiver) = smol::channel::bounded::<u32>(1);
+    let task = spawn(async move { receiver.recv().await.expect("sent") + 1 });
+    std::thread::sleep(Duration::from_millis(50));
+    std::thread::spawn(move || sender.send_blocking(9).expect("receiver alive"));
+    assert_eq!(smol::block_on(task), 10);
+}
+
+#[test]
+fn a_timer_on_async_io_wakes_a_task_of_this_executor() {
+    let started = std::time::Instant::now();
+    smol::block_on(spawn(async {
+        smol::Timer::after(Duration::from_millis(30)).await;
+    }));
+    assert!(started.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn a_panicking_task_is_re_raised_where_awaited_and_the_executor_goes_on() {
+    let task = spawn(async {
+        panic!("on purpose");
+    });
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| smol::block_on(task)));
+    assert!(caught.is_err(), "the panic reaches the awaiting side");
+    assert_eq!(smol::block_on(spawn(async { "still running" })), "still running");
+}
+
+#[test]
+fn ten_thousand_tasks_all_run() {
+    let tasks: Vec<Task<usize>> = (0..10_000).map(|i| spawn(async move { i })).collect();
+    let sum: usize = smol::block_on(async {
+        let mut sum = 0;
+        for task in tasks {
+            sum += task.await;
+        }
+        sum
+    });
+    assert_eq!(sum, (0..10_000).sum::<usize>());
+}
+
+/// An echo server on the reactor, a blocking client sending one message and waiting for its
+/// echo each time (the pattern where a lost edge would hang).
+#[test]
+fn a_socket_echoes_one_message_at_a_time_without_losing_a_wake_up() {
+    let listener = TcpListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepted");
+        let socket = TcpSocket::new(stream).expect("registered");
+        let mut buf = [0u8; 64];
+        let mut echoed = 0usize;
+        loop {
+            let n = (&socket).read(&mut buf).await.expect("read");
+            if n == 0 {
+                return echoed;
+            }
+            (&socket).write_all(&buf[..n]).await.expect("written");
+            echoed += n;
+        }
+    });
+    let mut client = std::net::TcpStream::connect(addr).expect("connected");
+    client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for i in 0..2_000u32 {
+        let message = i.to_be_bytes();
+        client.write_all(&message).expect("sent");
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).expect("echoed within the timeout");
+        assert_eq!(back, message);
+    }
+    client.shutdown(std::net::Shutdown::Write).expect("shut down");
+    assert_eq!(smol::block_on(server), 8_000);
+}
+
+/// A write larger than the socket buffers: the writer waits for the reader's progress (the
+/// write direction's edges).
+#[test]
+fn a_large_write_waits_for_room_and_arrives_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let expected = payload.clone();
+    let server = spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accepted");
+        let socket = TcpSocket::new(stream).expect("registered");
+        (&socket).write_all(&payload).await.expect("written");
+        (&socket).close().await.expect("closed");
+    });
+    let mut client = std::net::TcpStream::connect(addr).expect("connected");
+    let mut received = Vec::new();
+    std::thread::sleep(Duration::from_millis(100));
+    client.read_to_end(&mut received).expect("read");
+    smol::block_on(server);
+    assert!(received == expected, "{} bytes of {}", received.len(), expected.len());
+}
