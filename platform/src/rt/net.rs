@@ -43,23 +43,26 @@ impl TcpSocket {
         self.source.poll_ready(Direction::Read, cx)
     }
 
-    /// A read that does not wait; `WouldBlock` makes [`TcpSocket::poll_readable`] wait for
-    /// the next bytes.
+    /// A read that does not wait; `WouldBlock`, or fewer bytes than `buf` holds (the socket's
+    /// queue is drained), makes [`TcpSocket::poll_readable`] wait for the next bytes.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.source.try_io(Direction::Read, || (&self.stream).read(buf))
+        let len = buf.len();
+        self.source.try_io_len(Direction::Read, len, || (&self.stream).read(buf))
     }
 
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        self.source.poll_io(Direction::Read, cx, || (&self.stream).read(buf))
+        let len = buf.len();
+        self.source.poll_io_len(Direction::Read, cx, len, || (&self.stream).read(buf))
     }
 
     pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.source.poll_io(Direction::Write, cx, || (&self.stream).write(buf))
+        self.source.poll_io_len(Direction::Write, cx, buf.len(), || (&self.stream).write(buf))
     }
 
     /// One `writev` of `bufs` (a header and a payload shared with other connections, say).
     pub fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.source.poll_io(Direction::Write, cx, || (&self.stream).write_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.source.poll_io_len(Direction::Write, cx, len, || (&self.stream).write_vectored(bufs))
     }
 
     /// Shuts the writing direction down (what `close` means for a TCP stream's half).

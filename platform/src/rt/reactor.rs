@@ -7,10 +7,16 @@
 //! lost; a waiter stores its waker and then looks at `tick` again, so an edge that comes while
 //! it registers is not lost either. Nothing is locked on the way of a read or write that
 //! succeeds, and one uncontended lock is taken per wait.
+//!
+//! A read or write that moved fewer bytes than asked drained the socket's queue (or filled
+//! its buffer) at that moment, so it also counts as "not ready": the next bytes bring a new
+//! edge, and the read that would only have said `EAGAIN` is not made (tokio does the same). A
+//! hang-up or error is sticky instead, since no edge follows it: once seen, the direction stays
+//! ready and the next read finds the end.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -32,15 +38,20 @@ pub(crate) enum Direction {
 struct Readiness {
     tick: AtomicU64,
     seen: AtomicU64,
+    /// A hang-up or error was reported: ready for good.
+    closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
 impl Readiness {
     fn ready(&self) -> bool {
-        self.tick.load(Ordering::SeqCst) != self.seen.load(Ordering::SeqCst)
+        self.tick.load(Ordering::SeqCst) != self.seen.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst)
     }
 
-    fn edge(&self) {
+    fn edge(&self, closed: bool) {
+        if closed {
+            self.closed.store(true, Ordering::SeqCst);
+        }
         self.tick.fetch_add(1, Ordering::SeqCst);
         let waker = lock(&self.waker).take();
         if let Some(waker) = waker {
@@ -66,6 +77,43 @@ impl Source {
             readiness.seen.store(tick, Ordering::SeqCst);
         }
         result
+    }
+
+    /// [`Source::try_io`] for a read or write of `len` bytes: one that moves fewer (but some)
+    /// also counts as not ready until the next edge.
+    pub(crate) fn try_io_len(
+        &self,
+        direction: Direction,
+        len: usize,
+        op: impl FnOnce() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let readiness = &self.directions[direction as usize];
+        let tick = readiness.tick.load(Ordering::SeqCst);
+        let result = op();
+        match &result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => readiness.seen.store(tick, Ordering::SeqCst),
+            Ok(n) if *n > 0 && *n < len => readiness.seen.store(tick, Ordering::SeqCst),
+            _ => {}
+        }
+        result
+    }
+
+    /// [`Source::poll_io`] with [`Source::try_io_len`]'s rule.
+    pub(crate) fn poll_io_len(
+        &self,
+        direction: Direction,
+        cx: &mut Context<'_>,
+        len: usize,
+        mut op: impl FnMut() -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_ready(direction, cx));
+            match self.try_io_len(direction, len, &mut op) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => return Poll::Ready(result),
+            }
+        }
     }
 
     /// `Ready` unless an operation found the direction not ready since its last edge; else the
@@ -179,11 +227,12 @@ impl Reactor {
             let Some(source) = usize::try_from(key).ok().and_then(|k| sources.get(k)) else { continue };
             let flags = event.flags;
             let failed = flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP);
-            if failed || flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::PRI) {
-                source.directions[Direction::Read as usize].edge();
+            let read_closed = failed || flags.contains(epoll::EventFlags::RDHUP);
+            if read_closed || flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::PRI) {
+                source.directions[Direction::Read as usize].edge(read_closed);
             }
             if failed || flags.contains(epoll::EventFlags::OUT) {
-                source.directions[Direction::Write as usize].edge();
+                source.directions[Direction::Write as usize].edge(failed);
             }
         }
     }

@@ -107,3 +107,35 @@ fn a_large_write_waits_for_room_and_arrives_whole() {
     smol::block_on(server);
     assert!(received == expected, "{} bytes of {}", received.len(), expected.len());
 }
+
+/// A peer that sends its last bytes and closes at once: the short read that takes the bytes
+/// must not hide the end that follows (no edge comes after a hang-up).
+#[test]
+fn the_end_of_a_stream_is_seen_after_a_short_read_of_its_last_bytes() {
+    let listener = TcpListener::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let addr = listener.local_addr().expect("address");
+    for _ in 0..200 {
+        let mut client = std::net::TcpStream::connect(addr).expect("connected");
+        let (stream, _) = smol::block_on(listener.accept()).expect("accepted");
+        client.write_all(b"last words").expect("sent");
+        drop(client);
+        std::thread::sleep(Duration::from_millis(1));
+        let socket = TcpSocket::new(stream).expect("registered");
+        let read = spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = (&socket).read(&mut buf).await.expect("read");
+                if n == 0 {
+                    return all;
+                }
+                all.extend_from_slice(&buf[..n]);
+            }
+        });
+        let all = smol::block_on(smol::future::or(read, async {
+            smol::Timer::after(Duration::from_secs(5)).await;
+            panic!("the end of the stream was not seen within 5 s");
+        }));
+        assert_eq!(all, b"last words");
+    }
+}
