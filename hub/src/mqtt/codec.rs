@@ -263,10 +263,25 @@ pub fn put_publish(out: &mut BytesMut, topic: &str, qos: QoS, pkid: u16, dup: bo
 /// As [`put_publish`], with the topic given as pieces written one after the other: a delivery's
 /// topic goes straight into the buffer, without a string built for it per message.
 pub fn put_publish_parts(out: &mut BytesMut, topic: &[&str], qos: QoS, pkid: u16, dup: bool, payload: &[u8]) {
+    put_publish_head(out, topic, qos, pkid, dup, payload.len(), payload.len());
+    out.put_slice(payload);
+}
+
+/// A PUBLISH up to its payload, for a payload of `payload_len` bytes the caller writes after it
+/// (from its own buffer, in the same `writev`); `reserve_payload` more bytes are reserved.
+pub fn put_publish_head(
+    out: &mut BytesMut,
+    topic: &[&str],
+    qos: QoS,
+    pkid: u16,
+    dup: bool,
+    payload_len: usize,
+    reserve_payload: usize,
+) {
     let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
     let topic_len: usize = topic.iter().map(|part| part.len()).sum();
-    let remaining = 2 + topic_len + id_len + payload.len();
-    out.reserve(5 + remaining);
+    let remaining = 2 + topic_len + id_len + payload_len;
+    out.reserve(5 + remaining - payload_len + reserve_payload);
     out.put_u8(0b0011_0000 | ((qos as u8) << 1) | (u8::from(dup) << 3));
     put_remaining_length(out, remaining);
     // Topics are bounded by the packet size limit, far below u16::MAX (checked by the caller).
@@ -277,7 +292,6 @@ pub fn put_publish_parts(out: &mut BytesMut, topic: &[&str], qos: QoS, pkid: u16
     if id_len > 0 {
         out.put_u16(pkid);
     }
-    out.put_slice(payload);
 }
 
 /// Longest topic the hub will build for a delivery (MQTT's 16-bit length prefix).

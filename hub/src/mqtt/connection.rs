@@ -724,6 +724,7 @@ impl Session {
             inputs,
             client_id: self.identity.client_id().into_boxed_str(),
             out,
+            spliced: Vec::new(),
             desired_written: None,
         }
     }

@@ -28,6 +28,14 @@ impl AsyncWrite for TcpHalf {
         Pin::new(&mut socket).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, bufs)
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut socket: &TcpSocket = &self.0;
         Pin::new(&mut socket).poll_flush(cx)

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mqttbytes::QoS;
 use smol::io::{AsyncWrite, AsyncWriteExt};
 
@@ -33,6 +33,12 @@ const WRITE_BATCH_MAX: usize = 64;
 /// Bytes gathered before a socket write. A bigger write buffer than this is given back after
 /// a burst, so an idle connection does not keep a burst-sized allocation.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Delivery payloads at least this large are not copied into the write buffer: the socket
+/// write takes them from the store's shared buffer (header and payloads in one `writev`).
+const SPLICE_MIN_BYTES: usize = 4096;
+/// Shared payloads gathered per socket write (at the bound the buffer goes to the socket).
+const SPLICED_MAX: usize = 16;
 
 /// One "delivered without its properties" line per interval.
 static TOPIC_TOO_LONG: tinyedge_platform::logger::RateLimit =
@@ -100,6 +106,9 @@ pub struct Writer<W> {
     pub client_id: Box<str>,
     /// Bytes to write first (the CONNACK).
     pub out: BytesMut,
+    /// Payloads written from their shared buffers, each after `out`'s first `.0` bytes (at
+    /// most [`SPLICED_MAX`]; given back after the write that sent them).
+    pub spliced: Vec<(usize, Bytes)>,
     /// The newest desired `$version` in `out` (a desired patch or a GET answer): recorded as
     /// delivered to the client once `out` is on the socket.
     pub desired_written: Option<u64>,
@@ -136,8 +145,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             loop {
                 self.release_pubacks(&mut pubacks);
                 if !self.out.is_empty() {
-                    if self.sink.write_all(&self.out).await.is_err() || self.sink.flush().await.is_err() {
+                    let written = if self.spliced.is_empty() {
+                        self.sink.write_all(&self.out).await
+                    } else {
+                        write_spliced(&mut self.sink, &self.out, &self.spliced).await
+                    };
+                    if written.is_err() || self.sink.flush().await.is_err() {
                         break;
+                    }
+                    if !self.spliced.is_empty() {
+                        self.spliced = Vec::new();
                     }
                     inflight.flush_written(&self.broker.commit);
                     self.record_desired_delivered();
@@ -222,7 +239,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                             continue;
                         }
                     }
-                    if self.out.len() >= WRITE_BUFFER_BYTES {
+                    if self.pending_bytes() >= WRITE_BUFFER_BYTES || self.spliced.len() >= SPLICED_MAX {
                         break;
                     }
                     if let Some(control) = self.slot.control.try_pop() {
@@ -244,6 +261,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             idle.note(false);
             ctrl.close();
         }
+    }
+
+    /// Bytes waiting for the socket: the buffer and the payloads spliced into it.
+    fn pending_bytes(&self) -> usize {
+        self.out.len() + self.spliced.iter().map(|(_, payload)| payload.len()).sum::<usize>()
     }
 
     /// Writes every pending PUBACK whose record is already durable, in order.
@@ -396,26 +418,124 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 );
             }
         }
+        let (qos, pkid, dup) = match settle {
+            Settle::AtMostOnce => (QoS::AtMostOnce, 0, false),
+            Settle::AtLeastOnce => (QoS::AtLeastOnce, inflight.next_id(), delivery.dup),
+        };
+        let payload = delivery.payload();
+        if payload.len() >= SPLICE_MIN_BYTES && self.spliced.len() < SPLICED_MAX {
+            codec::put_publish_head(&mut self.out, &topic, qos, pkid, dup, payload.len(), 0);
+            self.spliced.push((self.out.len(), payload.clone()));
+        } else {
+            codec::put_publish_parts(&mut self.out, &topic, qos, pkid, dup, payload);
+        }
         match settle {
+            // At most once: done once the buffer holding it is on the socket.
             Settle::AtMostOnce => {
-                codec::put_publish_parts(&mut self.out, &topic, QoS::AtMostOnce, 0, false, delivery.payload());
-                // At most once: done once the buffer holding it is on the socket.
                 if let Some(origin) = delivery.origin {
                     inflight.written(origin);
                 }
             }
-            Settle::AtLeastOnce => {
-                let pkid = inflight.next_id();
-                codec::put_publish_parts(
-                    &mut self.out,
-                    &topic,
-                    QoS::AtLeastOnce,
-                    pkid,
-                    delivery.dup,
-                    delivery.payload(),
-                );
-                inflight.sent(pkid, delivery.origin);
+            Settle::AtLeastOnce => inflight.sent(pkid, delivery.origin),
+        }
+    }
+}
+
+/// Writes `out` with the `spliced` payloads in place (a `writev` of up to `2 × SPLICED_MAX + 1`
+/// pieces at a time, resumed after a partial write).
+async fn write_spliced<W: AsyncWrite + Unpin>(
+    sink: &mut W,
+    out: &[u8],
+    spliced: &[(usize, Bytes)],
+) -> std::io::Result<()> {
+    let total = out.len() + spliced.iter().map(|(_, payload)| payload.len()).sum::<usize>();
+    let mut done = 0;
+    while done < total {
+        let n = std::future::poll_fn(|cx| {
+            let mut slices = [std::io::IoSlice::new(&[]); 2 * SPLICED_MAX + 1];
+            let count = pieces_from(out, spliced, done, &mut slices);
+            std::pin::Pin::new(&mut *sink).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// The non-empty pieces of `out` with `spliced` payloads in place, from byte `skip` of the
+/// whole on, into `slices` (which holds `2 × spliced.len() + 1`); returns how many.
+fn pieces_from<'a>(
+    out: &'a [u8],
+    spliced: &'a [(usize, Bytes)],
+    mut skip: usize,
+    slices: &mut [std::io::IoSlice<'a>],
+) -> usize {
+    let mut count = 0;
+    let mut push = |piece: &'a [u8], skip: &mut usize| {
+        if *skip >= piece.len() {
+            *skip -= piece.len();
+        } else {
+            slices[count] = std::io::IoSlice::new(&piece[*skip..]);
+            *skip = 0;
+            count += 1;
+        }
+    };
+    let mut start = 0;
+    for (at, payload) in spliced {
+        push(&out[start..*at], &mut skip);
+        push(payload, &mut skip);
+        start = *at;
+    }
+    push(&out[start..], &mut skip);
+    count
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    #[test]
+    fn the_pieces_from_any_offset_are_the_stream_with_the_payloads_in_place() {
+        let out = b"HEAD1head2tail".to_vec();
+        let spliced = vec![(5, Bytes::from_static(b"<payload one>")), (10, Bytes::from_static(b"<two>"))];
+        let whole: Vec<u8> = [&out[..5], b"<payload one>", &out[5..10], b"<two>", &out[10..]].concat();
+        for skip in 0..=whole.len() {
+            let mut slices = [std::io::IoSlice::new(&[]); 2 * SPLICED_MAX + 1];
+            let count = pieces_from(&out, &spliced, skip, &mut slices);
+            let joined: Vec<u8> = slices[..count].iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(joined, whole[skip..], "from byte {skip}");
+            assert!(slices[..count].iter().all(|s| !s.is_empty()), "no empty piece from byte {skip}");
+        }
+    }
+
+    #[test]
+    fn a_partial_vectored_write_is_resumed_where_it_stopped() {
+        // A sink that takes at most 3 bytes of its first buffer per call.
+        struct Trickle(Vec<u8>);
+        impl AsyncWrite for Trickle {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                let n = buf.len().min(3);
+                self.0.extend_from_slice(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_close(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
             }
         }
+        let out = b"ab|cd|ef".to_vec();
+        let spliced = vec![(3, Bytes::from_static(b"PAYLOAD-1")), (6, Bytes::from_static(b"PAYLOAD-2"))];
+        let mut sink = Trickle(Vec::new());
+        smol::block_on(write_spliced(&mut sink, &out, &spliced)).expect("written");
+        assert_eq!(sink.0, b"ab|PAYLOAD-1cd|PAYLOAD-2ef");
     }
 }
