@@ -20,13 +20,13 @@ mod connection;
 pub mod frame;
 mod message;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smol::Async;
 use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
+use tinyedge_platform::rt::TcpSocket;
 
 use crate::broker::Broker;
 use crate::listeners::permit::Permit;
@@ -196,7 +196,7 @@ pub async fn serve(broker: Arc<Broker>, listener: tinyedge_platform::rt::TcpList
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stream = match Async::new(stream) {
+        let stream = match TcpSocket::new(stream) {
             Ok(stream) => stream,
             Err(e) => {
                 Metrics::inc(&broker.metrics.accept_errors);
@@ -214,7 +214,7 @@ pub async fn serve(broker: Arc<Broker>, listener: tinyedge_platform::rt::TcpList
 
 async fn serve_tls(
     broker: Arc<Broker>,
-    stream: Async<TcpStream>,
+    stream: TcpSocket,
     peer: SocketAddr,
     acceptor: Acceptor,
     permit: Permit,

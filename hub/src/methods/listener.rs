@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smol::Async;
 use tinyedge_platform::http::{self as platform_http, Gate, Limits, Request, Response, HEAD_BYTES_MAX};
 use tinyedge_platform::log_limited;
 use tinyedge_platform::logger::{RateLimit, RATE_LIMIT_INTERVAL};
@@ -109,7 +108,7 @@ pub async fn serve(listener: tinyedge_platform::rt::TcpListener, acceptor: Accep
             );
             continue;
         };
-        let stream = match Async::new(stream) {
+        let stream = match tinyedge_platform::rt::TcpSocket::new(stream) {
             Ok(stream) => stream,
             Err(e) => {
                 log_limited!(ACCEPT_FAILED, log::Level::Warn, "method API: {peer}: socket not watched ({e})");
