@@ -237,12 +237,21 @@ impl Client {
     }
 
     pub fn read(&mut self) -> Packet {
+        match self.read_within() {
+            Ok(p) => p,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// The next packet, or the read timeout's error (`WouldBlock`/`TimedOut`) when the socket
+    /// has one set and nothing came within it.
+    pub fn read_within(&mut self) -> std::io::Result<Packet> {
         loop {
             match v4::read(&mut self.buf, 1 << 20) {
-                Ok(p) => return p,
+                Ok(p) => return Ok(p),
                 Err(mqttbytes::Error::InsufficientBytes(_)) => {
                     let mut chunk = [0u8; 16 * 1024];
-                    let n = self.stream.read(&mut chunk).expect("read");
+                    let n = self.stream.read(&mut chunk)?;
                     assert!(n > 0, "broker closed the connection");
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
