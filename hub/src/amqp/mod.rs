@@ -195,15 +195,7 @@ pub async fn serve(broker: Arc<Broker>, listener: tinyedge_platform::rt::TcpList
             log_limited!(REFUSED_AT_LIMIT, log::Level::Warn, "{peer}: AMQP socket closed at accept: connection limit");
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let stream = match TcpSocket::new(stream) {
-            Ok(stream) => stream,
-            Err(e) => {
-                Metrics::inc(&broker.metrics.accept_errors);
-                log_limited!(ACCEPT_FAILED, log::Level::Warn, "{peer}: AMQP socket not watched ({e}); closed");
-                continue;
-            }
-        };
+        let Some(stream) = crate::listeners::register(&broker, stream, &peer, "AMQP") else { continue };
         let (broker, tls) = (broker.clone(), tls.clone());
         tinyedge_platform::rt::spawn(
             async move { Box::pin(serve_tls(broker, stream, peer, tls, permit, deadline)).await },

@@ -66,6 +66,34 @@ impl Listener {
     }
 }
 
+/// Sockets that could not be registered with the executor's reactor.
+static NOT_REGISTERED: tinyedge_platform::logger::RateLimit =
+    tinyedge_platform::logger::RateLimit::new(tinyedge_platform::logger::RATE_LIMIT_INTERVAL);
+
+/// An accepted hub socket, with `TCP_NODELAY`, on the executor's reactor; `None` (counted as an
+/// accept error, logged rate-limited, the socket closed) if it cannot be registered. `what`
+/// names the listener in the log ("MQTT", "AMQP").
+pub(crate) fn register(
+    broker: &Broker,
+    stream: std::net::TcpStream,
+    peer: &SocketAddr,
+    what: &str,
+) -> Option<rt::TcpSocket> {
+    let _ = stream.set_nodelay(true);
+    match rt::TcpSocket::new(stream) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            crate::metrics::Metrics::inc(&broker.metrics.accept_errors);
+            tinyedge_platform::log_limited!(
+                NOT_REGISTERED,
+                log::Level::Warn,
+                "{peer}: {what} socket not registered with the reactor ({e}); closed"
+            );
+            None
+        }
+    }
+}
+
 /// Accepts on every listener until `shutdown` resolves, then closes them all and returns.
 /// Connections already accepted go on until they end; nothing new is accepted after the
 /// return (the sockets are closed, so a connect is refused).

@@ -111,7 +111,7 @@ pub async fn serve(listener: tinyedge_platform::rt::TcpListener, acceptor: Accep
         let stream = match tinyedge_platform::rt::TcpSocket::new(stream) {
             Ok(stream) => stream,
             Err(e) => {
-                log_limited!(ACCEPT_FAILED, log::Level::Warn, "method API: {peer}: socket not watched ({e})");
+                log_limited!(ACCEPT_FAILED, log::Level::Warn, "method API: {peer}: socket not registered ({e})");
                 continue;
             }
         };

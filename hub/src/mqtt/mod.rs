@@ -91,15 +91,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, tls: Option<Accep
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let stream = match TcpSocket::new(stream) {
-            Ok(stream) => stream,
-            Err(e) => {
-                Metrics::inc(&broker.metrics.accept_errors);
-                log_limited!(ACCEPT_FAILED, log::Level::Warn, "{peer}: cannot watch the socket ({e}); closed");
-                continue;
-            }
-        };
+        let Some(stream) = crate::listeners::register(&broker, stream, &peer, "MQTT") else { continue };
         let broker = broker.clone();
         let tls = tls.clone();
         rt::spawn(async move { serve_stream(broker, stream, peer, tls, permit, deadline).await }).detach();

@@ -80,61 +80,41 @@ impl Drop for TcpSocket {
     }
 }
 
-impl AsyncRead for &TcpSocket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_read(self.get_mut(), cx, buf)
-    }
+/// `AsyncRead` and `AsyncWrite` for the socket and for a shared reference to it (the two halves
+/// of a connection each hold one), both through the methods above.
+macro_rules! async_io_impls {
+    ($($socket:ty),*) => {$(
+        impl AsyncRead for $socket {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+                TcpSocket::poll_read(&self, cx, buf)
+            }
+        }
+
+        impl AsyncWrite for $socket {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                TcpSocket::poll_write(&self, cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                TcpSocket::poll_write_vectored(&self, cx, bufs)
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                TcpSocket::poll_close(&self)
+            }
+        }
+    )*};
 }
 
-impl AsyncWrite for &TcpSocket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_write(self.get_mut(), cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_write_vectored(self.get_mut(), cx, bufs)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpSocket::poll_close(self.get_mut())
-    }
-}
-
-impl AsyncRead for TcpSocket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_read(self.get_mut(), cx, buf)
-    }
-}
-
-impl AsyncWrite for TcpSocket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_write(self.get_mut(), cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        TcpSocket::poll_write_vectored(self.get_mut(), cx, bufs)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpSocket::poll_close(self.get_mut())
-    }
-}
+async_io_impls!(TcpSocket, &TcpSocket);
 
 /// A listening TCP socket; accepted streams come back as plain `std` streams, for the caller
 /// to wrap (a [`TcpSocket`], or `smol::Async` for the listeners that stay on async-io).
