@@ -108,6 +108,9 @@ struct Entry {
     last_used: Instant,
     /// A leaf device disconnected while telemetry of it was in flight: closed once idle.
     close_when_idle: bool,
+    /// A C2D message came on this connection while the device could not take it and was left
+    /// unacknowledged: the cloud delivers it again only on the link's next connection.
+    c2d_left: bool,
 }
 
 /// A twin request waiting for the cloud's answer: status, `$version`, body.
@@ -320,6 +323,14 @@ impl Cloud {
     /// telemetry outbox, or `None` if `id` has no key or the link limit is reached.
     fn link(&self, id: &str, more: Interest) -> Option<(Arc<Link>, Arc<IdentityOutbox>)> {
         let mut links = lock(&self.links);
+        if links.get(id).is_some_and(|entry| entry.c2d_left && entry.outbox.is_idle()) {
+            // Back before housekeeping closed the link: a new connection, so the cloud
+            // delivers the C2D messages it holds for the device again.
+            if let Some(entry) = links.remove(id) {
+                log::info!("cloud: {id} is back with C2D messages left in the cloud: its link reconnects");
+                self.retire(vec![entry.link.status()]);
+            }
+        }
         if let Some(entry) = links.get_mut(id) {
             entry.last_used = Instant::now();
             entry.close_when_idle = false;
@@ -383,6 +394,7 @@ impl Cloud {
                 interest: more,
                 last_used: Instant::now(),
                 close_when_idle: false,
+                c2d_left: false,
             },
         );
         drop(links);
@@ -653,6 +665,7 @@ impl Cloud {
             // and opened again when the device is back.
             if let Some(entry) = lock(&self.links).get_mut(id) {
                 entry.close_when_idle = true;
+                entry.c2d_left |= inbound.qos1;
             }
             return if inbound.qos1 { Ack::Later } else { Ack::Now };
         }
