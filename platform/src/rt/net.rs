@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use smol::io::{AsyncRead, AsyncWrite};
 
-use super::reactor::{Direction, Source};
+use super::reactor::{short_of, Direction, Source};
 
 /// A connected TCP socket.
 pub struct TcpSocket {
@@ -47,22 +47,22 @@ impl TcpSocket {
     /// queue is drained), makes [`TcpSocket::poll_readable`] wait for the next bytes.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        self.source.try_io_len(Direction::Read, len, || (&self.stream).read(buf))
+        self.source.try_io(Direction::Read, || (&self.stream).read(buf), short_of(len))
     }
 
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let len = buf.len();
-        self.source.poll_io_len(Direction::Read, cx, len, || (&self.stream).read(buf))
+        self.source.poll_io(Direction::Read, cx, || (&self.stream).read(buf), short_of(len))
     }
 
     pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.source.poll_io_len(Direction::Write, cx, buf.len(), || (&self.stream).write(buf))
+        self.source.poll_io(Direction::Write, cx, || (&self.stream).write(buf), short_of(buf.len()))
     }
 
     /// One `writev` of `bufs` (a header and a payload shared with other connections, say).
     pub fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        self.source.poll_io_len(Direction::Write, cx, len, || (&self.stream).write_vectored(bufs))
+        self.source.poll_io(Direction::Write, cx, || (&self.stream).write_vectored(bufs), short_of(len))
     }
 
     /// Shuts the writing direction down (what `close` means for a TCP stream's half).
@@ -152,7 +152,7 @@ impl TcpListener {
 
     /// The next connection; the stream returned is in blocking mode, as `accept` gives it.
     pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-        std::future::poll_fn(|cx| self.source.poll_io(Direction::Read, cx, || self.listener.accept())).await
+        std::future::poll_fn(|cx| self.source.poll_io(Direction::Read, cx, || self.listener.accept(), |_| false)).await
     }
 }
 

@@ -66,54 +66,33 @@ pub(crate) struct Source {
     directions: [Readiness; 2],
 }
 
+/// For [`Source::try_io`]: a read or write of `len` bytes that moved some but fewer drained
+/// the socket's queue (or filled its buffer).
+pub(crate) fn short_of(len: usize) -> impl Fn(&usize) -> bool {
+    move |&n| n > 0 && n < len
+}
+
 impl Source {
-    /// Runs `op` (a non-blocking syscall on the source's descriptor); if it would block, the
-    /// direction counts as not ready until the next edge.
-    pub(crate) fn try_io<T>(&self, direction: Direction, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    /// Runs `op` (a non-blocking syscall on the source's descriptor); if it would block, or
+    /// `drained` says its result left nothing more to do (a read or write that moved fewer bytes
+    /// than asked), the direction counts as not ready until the next edge.
+    pub(crate) fn try_io<T>(
+        &self,
+        direction: Direction,
+        op: impl FnOnce() -> io::Result<T>,
+        drained: impl Fn(&T) -> bool,
+    ) -> io::Result<T> {
         let readiness = &self.directions[direction as usize];
         let tick = readiness.tick.load(Ordering::SeqCst);
         let result = op();
-        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+        let not_ready = match &result {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(value) => drained(value),
+        };
+        if not_ready {
             readiness.seen.store(tick, Ordering::SeqCst);
         }
         result
-    }
-
-    /// [`Source::try_io`] for a read or write of `len` bytes: one that moves fewer (but some)
-    /// also counts as not ready until the next edge.
-    pub(crate) fn try_io_len(
-        &self,
-        direction: Direction,
-        len: usize,
-        op: impl FnOnce() -> io::Result<usize>,
-    ) -> io::Result<usize> {
-        let readiness = &self.directions[direction as usize];
-        let tick = readiness.tick.load(Ordering::SeqCst);
-        let result = op();
-        match &result {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => readiness.seen.store(tick, Ordering::SeqCst),
-            Ok(n) if *n > 0 && *n < len => readiness.seen.store(tick, Ordering::SeqCst),
-            _ => {}
-        }
-        result
-    }
-
-    /// [`Source::poll_io`] with [`Source::try_io_len`]'s rule.
-    pub(crate) fn poll_io_len(
-        &self,
-        direction: Direction,
-        cx: &mut Context<'_>,
-        len: usize,
-        mut op: impl FnMut() -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.poll_ready(direction, cx));
-            match self.try_io_len(direction, len, &mut op) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                result => return Poll::Ready(result),
-            }
-        }
     }
 
     /// `Ready` unless an operation found the direction not ready since its last edge; else the
@@ -136,16 +115,18 @@ impl Source {
         Poll::Pending
     }
 
-    /// Runs `op` until it does not block, waiting for the direction's edges in between.
+    /// Runs `op` until it does not block, waiting for the direction's edges in between
+    /// (`drained` as for [`Source::try_io`]).
     pub(crate) fn poll_io<T>(
         &self,
         direction: Direction,
         cx: &mut Context<'_>,
         mut op: impl FnMut() -> io::Result<T>,
+        drained: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         loop {
             std::task::ready!(self.poll_ready(direction, cx));
-            match self.try_io(direction, &mut op) {
+            match self.try_io(direction, &mut op, &drained) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 result => return Poll::Ready(result),
