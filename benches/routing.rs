@@ -375,6 +375,8 @@ fn main() {
     // `BENCH_SCENARIOS=ab` runs only those scenarios (letters a-d), without the memory figures,
     // and prints the rows without writing the results: for quick comparisons while working.
     let only = std::env::var("BENCH_SCENARIOS").ok();
+    // `BENCH_SIZES=16384` (comma-separated payload sizes) likewise, with BENCH_SCENARIOS only.
+    let sizes = only.as_ref().and_then(|_| std::env::var("BENCH_SIZES").ok());
     // Memory first, on fresh processes: after the traffic the allocators keep their high-water marks.
     let mem: Vec<Memory> = if only.is_some() { Vec::new() } else { brokers.iter().map(|(b, _)| memory(b)).collect() };
     let scenarios: Vec<Scenario> = [Scenario::Window, Scenario::OneAtATime, Scenario::TenToTen, Scenario::FanOut]
@@ -386,6 +388,9 @@ fn main() {
     for scenario in scenarios {
         for (qos, qname) in [(QoS::AtMostOnce, "0"), (QoS::AtLeastOnce, "1")] {
             for size in [64usize, 1024, 16 * 1024] {
+                if sizes.as_ref().is_some_and(|sizes| !sizes.split(',').any(|s| s.trim() == size.to_string())) {
+                    continue;
+                }
                 let mut cells = Vec::new();
                 for (b, kind) in &brokers {
                     run_no += 1;

@@ -19,7 +19,7 @@ use mqttbytes::v4::{
 };
 use mqttbytes::QoS;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use smol::net::TcpStream;
+use tinyedge_platform::rt::TcpSocket;
 
 use super::error::LinkError;
 use super::token::{self, Credentials};
@@ -138,11 +138,9 @@ fn unix_now() -> u64 {
 async fn connect(link: &Link) -> Result<Connection, LinkError> {
     let target = &link.target;
     let address = target.to_string();
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|error| LinkError::Connect { address, error })?;
+    let tcp = connect_tcp(&target.host, target.port).await.map_err(|error| LinkError::Connect { address, error })?;
     // Small packets (PUBACK, PINGREQ) must not wait for Nagle; publishes are batched per write.
-    tcp.set_nodelay(true).map_err(LinkError::Io)?;
+    tcp.get_ref().set_nodelay(true).map_err(LinkError::Io)?;
     let stream = match &link.tls {
         None => Transport::Plain(tcp),
         Some((connector, server_name)) => {
@@ -151,6 +149,20 @@ async fn connect(link: &Link) -> Result<Connection, LinkError> {
         }
     };
     Ok(Connection::new(stream))
+}
+
+/// The TCP connection, to the first of the host's addresses that accepts it (as
+/// `std::net::TcpStream::connect` tries them), then moved onto the executor's own reactor: the
+/// connect waits on async-io (once per session), the session's reads and writes do not.
+async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpSocket> {
+    let mut last = None;
+    for addr in smol::net::resolve((host, port)).await? {
+        match smol::Async::<std::net::TcpStream>::connect(addr).await {
+            Ok(stream) => return TcpSocket::new(stream.into_inner()?),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))))
 }
 
 /// The socket of one session with its buffers and liveness clocks.
@@ -567,8 +579,8 @@ pub fn check_message(topic: &str, payload_bytes: usize) -> Result<(), &'static s
 
 /// The session's byte stream: plain TCP or TLS over it.
 enum Transport {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Plain(TcpSocket),
+    Tls(Box<futures_rustls::client::TlsStream<TcpSocket>>),
 }
 
 impl AsyncRead for Transport {
