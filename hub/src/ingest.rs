@@ -33,7 +33,7 @@ pub fn ingest(
     properties: Properties,
     payload: Bytes,
 ) -> Ingested {
-    let message = prepare(metrics, identity, properties, payload, now_unix_ms());
+    let message = prepare(metrics, identity, properties, payload, tinyedge_platform::rt::now_unix_ms());
     match router.route(message) {
         Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
         Err(failure) => Ingested::Refused(failure.to_string()),
@@ -50,7 +50,7 @@ pub fn ingest_many(
     messages: impl Iterator<Item = (Properties, Bytes)>,
     outcomes: &mut Vec<Ingested>,
 ) {
-    let now = now_unix_ms();
+    let now = tinyedge_platform::rt::now_unix_ms();
     let messages: Vec<Message> =
         messages.map(|(properties, payload)| prepare(metrics, identity, properties, payload, now)).collect();
     let mut routed = Vec::with_capacity(messages.len());
@@ -59,12 +59,6 @@ pub fn ingest_many(
         Ok(seq) => Ingested::Accepted(seq.unwrap_or(0)),
         Err(failure) => Ingested::Refused(failure.to_string()),
     }));
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Stamps the sender's ids and works out the route source; `enqueued_unix_ms` is the one

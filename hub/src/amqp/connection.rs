@@ -1209,9 +1209,7 @@ impl Conn {
         let metrics = &self.broker.metrics;
         Metrics::inc(&metrics.deliveries_sent);
         if !delivery.dup && delivery.enqueued_unix_ms > 0 {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let now = tinyedge_platform::rt::now_unix_ms();
             Metrics::inc(&metrics.process_modules_count);
             Metrics::add(&metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
         }

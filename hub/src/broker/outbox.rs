@@ -48,10 +48,6 @@ impl StoreOutbox {
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The IoT Hub telemetry topic of a stored record's sender, or `None` if it has none.
 pub fn upstream_topic(record: &StoredRecord) -> Option<String> {
     let properties = Properties::parse(&record.properties).ok()?;
@@ -68,7 +64,7 @@ impl Outbox for StoreOutbox {
         let mut cursor = self.cursor();
         let mut batch = Vec::new();
         while batch.len() < max {
-            match cursor.reader.next(now_unix_ms()) {
+            match cursor.reader.next(tinyedge_platform::rt::now_unix_ms()) {
                 Ok(Some((queue, record))) => match upstream_topic(&record) {
                     Some(topic) => {
                         let link_seq = cursor.next_link_seq;
@@ -106,7 +102,7 @@ impl Outbox for StoreOutbox {
         // Listen first, then read ahead: an append in between is not missed. Any append wakes
         // the link (spurious wake-ups are allowed); it then asks again.
         let listener = self.store.appended().listen();
-        let ready = self.cursor().reader.has_next(now_unix_ms()).unwrap_or(false);
+        let ready = self.cursor().reader.has_next(tinyedge_platform::rt::now_unix_ms()).unwrap_or(false);
         Box::pin(async move {
             if !ready {
                 listener.await;

@@ -34,10 +34,6 @@ pub struct ModulePump {
     pub label: String,
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl ModulePump {
     /// Runs for as long as the route exists (the task is dropped to stop it).
     pub async fn run(self) {
@@ -61,7 +57,7 @@ impl ModulePump {
     async fn deliver(&self, generation: u64) {
         let mut reader = MergedReader::new(&self.store, &self.queues);
         loop {
-            let (endpoint, record) = match reader.next(now_unix_ms()) {
+            let (endpoint, record) = match reader.next(tinyedge_platform::rt::now_unix_ms()) {
                 Ok(Some(record)) => record,
                 Ok(None) => {
                     // Listen first, then look again: an append between the two is not missed.
@@ -70,7 +66,7 @@ impl ModulePump {
                     if self.slot.generation() != generation {
                         return;
                     }
-                    match reader.next(now_unix_ms()) {
+                    match reader.next(tinyedge_platform::rt::now_unix_ms()) {
                         Ok(Some(record)) => record,
                         Ok(None) => {
                             smol::future::or(appended, changed).await;

@@ -393,9 +393,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let settle = self.inputs.unwrap_or(Settle::AtMostOnce);
         Metrics::inc(&self.broker.metrics.deliveries_sent);
         if !delivery.dup && delivery.enqueued_unix_ms > 0 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let now = tinyedge_platform::rt::now_unix_ms();
             Metrics::inc(&self.broker.metrics.process_modules_count);
             Metrics::add(&self.broker.metrics.process_modules_ms, now.saturating_sub(delivery.enqueued_unix_ms));
         }

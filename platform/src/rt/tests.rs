@@ -139,3 +139,28 @@ fn the_end_of_a_stream_is_seen_after_a_short_read_of_its_last_bytes() {
         assert_eq!(all, b"last words");
     }
 }
+
+#[test]
+fn the_clock_is_read_once_per_turn_on_the_executor_and_directly_elsewhere() {
+    let before = read_unix_ms();
+    let (first, second, later) = smol::block_on(spawn(async {
+        let first = now_unix_ms();
+        // Busy for longer than a millisecond without yielding: still the same turn.
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < Duration::from_millis(5) {
+            std::hint::spin_loop();
+        }
+        let second = now_unix_ms();
+        // After a wait on the reactor: a new turn, a new reading.
+        smol::Timer::after(Duration::from_millis(20)).await;
+        (first, second, now_unix_ms())
+    }));
+    let after = read_unix_ms();
+    assert_eq!(first, second, "one reading per turn");
+    assert!(before <= first && later <= after, "{before} <= {first} <= {later} <= {after}");
+    assert!(later >= first + 20, "the turn after the timer read the clock again: {first} then {later}");
+    // Not the executor thread: the clock itself, moving with it.
+    let here = now_unix_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(now_unix_ms() >= here + 5);
+}
